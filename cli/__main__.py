@@ -1,0 +1,5 @@
+"""Allow ``python -m svcbus.cli``."""
+
+from .app import main
+
+main()

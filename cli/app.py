@@ -1,0 +1,187 @@
+"""The ``svc`` command line: run services and poke the bus."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Annotated, Any, NoReturn
+
+import anyio
+import typer
+from rich.console import Console
+from svcbus import __version__
+from svcbus.errors import ConfigurationError, InvalidChannelName, MessageInvalid, SvcbusError
+
+DEFAULT_LAYER = "memory://"
+
+err = Console(stderr=True, soft_wrap=True)
+out = Console()
+
+app = typer.Typer(
+    name="svc",
+    help="svcbus: typed service-to-service messaging. Run services, poke the bus, generate docs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+LayerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--layer",
+        "-l",
+        help="Layer URL: memory://, nats://host:4222, redis://host:6379/0. "
+        "Default: $SVCBUS_LAYER, else memory://.",
+        show_default=False,
+    ),
+]
+
+
+def layer_url(given: str | None, *, across_processes: bool = False) -> str:
+    """The layer URL from the option, else ``SVCBUS_LAYER``, else the embedded default."""
+    url = given or os.environ.get("SVCBUS_LAYER") or DEFAULT_LAYER
+    if across_processes and url.startswith("memory:"):
+        err.print(
+            "[yellow]note:[/] memory:// reaches only this process; pass --layer nats://... or "
+            "redis://... (or set SVCBUS_LAYER) to reach a running service",
+            highlight=False,
+        )
+    return url
+
+
+def fail(message: str) -> NoReturn:
+    """Print a one-line error and exit with status 2 (usage error)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def parse_json(text: str, what: str = "message") -> Any:
+    """Parse a JSON argument or fail with a hint."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{what} is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}")
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr in a compact, greppable format."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"svcbus {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """svcbus command line."""
+
+
+@app.command()
+def run(
+    service: Annotated[
+        str, typer.Argument(help="MODULE or MODULE:SERVICE, e.g. services.example_stats")
+    ],
+    layer: LayerOption = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Messages each consumer handles at once.")
+    ] = 10,
+    dead_letter: Annotated[
+        str | None, typer.Option(help="Channel that receives messages no consumer could take.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run a service's consumers until SIGINT/SIGTERM (in-flight messages finish)."""
+    from svcbus import Runtime, load_service, open_layer
+
+    setup_logging(log_level)
+    url = layer_url(layer)
+    try:
+        svc = load_service(service)
+        runtime = Runtime(svc, open_layer(url), concurrency=concurrency, dead_letter=dead_letter)
+    except SvcbusError as exc:
+        fail(str(exc))
+    err.print(
+        f"[green]svc run[/] {svc.name}: consuming {', '.join(svc.channels) or '(nothing)'} on {url}",
+        highlight=False,
+    )
+    try:
+        anyio.run(runtime.run)
+    except SvcbusError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def send(
+    channel: Annotated[str, typer.Argument(help="Channel to send on, e.g. chat.posted")],
+    message: Annotated[str, typer.Argument(help='The message as JSON, e.g. \'{"room": "a"}\'')],
+    layer: LayerOption = None,
+) -> None:
+    """Send one message (validated against the channel's contract if one is imported)."""
+    from svcbus import connect
+
+    body = parse_json(message)
+
+    async def go() -> str:
+        async with connect(layer_url(layer, across_processes=True)) as bus:
+            message_id = await bus.send(channel, body)
+            await bus.layer.flush()
+            return message_id
+
+    try:
+        out.print(anyio.run(go))
+    except SvcbusError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def request(
+    channel: Annotated[str, typer.Argument(help="Request channel, e.g. stats.get")],
+    message: Annotated[str, typer.Argument(help="The request as JSON")],
+    layer: LayerOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 5.0,
+) -> None:
+    """Send a request and print the reply as JSON."""
+    from pydantic_core import to_json
+    from svcbus import connect
+
+    body = parse_json(message)
+
+    async def go() -> Any:
+        async with connect(layer_url(layer, across_processes=True)) as bus:
+            return await bus.request(channel, body, timeout=timeout)
+
+    try:
+        reply = anyio.run(go)
+    except (ConfigurationError, InvalidChannelName, MessageInvalid) as exc:
+        fail(str(exc))
+    except SvcbusError as exc:  # timeouts, remote failures: the request ran but failed
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print_json(to_json(reply).decode())
+
+
+def main() -> None:
+    """Entry point of the ``svc`` console script."""
+    try:
+        app()
+    except SvcbusError as exc:  # anything not caught by a command: still one line
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)

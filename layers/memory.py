@@ -1,0 +1,228 @@
+"""The embedded memory layer: every channel in one process, no server.
+
+``memory://`` (and ``memory://NAME``) layers opened in one process share a hub
+of that name, so an edge and several services in one process (``svc demo``)
+talk to each other; each layer object still acts as its own "process" for
+process-specific channels. Messages are stored as the immutable encoded bytes,
+so isolation costs nothing beyond the encoding every layer needs anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, SvcbusError
+from svcbus.layer import Layer, LayerOptions
+from svcbus.names import validate_channel, validate_group
+
+
+class _Queue:
+    """One channel's messages (deadline, bytes) and its waiting receivers, longest-waiting first."""
+
+    __slots__ = ("items", "waiters")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[float, bytes]] = deque()
+        self.waiters: deque[anyio.Event] = deque()
+
+    def put(self, item: tuple[float, bytes]) -> None:
+        self.items.append(item)
+        if self.waiters:
+            # Wake one receiver per message, in arrival order: fair load balancing
+            # between the receivers of a named channel, and no thundering herd.
+            self.waiters.popleft().set()
+
+    def drop_expired(self, now: float) -> None:
+        items = self.items
+        while items and items[0][0] <= now:
+            items.popleft()
+
+
+class MemoryHub:
+    """The shared state behind all memory layers of one name."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, _Queue] = {}
+        self.groups: dict[str, dict[str, float]] = {}
+
+    def clear(self) -> None:
+        """Drop every message and group (tests)."""
+        self.queues.clear()
+        self.groups.clear()
+
+
+_hubs: dict[str, MemoryHub] = {}
+
+
+def hub(name: str = "") -> MemoryHub:
+    """The process-wide hub called ``name`` (``memory://NAME``), created on first use."""
+    found = _hubs.get(name)
+    if found is None:
+        found = _hubs[name] = MemoryHub()
+    return found
+
+
+class MemoryLayer(Layer):
+    """In-process layer. ``MemoryLayer()`` gets a private hub; ``memory://`` URLs share one."""
+
+    system = "memory"
+
+    def __init__(
+        self, options: LayerOptions | None = None, *, hub: MemoryHub | None = None
+    ) -> None:
+        super().__init__(options)
+        self.hub = hub or MemoryHub()
+        self._token = os.urandom(4).hex()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, options: LayerOptions, params: Mapping[str, Any]) -> MemoryLayer:
+        if params:
+            raise ConfigurationError(
+                f"memory:// layer does not understand {', '.join(sorted(params))}"
+            )
+        name = urlsplit(url).netloc
+        return cls(options, hub=hub(name))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SvcbusError("this memory layer is closed; open a new one")
+
+    async def send(self, channel: str, message: bytes) -> None:
+        self._check_open()
+        validate_channel(channel)
+        self.options.check_size(channel, message)
+        queues = self.hub.queues
+        queue = queues.get(channel)
+        if queue is None:
+            queue = queues[channel] = _Queue()
+        capacity = self.options.capacity_for(channel)
+        now = time.monotonic()
+        if len(queue.items) >= capacity:
+            queue.drop_expired(now)
+            if len(queue.items) >= capacity:
+                raise ChannelFull(
+                    f"channel {channel!r} holds {capacity} messages (its capacity); "
+                    "its consumers are behind: retry later or raise channel_capacity"
+                )
+        queue.put((now + self.options.expiry, message))
+        # Yield to the loop so a sender in a tight loop cannot starve receivers.
+        await anyio.lowlevel.checkpoint()
+
+    def _check_receivable(self, channel: str) -> None:
+        validate_channel(channel)
+        if "!" in channel and not channel.split("!", 1)[0].endswith("." + self._token):
+            raise InvalidChannelName(
+                f"channel {channel!r} belongs to another process; only the layer that made it "
+                "with new_channel() can receive from it"
+            )
+
+    async def receive(self, channel: str) -> bytes:
+        return (await self.receive_many(channel, 1))[0]
+
+    async def receive_many(self, channel: str, limit: int) -> list[bytes]:
+        self._check_open()
+        self._check_receivable(channel)
+        queues = self.hub.queues
+        while True:
+            queue = queues.get(channel)
+            if queue is None:
+                queue = queues[channel] = _Queue()
+            if queue.items:
+                queue.drop_expired(time.monotonic())
+            if queue.items:
+                items = queue.items
+                n = min(limit, len(items))
+                batch = [items.popleft()[1] for _ in range(n)]
+                if not items and not queue.waiters:
+                    del queues[channel]  # empty channels cost nothing
+                elif items and queue.waiters:
+                    queue.waiters.popleft().set()  # more left than we took: pass it on
+                return batch
+            ready = anyio.Event()
+            queue.waiters.append(ready)
+            try:
+                # A cancelled wait has popped nothing, so it loses nothing.
+                await ready.wait()
+            except BaseException:
+                if ready.is_set():
+                    if queue.items and queue.waiters:
+                        queue.waiters.popleft().set()  # hand our wake-up to the next receiver
+                else:
+                    queue.waiters.remove(ready)
+                raise
+            finally:
+                if not queue.items and not queue.waiters and queues.get(channel) is queue:
+                    del queues[channel]
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        self._check_open()
+        validate_group(prefix)
+        return f"{prefix}.{self._token}!{os.urandom(6).hex()}"
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self._check_open()
+        validate_group(group)
+        validate_channel(channel)
+        members = self.hub.groups.setdefault(group, {})
+        members[channel] = time.monotonic() + self.options.group_expiry
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self._check_open()
+        validate_group(group)
+        validate_channel(channel)
+        members = self.hub.groups.get(group)
+        if members is not None:
+            members.pop(channel, None)
+            if not members:
+                del self.hub.groups[group]
+
+    async def group_send(self, group: str, message: bytes) -> None:
+        self._check_open()
+        validate_group(group)
+        self.options.check_size(group, message)
+        members = self.hub.groups.get(group)
+        if not members:
+            return
+        now = time.monotonic()
+        deadline = now + self.options.expiry
+        queues = self.hub.queues
+        capacity_for = self.options.capacity_for
+        expired = []
+        for channel, until in members.items():
+            if until <= now:
+                expired.append(channel)
+                continue
+            queue = queues.get(channel)
+            if queue is None:
+                queue = queues[channel] = _Queue()
+            if len(queue.items) >= capacity_for(channel):
+                queue.drop_expired(now)
+                if len(queue.items) >= capacity_for(channel):
+                    continue  # group_send never raises ChannelFull: this member misses it
+            queue.put((deadline, message))
+        for channel in expired:
+            del members[channel]
+        if not members:
+            del self.hub.groups[group]
+        await anyio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Messages left on this layer's own process channels can never be read now.
+        marker = f".{self._token}!"
+        for channel in [c for c in self.hub.queues if marker in c]:
+            del self.hub.queues[channel]
+        for group, members in list(self.hub.groups.items()):
+            for channel in [c for c in members if marker in c]:
+                del members[channel]
+            if not members:
+                del self.hub.groups[group]

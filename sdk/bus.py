@@ -1,0 +1,317 @@
+"""The bus: typed send, receive, groups and request/reply over any layer.
+
+``Bus`` is what consumers (through their context), the edge, the CLI and
+scripts use. It turns contracts into envelopes and back; the layer below only
+moves bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from pydantic import ValidationError
+
+from .contract import Contract, ContractRegistry, coerce, describe_errors, registry
+from .envelope import (
+    Envelope,
+    ErrorInfo,
+    ReplyPeek,
+    body_json,
+    encode,
+    envelope_type,
+    new_message_id,
+    now_ms,
+)
+from .errors import MessageInvalid, RemoteError, RequestTimeout, SvcbusError
+from .layer import Layer, open_layer
+from .names import validate_channel
+
+log = logging.getLogger("svcbus.bus")
+
+DEFAULT_REQUEST_TIMEOUT = 5.0
+
+
+class Bus:
+    """A connection to the message bus through one layer.
+
+    Use it as an async context manager (it owns a task group for replies)::
+
+        async with Bus("nats://localhost:4222") as bus:
+            reply = await bus.request("stats.get", StatsQuery(room="lobby"))
+    """
+
+    def __init__(self, layer: Layer | str, *, contracts: ContractRegistry = registry) -> None:
+        self.layer = open_layer(layer) if isinstance(layer, str) else layer
+        self.contracts = contracts
+        self._expiry_ms = int(self.layer.options.expiry * 1000)
+        self._inbox: str | None = None
+        self._pending: dict[str, _ReplySlot] = {}
+        self._task_group: TaskGroup | None = None
+
+    # lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Bus:
+        await self.layer.connect()
+        self._task_group = await anyio.create_task_group().__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        task_group, self._task_group = self._task_group, None
+        if task_group is not None:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+        await self.layer.close()
+
+    # encoding ------------------------------------------------------------
+
+    def encode(
+        self,
+        channel: str,
+        message: Any,
+        *,
+        reply_channel: str | None = None,
+        reply_to: str | None = None,
+        trace: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        message_id: str | None = None,
+        contract: type[Contract] | None = None,
+    ) -> bytes:
+        """Validate ``message`` for ``channel`` and encode it as an envelope."""
+        if contract is None and "!" not in channel:
+            contract = self.contracts.get(channel)
+        body = coerce(channel, message, contract)
+        name, version = _contract_of(body)
+        sent_at = now_ms()
+        return encode(
+            body_json(body),
+            id=message_id or new_message_id(),
+            contract=name,
+            version=version,
+            sent_at=sent_at,
+            expires_at=sent_at + self._expiry_ms,
+            reply_channel=reply_channel,
+            reply_to=reply_to,
+            trace=trace,
+            headers=headers,
+        )
+
+    def decode(self, channel: str, data: bytes, body_type: Any = None) -> Envelope[Any]:
+        """Decode and validate raw bytes received on ``channel`` in one pass.
+
+        ``body_type`` defaults to the channel's contract (or any JSON value for
+        untyped channels). Raises :class:`MessageInvalid` with the reason.
+        """
+        if body_type is None:
+            body_type = self.contracts.get(channel) if "!" not in channel else None
+        try:
+            return envelope_type(body_type if body_type is not None else Any).model_validate_json(
+                data
+            )
+        except ValidationError as exc:
+            raise _invalid(channel, exc, body_type) from None
+
+    # messaging -------------------------------------------------------------
+
+    async def send(
+        self,
+        channel: str,
+        message: Any,
+        *,
+        reply_channel: str | None = None,
+        trace: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """Validate and send ``message`` on ``channel``; returns the message id.
+
+        Raises ``MessageInvalid`` (before anything is sent), ``ChannelFull``,
+        ``MessageTooLarge`` or ``InvalidChannelName``.
+        """
+        validate_channel(channel)
+        message_id = new_message_id()
+        data = self.encode(
+            channel,
+            message,
+            reply_channel=reply_channel,
+            trace=trace,
+            headers=headers,
+            message_id=message_id,
+        )
+        await self.layer.send(channel, data)
+        return message_id
+
+    async def receive(self, channel: str, body_type: Any = None) -> Envelope[Any]:
+        """Wait for the next valid, unexpired message on ``channel`` (scripts, tools, tests)."""
+        while True:
+            envelope = self.decode(channel, await self.layer.receive(channel), body_type)
+            if envelope.ex is None or envelope.ex > now_ms():
+                return envelope
+
+    async def group_send(
+        self, group: str, message: Any, *, trace: dict[str, str] | None = None
+    ) -> None:
+        """Send ``message`` to every channel in ``group`` (never raises ``ChannelFull``)."""
+        body = coerce(group, message, None)
+        name, version = _contract_of(body)
+        sent_at = now_ms()
+        data = encode(
+            body_json(body),
+            id=new_message_id(),
+            contract=name,
+            version=version,
+            sent_at=sent_at,
+            expires_at=sent_at + self._expiry_ms,
+            trace=trace,
+        )
+        await self.layer.group_send(group, data)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group``."""
+        await self.layer.group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``."""
+        await self.layer.group_discard(group, channel)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-specific channel that only this process receives."""
+        return await self.layer.new_channel(prefix)
+
+    async def reply(
+        self,
+        reply_channel: str,
+        request_id: str,
+        message: Any,
+        *,
+        contract: type[Contract] | None = None,
+        trace: dict[str, str] | None = None,
+    ) -> None:
+        """Send ``message`` as the reply to request ``request_id``."""
+        data = self.encode(
+            reply_channel, message, reply_to=request_id, contract=contract, trace=trace
+        )
+        await self.layer.send(reply_channel, data)
+
+    async def reply_error(self, reply_channel: str, request_id: str, error: BaseException) -> None:
+        """Tell the requester that handling its request failed."""
+        sent_at = now_ms()
+        data = encode(
+            b"null",
+            id=new_message_id(),
+            contract=None,
+            version=1,
+            sent_at=sent_at,
+            expires_at=sent_at + self._expiry_ms,
+            reply_to=request_id,
+            error=ErrorInfo(type=type(error).__name__, message=str(error)[:1000]),
+        )
+        await self.layer.send(reply_channel, data)
+
+    async def request(
+        self,
+        channel: str,
+        message: Any,
+        *,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        reply_type: Any = None,
+        trace: dict[str, str] | None = None,
+    ) -> Any:
+        """Send a request and wait for its reply; returns the validated reply body.
+
+        The reply type is the channel contract's ``reply=`` unless given.
+        Raises :class:`RequestTimeout` or :class:`RemoteError`.
+        """
+        validate_channel(channel)
+        if reply_type is None:
+            contract = self.contracts.get(channel)
+            reply_type = contract.__reply__ if contract is not None else None
+        inbox = await self._ensure_inbox()
+        message_id = new_message_id()
+        data = self.encode(
+            channel, message, reply_channel=inbox, message_id=message_id, trace=trace
+        )
+        slot = self._pending[message_id] = _ReplySlot()
+        try:
+            await self.layer.send(channel, data)
+            with anyio.fail_after(timeout):
+                await slot.ready.wait()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no reply on {channel!r} within {timeout:g}s: is a service consuming "
+                f"{channel!r} running on this layer?"
+            ) from None
+        finally:
+            del self._pending[message_id]
+        if slot.error is not None:
+            raise RemoteError(
+                f"{channel!r} consumer failed: {slot.error.type}: {slot.error.message}",
+                error_type=slot.error.type,
+            )
+        return self.decode(inbox, slot.data, reply_type).b
+
+    async def _ensure_inbox(self) -> str:
+        if self._inbox is None:
+            if self._task_group is None:
+                raise SvcbusError("use the Bus as `async with Bus(...) as bus:` to make requests")
+            self._inbox = await self.layer.new_channel("inbox")
+            self._task_group.start_soon(self._read_replies, self._inbox)
+        return self._inbox
+
+    async def _read_replies(self, inbox: str) -> None:
+        pending = self._pending
+        while True:
+            for data in await self.layer.receive_many(inbox, 64):
+                try:
+                    peek = ReplyPeek.model_validate_json(data)
+                except ValidationError:
+                    log.warning("undecodable reply on %s dropped", inbox)
+                    continue
+                slot = pending.get(peek.re) if peek.re else None
+                if slot is None:
+                    log.debug("late or unknown reply %s on %s dropped", peek.re, inbox)
+                    continue
+                slot.data = data
+                slot.error = peek.er
+                slot.ready.set()
+
+
+class _ReplySlot:
+    __slots__ = ("data", "error", "ready")
+
+    def __init__(self) -> None:
+        self.ready = anyio.Event()
+        self.data = b""
+        self.error: ErrorInfo | None = None
+
+
+def _contract_of(body: Any) -> tuple[str | None, int]:
+    if isinstance(body, Contract):
+        cls = type(body)
+        return cls.__contract_name__, cls.__version__
+    return None, 1
+
+
+def _invalid(channel: str, exc: ValidationError, body_type: Any) -> MessageInvalid:
+    errors = exc.errors(include_url=False)
+    if any(err["type"] == "json_invalid" for err in errors):
+        return MessageInvalid(f"undecodable message on {channel!r}: not JSON", channel=channel)
+    body_errors = [e for e in errors if e["loc"][:1] == ("b",)]
+    what = getattr(body_type, "__contract_name__", None) or "the envelope"
+    if body_errors:
+        return MessageInvalid(
+            f"message on {channel!r} does not fit {what}: {describe_errors(exc)}",
+            channel=channel,
+            errors=errors,
+        )
+    return MessageInvalid(
+        f"message on {channel!r} is not a svcbus envelope: {describe_errors(exc)}",
+        channel=channel,
+        errors=errors,
+    )
+
+
+def connect(url: str, **options: Any) -> Bus:
+    """A :class:`Bus` on the layer ``url`` selects; use it with ``async with``."""
+    return Bus(open_layer(url, **options))

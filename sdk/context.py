@@ -1,0 +1,90 @@
+"""The context a consumer receives with each message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .bus import DEFAULT_REQUEST_TIMEOUT, Bus
+from .envelope import Envelope
+from .errors import SvcbusError
+
+
+class Context:
+    """What a consumer can do while handling one message, and what it knows about it.
+
+    ``ctx.send``, ``ctx.request``, ``ctx.group_*`` and ``ctx.new_channel`` act on
+    the bus; ``ctx.reply`` answers the current message (a consumer may also
+    just return its reply).
+    """
+
+    __slots__ = ("_replied", "bus", "channel", "envelope")
+
+    def __init__(self, bus: Bus, channel: str, envelope: Envelope[Any]) -> None:
+        self.bus = bus
+        self.channel = channel
+        """The channel the message arrived on."""
+        self.envelope = envelope
+        """The whole decoded message (metadata and body)."""
+        self._replied = False
+
+    # metadata of the current message ----------------------------------------
+
+    @property
+    def message_id(self) -> str:
+        """The current message's id."""
+        return self.envelope.id
+
+    @property
+    def reply_channel(self) -> str | None:
+        """Where the sender waits for a reply, if it does."""
+        return self.envelope.rc
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Application headers the sender attached."""
+        return self.envelope.h or {}
+
+    @property
+    def sent_at(self) -> int:
+        """When the message was sent (Unix milliseconds)."""
+        return self.envelope.at
+
+    @property
+    def trace(self) -> dict[str, str]:
+        """The W3C trace context the message carried."""
+        return self.envelope.tc or {}
+
+    # acting on the bus -----------------------------------------------------
+
+    async def send(self, channel: str, message: Any, *, reply_channel: str | None = None) -> str:
+        """Send ``message`` on ``channel`` (validated against its contract)."""
+        return await self.bus.send(channel, message, reply_channel=reply_channel)
+
+    async def request(
+        self, channel: str, message: Any, *, timeout: float = DEFAULT_REQUEST_TIMEOUT
+    ) -> Any:
+        """Send a request and return its typed reply."""
+        return await self.bus.request(channel, message, timeout=timeout)
+
+    async def reply(self, message: Any) -> None:
+        """Reply to the current message now (the consumer's return value is then not sent)."""
+        if self.envelope.rc is None:
+            raise SvcbusError(f"the message on {self.channel!r} has no reply channel to answer")
+        await self.bus.reply(self.envelope.rc, self.envelope.id, message)
+        self._replied = True
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` (for example a connection's reply channel) to ``group``."""
+        await self.bus.group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``."""
+        await self.bus.group_discard(group, channel)
+
+    async def group_send(self, group: str, message: Any) -> None:
+        """Send ``message`` to every member of ``group``."""
+        await self.bus.group_send(group, message)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-specific channel."""
+        return await self.bus.new_channel(prefix)

@@ -1,0 +1,166 @@
+"""The envelope: svcbus's wire format, written out in ``docs/protocol.md``.
+
+One message is one JSON object, metadata first and the body last::
+
+    {"v":1,"id":"…","ct":"ChatPosted","cv":1,"rc":"…","re":"…","at":…,"ex":…,
+     "tc":{…},"h":{…},"er":{…},"b":{…}}
+
+Keeping the metadata in the payload (not in transport headers) keeps NATS and
+Redis on their fast paths, and lets one pydantic model validate metadata and
+body in a single pass over the raw bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+from pydantic_core import to_json
+
+PROTOCOL_VERSION = 1
+
+B = TypeVar("B")
+
+
+class ErrorInfo(BaseModel):
+    """A failure carried back to a requester instead of a reply body."""
+
+    type: str
+    message: str
+
+
+class Envelope(BaseModel, Generic[B]):
+    """A decoded message: metadata plus a body of type ``B``.
+
+    ``Envelope[ChatPosted].model_validate_json(raw)`` decodes and validates the
+    whole message in one pass.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1]
+    id: str
+    ct: str | None = None
+    cv: int = 1
+    rc: str | None = None
+    re: str | None = None
+    at: int
+    ex: int | None = None
+    tc: dict[str, str] | None = None
+    h: dict[str, str] | None = None
+    er: ErrorInfo | None = None
+    b: B
+
+    @property
+    def message_id(self) -> str:
+        """The unique id of this message."""
+        return self.id
+
+    @property
+    def reply_channel(self) -> str | None:
+        """Where a reply to this message goes, if anywhere."""
+        return self.rc
+
+    @property
+    def body(self) -> B:
+        """The validated body."""
+        return self.b
+
+
+class ReplyPeek(BaseModel):
+    """Just enough of an envelope to route a reply to its waiting request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    re: str | None = None
+    er: ErrorInfo | None = None
+
+
+_envelope_types: dict[Any, type[Envelope[Any]]] = {}
+
+
+def envelope_type(body: Any) -> type[Envelope[Any]]:
+    """The (cached) envelope model whose body is validated as ``body``."""
+    cls = _envelope_types.get(body)
+    if cls is None:
+        cls = _envelope_types[body] = Envelope[body]  # type: ignore[valid-type]
+    return cls
+
+
+class _Ids:
+    """Message ids: a random per-process prefix plus a counter (unique, cheap)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        if hasattr(os, "register_at_fork"):
+            # A forked child must not repeat its parent's ids.
+            os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(6).hex()
+        self.counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):x}"
+
+
+_ids = _Ids()
+new_message_id = _ids.next
+
+
+def now_ms() -> int:
+    """Wall-clock time in integer milliseconds, the envelope's time unit."""
+    return time.time_ns() // 1_000_000
+
+
+def body_json(body: Any) -> bytes:
+    """Serialise a contract instance or JSON-compatible value to JSON bytes."""
+    if isinstance(body, BaseModel):
+        return body.__pydantic_serializer__.to_json(body)
+    return to_json(body, bytes_mode="base64")
+
+
+def _str(value: str) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+def encode(
+    body: bytes,
+    *,
+    id: str,
+    contract: str | None,
+    version: int,
+    sent_at: int,
+    expires_at: int | None,
+    reply_channel: str | None = None,
+    reply_to: str | None = None,
+    trace: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    error: ErrorInfo | None = None,
+) -> bytes:
+    """Assemble an envelope around an already-serialised JSON ``body``.
+
+    Field order is fixed (see docs/protocol.md) so encodings are byte-exact.
+    """
+    parts = [b'{"v":1,"id":', _str(id)]
+    if contract is not None:
+        parts += [b',"ct":', _str(contract), b',"cv":', str(version).encode()]
+    if reply_channel is not None:
+        parts += [b',"rc":', _str(reply_channel)]
+    if reply_to is not None:
+        parts += [b',"re":', _str(reply_to)]
+    parts += [b',"at":', str(sent_at).encode()]
+    if expires_at is not None:
+        parts += [b',"ex":', str(expires_at).encode()]
+    if trace:
+        parts += [b',"tc":', to_json(trace)]
+    if headers:
+        parts += [b',"h":', to_json(headers)]
+    if error is not None:
+        parts += [b',"er":', error.__pydantic_serializer__.to_json(error)]
+    parts += [b',"b":', body, b"}"]
+    return b"".join(parts)

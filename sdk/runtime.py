@@ -1,0 +1,268 @@
+"""The async runtime: runs a service's consumers on one layer.
+
+Each consumer gets ``concurrency`` worker tasks that pull batches straight
+from the layer and handle them in order: no task or queue per message. Bad
+input is logged once, counted, optionally dead-lettered, and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .bus import Bus, _invalid
+from .consumer import Consumer, resolve_message_type
+from .context import Context
+from .contract import Contract
+from .envelope import Envelope, envelope_type, now_ms
+from .errors import SvcbusError
+from .layer import Layer
+from .service import Service, run_hooks
+
+log = logging.getLogger("svcbus.runtime")
+
+DEFAULT_CONCURRENCY = 10
+BATCH_SIZE = 32
+
+
+class DeadLetter(Contract, channel="svcbus.dead_letter"):
+    """A message a consumer could not take, with the reason (sent to the dead-letter channel)."""
+
+    channel: str
+    reason: str
+    message_id: str | None = None
+    payload: str
+    """The raw message, decoded as UTF-8 with replacement characters."""
+
+
+class _IdPeek(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str | None = None
+
+
+@dataclass
+class ConsumerStats:
+    """Counters of one consumer; read them for metrics and tests."""
+
+    received: int = 0
+    processed: int = 0
+    failed: int = 0
+    invalid: int = 0
+    expired: int = 0
+    dead_lettered: int = 0
+
+
+@dataclass
+class _Bound:
+    consumer: Consumer
+    decode: Callable[[bytes], Envelope[Any]]
+    concurrency: int
+    stats: ConsumerStats = field(default_factory=ConsumerStats)
+
+
+Observer = Callable[[str, Envelope[Any], Any], None]
+
+
+class Runtime:
+    """Runs ``service`` on ``layer`` until stopped (SIGINT/SIGTERM or :meth:`stop`)."""
+
+    def __init__(
+        self,
+        service: Service,
+        layer: Layer | str | Bus,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        dead_letter: str | None = None,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        if concurrency < 1:
+            raise SvcbusError(f"concurrency must be >= 1, got {concurrency}")
+        self.service = service
+        self.bus = layer if isinstance(layer, Bus) else Bus(layer)
+        self._owns_bus = not isinstance(layer, Bus)
+        self.dead_letter = dead_letter
+        self.shutdown_timeout = shutdown_timeout
+        self.observers: list[Observer] = []
+        self._bound = [self._bind(c, concurrency) for c in service.consumers]
+        self._stopping = False
+        self._stop_requested = anyio.Event()
+        self._receive_scopes: set[anyio.CancelScope] = set()
+        self.started = anyio.Event()
+        """Set once every consumer is receiving."""
+
+    @staticmethod
+    def _bind(consumer: Consumer, default_concurrency: int) -> _Bound:
+        message_type = consumer.message_type
+        if message_type is Any:
+            # The contract may have been imported after the consumer was declared.
+            message_type = resolve_message_type(consumer.channel, Any, consumer.name)
+        model = envelope_type(message_type)
+        return _Bound(
+            consumer, model.model_validate_json, consumer.concurrency or default_concurrency
+        )
+
+    @property
+    def stats(self) -> dict[str, ConsumerStats]:
+        """Per-channel counters."""
+        return {b.consumer.channel: b.stats for b in self._bound}
+
+    def stop(self) -> None:
+        """Ask the runtime to stop: no new messages; in-flight ones finish."""
+        self._stop_requested.set()
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Run until stopped; with ``handle_signals``, SIGINT/SIGTERM stop gracefully."""
+        bus_context = self.bus if self._owns_bus else _borrowed(self.bus)
+        async with bus_context, anyio.create_task_group() as outer:
+            if handle_signals:
+                outer.start_soon(self._watch_signals)
+            await run_hooks(self.service.startup_hooks, self.bus)
+            try:
+                async with anyio.create_task_group() as workers:
+                    for bound in self._bound:
+                        for _ in range(bound.concurrency):
+                            workers.start_soon(self._work, bound)
+                    outer.start_soon(self._drain_on_stop, workers.cancel_scope)
+                    self.started.set()
+                log.info(
+                    "service %s stopped (%s)",
+                    self.service.name,
+                    ", ".join(f"{c}: {s.processed} processed" for c, s in self.stats.items()),
+                )
+            finally:
+                outer.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await run_hooks(self.service.shutdown_hooks, self.bus)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Runtime]:
+        """Run in the background for the body of an ``async with`` block (tests, embedding)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: self.run(handle_signals=False))
+            await self.started.wait()
+            try:
+                yield self
+            finally:
+                self.stop()
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s: finishing in-flight messages", signal.Signals(signum).name)
+                self.stop()
+                return
+
+    async def _drain_on_stop(self, workers: anyio.CancelScope) -> None:
+        await self._stop_requested.wait()
+        self._stopping = True
+        for scope in list(self._receive_scopes):
+            scope.cancel()
+        await anyio.sleep(self.shutdown_timeout)
+        log.warning(
+            "in-flight messages did not finish within %ss; cancelling", self.shutdown_timeout
+        )
+        workers.cancel()
+
+    async def _work(self, bound: _Bound) -> None:
+        receive_many = self.bus.layer.receive_many
+        channel = bound.consumer.channel
+        scopes = self._receive_scopes
+        while not self._stopping:
+            batch: list[bytes] = []
+            with anyio.CancelScope() as scope:
+                scopes.add(scope)
+                try:
+                    batch = await receive_many(channel, BATCH_SIZE)
+                finally:
+                    scopes.discard(scope)
+            # Messages already taken are handled even while stopping: none is lost.
+            for data in batch:
+                await self._handle(bound, data)
+            # A batch that was ready without waiting must not starve other tasks.
+            await anyio.lowlevel.checkpoint()
+
+    async def _handle(self, bound: _Bound, data: bytes) -> None:
+        stats = bound.stats
+        consumer = bound.consumer
+        stats.received += 1
+        try:
+            envelope = bound.decode(data)
+        except ValidationError as exc:
+            await self._reject(
+                bound, data, str(_invalid(consumer.channel, exc, consumer.message_type))
+            )
+            return
+        if envelope.ex is not None and envelope.ex <= now_ms():
+            stats.expired += 1
+            return
+        ctx = Context(self.bus, consumer.channel, envelope)
+        try:
+            if consumer.takes_context:
+                result = await consumer.func(envelope.b, ctx)
+            else:
+                result = await consumer.func(envelope.b)
+        except Exception as exc:
+            stats.failed += 1
+            log.exception("consumer %s failed on message %s", consumer.name, envelope.id)
+            if envelope.rc is not None:
+                await self._reply_error(envelope, exc)
+            return
+        if envelope.rc is not None and not ctx._replied:
+            await self._reply(bound, envelope, result)
+        stats.processed += 1
+        if self.observers:
+            for observer in self.observers:
+                observer(consumer.channel, envelope, result)
+
+    async def _reply(self, bound: _Bound, envelope: Envelope[Any], result: Any) -> None:
+        assert envelope.rc is not None
+        try:
+            await self.bus.reply(
+                envelope.rc, envelope.id, result, contract=bound.consumer.reply_type
+            )
+        except SvcbusError as exc:
+            log.error("reply of %s to %s failed: %s", bound.consumer.name, envelope.rc, exc)
+            await self._reply_error(envelope, exc)
+
+    async def _reply_error(self, envelope: Envelope[Any], exc: BaseException) -> None:
+        assert envelope.rc is not None
+        try:
+            await self.bus.reply_error(envelope.rc, envelope.id, exc)
+        except SvcbusError as send_error:
+            log.error("could not report failure to %s: %s", envelope.rc, send_error)
+
+    async def _reject(self, bound: _Bound, data: bytes, reason: str) -> None:
+        channel = bound.consumer.channel
+        bound.stats.invalid += 1
+        try:
+            message_id = _IdPeek.model_validate_json(data).id
+        except ValidationError:
+            message_id = None
+        log.warning(
+            "invalid message %s on %s dropped: %s", message_id or "(no id)", channel, reason
+        )
+        if self.dead_letter is None:
+            return
+        letter = DeadLetter(
+            channel=channel,
+            reason=reason,
+            message_id=message_id,
+            payload=data.decode("utf-8", "replace"),
+        )
+        try:
+            await self.bus.send(self.dead_letter, letter)
+            bound.stats.dead_lettered += 1
+        except SvcbusError as exc:
+            log.error("dead-letter channel %s refused a message: %s", self.dead_letter, exc)
+
+
+@asynccontextmanager
+async def _borrowed(bus: Bus) -> AsyncIterator[Bus]:
+    yield bus

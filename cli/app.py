@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -176,6 +177,14 @@ def request(
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
     out.print_json(to_json(reply).decode())
+
+
+# Commands that live in modules of their own; each module has `register(app)`
+# and imports its heavy dependencies inside the command, so `svc --help` stays fast.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"svcbus.cli.{_name}").register(app)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ DEFAULT_CONCURRENCY = 10
 BATCH_SIZE = 32
 
 
-class DeadLetter(Contract, channel="svcbus.dead_letter"):
+class DeadLetter(Contract):
     """A message a consumer could not take, with the reason (sent to the dead-letter channel)."""
 
     channel: str
@@ -114,7 +114,10 @@ class Runtime:
         return {b.consumer.channel: b.stats for b in self._bound}
 
     def stop(self) -> None:
-        """Ask the runtime to stop: no new messages; in-flight ones finish."""
+        """Stop taking messages now; in-flight ones finish (within ``shutdown_timeout``)."""
+        self._stopping = True
+        for scope in list(self._receive_scopes):
+            scope.cancel()
         self._stop_requested.set()
 
     async def run(self, *, handle_signals: bool = True) -> None:
@@ -161,9 +164,6 @@ class Runtime:
 
     async def _drain_on_stop(self, workers: anyio.CancelScope) -> None:
         await self._stop_requested.wait()
-        self._stopping = True
-        for scope in list(self._receive_scopes):
-            scope.cancel()
         await anyio.sleep(self.shutdown_timeout)
         log.warning(
             "in-flight messages did not finish within %ss; cancelling", self.shutdown_timeout

@@ -66,6 +66,16 @@ def parse_json(text: str, what: str = "message") -> Any:
         fail(f"{what} is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}")
 
 
+def check_channel(channel: str) -> None:
+    """Fail early, in one line, on a bad channel name."""
+    from svcbus.names import validate_channel
+
+    try:
+        validate_channel(channel)
+    except InvalidChannelName as exc:
+        fail(str(exc))
+
+
 def setup_logging(level: str) -> None:
     """Log to stderr in a compact, greppable format."""
     logging.basicConfig(
@@ -139,6 +149,7 @@ def send(
     from svcbus import connect
 
     body = parse_json(message)
+    check_channel(channel)
 
     async def go() -> str:
         async with connect(layer_url(layer, across_processes=True)) as bus:
@@ -164,6 +175,7 @@ def request(
     from svcbus import connect
 
     body = parse_json(message)
+    check_channel(channel)
 
     async def go() -> Any:
         async with connect(layer_url(layer, across_processes=True)) as bus:

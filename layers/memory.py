@@ -95,14 +95,17 @@ class MemoryLayer(Layer):
             raise SvcbusError("this memory layer is closed; open a new one")
 
     async def send(self, channel: str, message: bytes) -> None:
-        self._check_open()
+        if self._closed:
+            self._check_open()
         validate_channel(channel)
-        self.options.check_size(channel, message)
+        options = self.options
+        if len(message) > options.max_message_size:
+            options.check_size(channel, message)
         queues = self.hub.queues
         queue = queues.get(channel)
         if queue is None:
             queue = queues[channel] = _Queue()
-        capacity = self.options.capacity_for(channel)
+        capacity = options.capacity_for(channel)
         now = time.monotonic()
         if len(queue.items) >= capacity:
             queue.drop_expired(now)
@@ -112,8 +115,6 @@ class MemoryLayer(Layer):
                     "its consumers are behind: retry later or raise channel_capacity"
                 )
         queue.put((now + self.options.expiry, message))
-        # Yield to the loop so a sender in a tight loop cannot starve receivers.
-        await anyio.lowlevel.checkpoint()
 
     def _check_receivable(self, channel: str) -> None:
         validate_channel(channel)
@@ -124,6 +125,10 @@ class MemoryLayer(Layer):
             )
 
     async def receive(self, channel: str) -> bytes:
+        # Yield first (before anything is popped, so cancelling here loses
+        # nothing): a loop of receives must not starve the channel's other
+        # receivers. receive_many, the runtime's batch path, yields per batch.
+        await anyio.lowlevel.checkpoint()
         return (await self.receive_many(channel, 1))[0]
 
     async def receive_many(self, channel: str, limit: int) -> list[bytes]:
@@ -211,7 +216,6 @@ class MemoryLayer(Layer):
             del members[channel]
         if not members:
             del self.hub.groups[group]
-        await anyio.lowlevel.checkpoint()
 
     async def close(self) -> None:
         if self._closed:

@@ -82,8 +82,12 @@ class Bus:
         """Validate ``message`` for ``channel`` and encode it as an envelope."""
         if contract is None and "!" not in channel:
             contract = self.contracts.get(channel)
-        body = coerce(channel, message, contract)
-        name, version = _contract_of(body)
+        if contract is not None and type(message) is contract:
+            body = message  # already validated when it was built
+            name, version = contract.__contract_name__, contract.__version__
+        else:
+            body = coerce(channel, message, contract)
+            name, version = _contract_of(body)
         sent_at = now_ms()
         return encode(
             body_json(body),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import time
 from typing import Any, Generic, Literal, TypeVar
 
@@ -124,8 +125,26 @@ def body_json(body: Any) -> bytes:
     return to_json(body, bytes_mode="base64")
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.!:-]*").fullmatch
+
+
 def _str(value: str) -> bytes:
+    # Ids, contract names and channel names are plain ASCII: skip the JSON encoder.
+    if _PLAIN(value):
+        return b'"%s"' % value.encode()
     return json.dumps(value, ensure_ascii=False).encode()
+
+
+_contract_parts: dict[tuple[str, int], bytes] = {}
+
+
+def _contract_part(contract: str, version: int) -> bytes:
+    part = _contract_parts.get((contract, version))
+    if part is None:
+        part = b',"ct":%s,"cv":%d' % (_str(contract), version)
+        if len(_contract_parts) < 10_000:
+            _contract_parts[(contract, version)] = part
+    return part
 
 
 def encode(
@@ -146,9 +165,15 @@ def encode(
 
     Field order is fixed (see docs/protocol.md) so encodings are byte-exact.
     """
-    parts = [b'{"v":1,"id":', _str(id)]
+    head = b'{"v":1,"id":' + _str(id)
     if contract is not None:
-        parts += [b',"ct":', _str(contract), b',"cv":', str(version).encode()]
+        head += _contract_part(contract, version)
+    if reply_channel is None and reply_to is None and not trace and not headers and error is None:
+        # The common case, in one formatting step.
+        if expires_at is None:
+            return b'%s,"at":%d,"b":%s}' % (head, sent_at, body)
+        return b'%s,"at":%d,"ex":%d,"b":%s}' % (head, sent_at, expires_at, body)
+    parts = [head]
     if reply_channel is not None:
         parts += [b',"rc":', _str(reply_channel)]
     if reply_to is not None:

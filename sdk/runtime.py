@@ -67,6 +67,16 @@ class _Bound:
     stats: ConsumerStats = field(default_factory=ConsumerStats)
 
 
+class _Worker:
+    """A worker task's cancel scope, and whether it is waiting in receive (cancellable)."""
+
+    __slots__ = ("receiving", "scope")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.receiving = False
+
+
 Observer = Callable[[str, Envelope[Any], Any], None]
 
 
@@ -93,7 +103,7 @@ class Runtime:
         self._bound = [self._bind(c, concurrency) for c in service.consumers]
         self._stopping = False
         self._stop_requested = anyio.Event()
-        self._receive_scopes: set[anyio.CancelScope] = set()
+        self._workers: set[_Worker] = set()
         self.started = anyio.Event()
         """Set once every consumer is receiving."""
 
@@ -116,8 +126,9 @@ class Runtime:
     def stop(self) -> None:
         """Stop taking messages now; in-flight ones finish (within ``shutdown_timeout``)."""
         self._stopping = True
-        for scope in list(self._receive_scopes):
-            scope.cancel()
+        for worker in list(self._workers):
+            if worker.receiving:
+                worker.scope.cancel()
         self._stop_requested.set()
 
     async def run(self, *, handle_signals: bool = True) -> None:
@@ -173,25 +184,38 @@ class Runtime:
     async def _work(self, bound: _Bound) -> None:
         receive_many = self.bus.layer.receive_many
         channel = bound.consumer.channel
-        scopes = self._receive_scopes
-        while not self._stopping:
-            batch: list[bytes] = []
-            with anyio.CancelScope() as scope:
-                scopes.add(scope)
-                try:
-                    batch = await receive_many(channel, BATCH_SIZE)
-                finally:
-                    scopes.discard(scope)
-            # Messages already taken are handled even while stopping: none is lost.
-            for data in batch:
-                await self._handle(bound, data)
-            # A batch that was ready without waiting must not starve other tasks.
-            await anyio.lowlevel.checkpoint()
+        # One worker alone takes whole batches (fewer wake-ups); with several,
+        # each takes one message so a slow handler never holds back others'
+        # messages while its siblings sit idle.
+        batch_size = BATCH_SIZE if bound.concurrency == 1 else 1
+        worker = _Worker()
+        self._workers.add(worker)
+        unyielded = 0
+        try:
+            # One cancel scope per worker, not per receive: stop() cancels only
+            # workers that are waiting in receive, so handlers always finish.
+            with worker.scope:
+                while not self._stopping:
+                    worker.receiving = True
+                    batch = await receive_many(channel, batch_size)
+                    worker.receiving = False
+                    # Messages already taken are handled even while stopping.
+                    bound.stats.received += len(batch)
+                    now = now_ms()
+                    for data in batch:
+                        await self._handle(bound, data, now)
+                    # Handlers that never suspend on a channel that is never empty
+                    # must not starve other tasks: yield every BATCH_SIZE messages.
+                    unyielded += len(batch)
+                    if unyielded >= BATCH_SIZE:
+                        unyielded = 0
+                        await anyio.lowlevel.checkpoint()
+        finally:
+            self._workers.discard(worker)
 
-    async def _handle(self, bound: _Bound, data: bytes) -> None:
+    async def _handle(self, bound: _Bound, data: bytes, now: int) -> None:
         stats = bound.stats
         consumer = bound.consumer
-        stats.received += 1
         try:
             envelope = bound.decode(data)
         except ValidationError as exc:
@@ -199,12 +223,13 @@ class Runtime:
                 bound, data, str(_invalid(consumer.channel, exc, consumer.message_type))
             )
             return
-        if envelope.ex is not None and envelope.ex <= now_ms():
+        if envelope.ex is not None and envelope.ex <= now:
             stats.expired += 1
             return
-        ctx = Context(self.bus, consumer.channel, envelope)
+        ctx = None
         try:
             if consumer.takes_context:
+                ctx = Context(self.bus, consumer.channel, envelope)
                 result = await consumer.func(envelope.b, ctx)
             else:
                 result = await consumer.func(envelope.b)
@@ -214,7 +239,7 @@ class Runtime:
             if envelope.rc is not None:
                 await self._reply_error(envelope, exc)
             return
-        if envelope.rc is not None and not ctx._replied:
+        if envelope.rc is not None and (ctx is None or not ctx._replied):
             await self._reply(bound, envelope, result)
         stats.processed += 1
         if self.observers:

@@ -1,0 +1,291 @@
+"""The edge ASGI application: WebSocket and HTTP traffic in, channel messages out.
+
+``EdgeApp(routes, layer="nats://...")`` is a plain ASGI 3 app; serve it with
+uvicorn (``svc edge`` does) or any ASGI server. It opens its bus in the
+lifespan startup, or uses a :class:`~svcbus.Bus` you pass and manage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Collection, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio
+from pydantic import ValidationError
+
+from ..bus import Bus
+from ..envelope import Envelope, now_ms
+from ..errors import ConfigurationError
+from ..layer import Layer
+from ..runtime import Runtime
+from ..service import Service
+from .contracts import EdgeReply, Identity
+from .http import Receive, handle_request, send_error, send_response
+from .http import Send as AsgiSend
+from .routing import PathParams, Routes
+from .security import (
+    DROPPED_HEADERS,
+    Authenticate,
+    AuthenticationFailed,
+    Handshake,
+    Limits,
+    OriginPolicy,
+    call_hook,
+    parse_cookies,
+    sanitise_headers,
+    secret_query_params,
+)
+from .static import serve_static
+from .websocket import Decoded, handle_websocket, ready
+
+log = logging.getLogger("svcbus.edge")
+
+MAX_QUERY_PARAMS = 64
+REPLY_CACHE_SIZE = 128
+
+_ReplyEnvelope = Envelope[EdgeReply]  # type: ignore[valid-type]
+
+
+@dataclass
+class EdgeStats:
+    """Counters of one edge process (read them for metrics and tests)."""
+
+    connections: int = 0
+    """WebSockets open now."""
+    in_flight: int = 0
+    """HTTP requests being answered now."""
+    accepted: int = 0
+    rejected: int = 0
+    """Connections a consumer closed before accepting, or that no consumer answered in time."""
+    refused_origin: int = 0
+    refused_auth: int = 0
+    refused_busy: int = 0
+    closed_rate: int = 0
+    closed_size: int = 0
+    closed_bad_frame: int = 0
+    dropped: int = 0
+    """Frames lost because the receive channel was full (at-most-once)."""
+    invalid_replies: int = 0
+    http_requests: int = 0
+
+
+class Request:
+    """One HTTP request or WebSocket handshake, parsed once: what may travel and what may not."""
+
+    __slots__ = ("client", "headers", "params", "query", "raw_query", "scope")
+
+    def __init__(self, edge: EdgeApp, scope: dict[str, Any], params: PathParams) -> None:
+        self.scope = scope
+        self.params = params
+        raw = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        cap = edge.limits.max_header_length
+        self.raw_query = {k: v for k, v in raw[:MAX_QUERY_PARAMS]}
+        # Credentials in the query (?access_token=) are for the auth hook only.
+        secret = edge.secret_query_params
+        self.query = {k[:cap]: v[:cap] for k, v in self.raw_query.items() if k not in secret}
+        self.headers = sanitise_headers(scope["headers"], edge.limits, edge.dropped_headers)
+        client = scope.get("client")
+        self.client = f"{client[0]}:{client[1]}" if client else None
+
+    def header(self, name: bytes) -> str | None:
+        """A raw request header (first occurrence), credentials included."""
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
+
+class EdgeApp:
+    """An ASGI app that puts WebSocket and HTTP traffic on the bus.
+
+    ``layer`` is a layer URL or :class:`~svcbus.Layer` (the edge opens and
+    closes a Bus on it in the ASGI lifespan) or an open :class:`~svcbus.Bus`
+    that the caller manages. ``allowed_origins`` is None for same-host only,
+    else a list of origins and ``https://*.example.com`` patterns.
+    ``authenticate`` is a hook (see :func:`~svcbus.edge.bearer_token`); with
+    ``require_identity`` anonymous requests are refused. ``services`` run in
+    this process on the edge's bus (demos, ``memory://``, tests).
+    """
+
+    def __init__(
+        self,
+        routes: Routes,
+        *,
+        layer: str | Layer | Bus = "memory://",
+        limits: Limits | None = None,
+        allowed_origins: Iterable[str] | None = None,
+        allow_missing_origin: bool = True,
+        authenticate: Authenticate | None = None,
+        require_identity: bool = False,
+        dropped_headers: Collection[str] = DROPPED_HEADERS,
+        services: Iterable[Service] = (),
+    ) -> None:
+        if not isinstance(routes, Routes):
+            raise ConfigurationError(f"EdgeApp needs a Routes table, got {type(routes).__name__}")
+        self.routes = routes
+        self.layer = layer
+        self.limits = limits or Limits()
+        self.origins = OriginPolicy(allowed_origins, allow_missing=allow_missing_origin)
+        self.authenticate = authenticate
+        self.require_identity = require_identity
+        self.secret_query_params = secret_query_params(authenticate)
+        self.dropped_headers = frozenset(h.lower() for h in dropped_headers)
+        self.services = list(services)
+        self.stats = EdgeStats()
+        self._bus: Bus | None = layer if isinstance(layer, Bus) else None
+        self._reply_cache: dict[bytes, Decoded | None] = {}
+
+    def __repr__(self) -> str:
+        return f"<EdgeApp {self.routes!r}>"
+
+    @property
+    def bus(self) -> Bus:
+        """The bus the edge talks on (open once the lifespan has started)."""
+        if self._bus is None:
+            raise ConfigurationError(
+                "the edge's bus is not open: serve the app with lifespan enabled "
+                "(uvicorn's default), or pass layer=<an open Bus>"
+            )
+        return self._bus
+
+    # ASGI ----------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: AsgiSend) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            await handle_websocket(self, scope, receive, send)
+        elif kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: dict[str, Any], receive: Receive, send: AsgiSend) -> None:
+        method = scope["method"]
+        match = self.routes.match_http(method, scope["path"])
+        if match.allowed:
+            allow = ", ".join(match.allowed).encode()
+            await send_response(
+                send, 405, b"method not allowed\n", [(b"allow", allow)], head=method == "HEAD"
+            )
+            return
+        if match.static is not None:
+            await serve_static(match.static, match.subpath, scope, send)
+            return
+        if match.route is None:
+            await send_response(send, 404, b"not found\n", head=method == "HEAD")
+            return
+        stats = self.stats
+        if stats.connections + stats.in_flight >= self.limits.max_connections:
+            stats.refused_busy += 1
+            await send_error(send, 503, "the edge is at its connection limit; retry later")
+            return
+        stats.http_requests += 1
+        stats.in_flight += 1
+        try:
+            await handle_request(
+                self, match.route, Request(self, scope, match.params), receive, send
+            )
+        finally:
+            stats.in_flight -= 1
+
+    async def _lifespan(self, receive: Receive, send: AsgiSend) -> None:
+        await receive()  # lifespan.startup
+        owned = self._bus is None
+        started = False
+        try:
+            bus = Bus(self.layer) if owned else self._bus  # type: ignore[arg-type]
+            async with _open(bus, owned), anyio.create_task_group() as services:
+                self._bus = bus
+                runtimes = [Runtime(service, bus) for service in self.services]
+                for runtime in runtimes:
+                    services.start_soon(partial(runtime.run, handle_signals=False))
+                    await runtime.started.wait()
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()  # lifespan.shutdown
+                for runtime in runtimes:
+                    runtime.stop()
+        except Exception as exc:
+            log.exception("edge lifespan failed")
+            phase = "shutdown" if started else "startup"
+            await send({"type": f"lifespan.{phase}.failed", "message": f"edge: {exc}"})
+            return
+        finally:
+            if owned:
+                self._bus = None
+        await send({"type": "lifespan.shutdown.complete"})
+
+    # shared by HTTP and WebSocket -------------------------------------------------------
+
+    async def identify(self, request: Request) -> Identity:
+        """Run the authentication hook; raises :class:`AuthenticationFailed` to refuse."""
+        if self.authenticate is None:
+            identity = None
+        else:
+            headers: dict[str, str] = {}
+            for key, value in request.scope["headers"]:
+                name = key.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                headers[name] = f"{headers[name]}, {text}" if name in headers else text
+            handshake = Handshake(
+                path=request.scope["path"],
+                headers=headers,
+                query=request.raw_query,
+                client=request.client,
+                cookies=parse_cookies(headers.get("cookie")),
+            )
+            try:
+                identity = await call_hook(self.authenticate, handshake)
+            except AuthenticationFailed:
+                raise
+            except Exception as exc:
+                # A broken hook must fail closed, not let the request through.
+                log.exception("authentication hook failed")
+                raise AuthenticationFailed("authentication failed") from exc
+        if identity is None and self.require_identity:
+            raise AuthenticationFailed("authentication required")
+        return identity
+
+    def decode_reply(self, data: bytes) -> Decoded | None:
+        """Decode a message from a reply channel, once per distinct message.
+
+        A ``group_send`` hands the same bytes to every member's reply channel;
+        the cache turns 10,000 decodes (and ASGI event dicts) into one.
+        """
+        cache = self._reply_cache
+        found = cache.get(data, False)
+        if found is not False:
+            return found  # type: ignore[return-value]
+        decoded: Decoded | None
+        try:
+            envelope = _ReplyEnvelope.model_validate_json(data)
+        except ValidationError as exc:
+            self.stats.invalid_replies += 1
+            log.warning(
+                "dropped a reply the edge cannot use (send Accept, Send, Close, Join or "
+                "Leave from svcbus.edge): %s",
+                exc.errors(include_url=False, include_input=False)[:3],
+            )
+            decoded = None
+        else:
+            decoded = (
+                None if envelope.ex is not None and envelope.ex <= now_ms() else ready(envelope.b)
+            )
+        if len(cache) >= REPLY_CACHE_SIZE:
+            cache.clear()
+        cache[data] = decoded
+        return decoded
+
+
+@asynccontextmanager
+async def _open(bus: Bus, owned: bool) -> AsyncIterator[Bus]:
+    if not owned:
+        yield bus
+        return
+    async with bus:
+        yield bus

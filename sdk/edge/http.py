@@ -1,0 +1,203 @@
+"""HTTP through the edge: a route's requests go out with ``bus.request``, replies come back.
+
+Status codes the edge itself produces: 404 no route, 405 wrong method, 413
+body too large, 422 body does not fit the channel's contract (pydantic's
+errors in the response), 401 authentication refused, 503 channel full or too
+many connections, 504 no reply in time, 500 the consumer failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from pydantic_core import from_json, to_json
+
+from ..contract import Contract
+from ..errors import (
+    ChannelFull,
+    MessageInvalid,
+    MessageTooLarge,
+    RemoteError,
+    RequestTimeout,
+    SvcbusError,
+)
+from .contracts import HttpRequest, HttpResponse, Identity
+from .routing import HttpRoute
+from .security import AuthenticationFailed
+
+if TYPE_CHECKING:
+    from .app import EdgeApp, Request
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+_JSON = [(b"content-type", b"application/json")]
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds ``Limits.max_body_size``."""
+
+
+async def send_response(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    head: bool = False,
+) -> None:
+    """Send a complete response (``head`` omits the body, keeps its length)."""
+    headers = list(headers) if headers else [(b"content-type", b"text/plain; charset=utf-8")]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def send_error(send: Send, status: int, message: str, **detail: Any) -> None:
+    """A JSON error response: ``{"error": message, ...detail}``."""
+    body = to_json({"error": message, **detail}, fallback=str)
+    await send_response(send, status, body, _JSON)
+
+
+async def read_body(receive: Receive, scope: dict[str, Any], limit: int) -> bytes:
+    """The whole request body; raises :class:`BodyTooLarge` as soon as it exceeds ``limit``."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                if int(value) > limit:
+                    raise BodyTooLarge
+            except ValueError:
+                pass  # the server rejects malformed lengths; count the bytes instead
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def handle_request(
+    edge: EdgeApp, route: HttpRoute, request: Request, receive: Receive, send: Send
+) -> None:
+    """Turn one HTTP request into a bus request and its reply into the response."""
+    scope = request.scope
+    try:
+        body = await read_body(receive, scope, edge.limits.max_body_size)
+    except BodyTooLarge:
+        await send_error(
+            send, 413, f"request body is larger than {edge.limits.max_body_size} bytes"
+        )
+        return
+    try:
+        identity = await edge.identify(request)
+    except AuthenticationFailed as exc:
+        await send_error(send, 401, str(exc) or "authentication failed")
+        return
+    contract = edge.bus.contracts.get(route.channel)
+    try:
+        message = build_message(contract, request, body, identity)
+    except InvalidInput as exc:
+        await send_error(send, 422, "request does not fit the contract", detail=exc.errors)
+        return
+    try:
+        reply = await edge.bus.request(
+            route.channel, message, timeout=edge.limits.request_timeout, reply_type=Any
+        )
+    except RequestTimeout:
+        await send_error(send, 504, f"no reply from {route.channel!r} in time")
+        return
+    except ChannelFull:
+        await send_error(send, 503, f"{route.channel!r} is busy; retry later")
+        return
+    except MessageTooLarge:
+        await send_error(send, 413, "request too large for the bus")
+        return
+    except MessageInvalid as exc:
+        await send_error(send, 422, "request does not fit the contract", detail=exc.errors)
+        return
+    except RemoteError as exc:
+        await send_error(send, 500, "the service failed", type=exc.error_type)
+        return
+    except SvcbusError as exc:
+        await send_error(send, 502, f"bus error: {exc}")
+        return
+    await send_reply(send, reply, head=scope["method"] == "HEAD")
+
+
+class InvalidInput(Exception):
+    """The request's input does not fit the channel's contract."""
+
+    def __init__(self, errors: list[Any]) -> None:
+        super().__init__("invalid input")
+        self.errors = errors
+
+
+def build_message(
+    contract: type[Contract] | None, request: Request, body: bytes, identity: Identity
+) -> Contract:
+    """The message for the route's channel: the channel's contract, else an HttpRequest."""
+    scope = request.scope
+    if contract is None or issubclass(contract, HttpRequest):
+        return (contract or HttpRequest).model_construct(
+            method=scope["method"],
+            path=scope["path"],
+            params=request.params,
+            query=request.query,
+            headers=request.headers,
+            body=body,
+            client=request.client,
+            identity=identity,
+        )
+    data: dict[str, Any] = dict(request.query)
+    if body.strip():
+        try:
+            parsed = from_json(body)
+        except ValueError as exc:
+            raise InvalidInput(
+                [{"type": "json_invalid", "loc": ["body"], "msg": f"body is not JSON: {exc}"}]
+            ) from None
+        if not isinstance(parsed, dict):
+            raise InvalidInput(
+                [{"type": "dict_type", "loc": ["body"], "msg": "body must be a JSON object"}]
+            )
+        data.update(parsed)
+    data.update(request.params)
+    # A client must never choose its identity: the edge's verdict replaces any it sent.
+    data.pop("identity", None)
+    if "identity" in contract.model_fields:
+        data["identity"] = identity
+    try:
+        return contract.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(exc.errors(include_url=False, include_context=False)) from None
+
+
+async def send_reply(send: Send, reply: Any, *, head: bool = False) -> None:
+    """Send a consumer's reply: an HttpResponse as is, anything else as 200 JSON."""
+    if isinstance(reply, dict) and reply.get("type") == "http.response":
+        try:
+            response = HttpResponse.model_validate(reply)
+        except ValidationError as exc:
+            await send_error(
+                send, 502, "the service sent a malformed HttpResponse", detail=str(exc)
+            )
+            return
+        headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
+        ]
+        if not any(k == b"content-type" for k, _ in headers):
+            headers.append((b"content-type", b"application/octet-stream"))
+        headers = [(k, v) for k, v in headers if k != b"content-length"]
+        await send_response(send, response.status, response.payload(), headers, head=head)
+        return
+    await send_response(send, 200, to_json(reply), _JSON, head=head)

@@ -1,0 +1,94 @@
+"""Serving the edge with uvicorn, with the settings the edge relies on."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ..bus import Bus
+from ..errors import ConfigurationError
+from ..layer import Layer
+from .app import EdgeApp
+from .routing import Routes
+
+if TYPE_CHECKING:
+    import uvicorn
+
+ROUTES_ENV = "SVCBUS_EDGE_ROUTES"
+LAYER_ENV = "SVCBUS_LAYER"
+
+
+def load_edge(ref: str, layer: str | Layer | Bus | None = None) -> EdgeApp:
+    """The edge ``ref`` (``module:attribute``) names: a Routes table, an EdgeApp or a factory.
+
+    A Routes table gets an :class:`EdgeApp` with default security and limits;
+    ``layer`` (if given) replaces the app's layer.
+    """
+    module_name, sep, attribute = ref.partition(":")
+    if not sep or not attribute:
+        raise ConfigurationError(
+            f"ROUTES {ref!r} must be module:attribute, e.g. myapp.routing:routes"
+        )
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: the current directory is importable
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigurationError(
+                f"cannot import {module_name!r} (run from the directory that contains it)"
+            ) from None
+        raise
+    try:
+        found: Any = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if callable(found) and not isinstance(found, EdgeApp | Routes):
+        found = found()
+    if isinstance(found, Routes):
+        return EdgeApp(found, layer=layer if layer is not None else "memory://")
+    if isinstance(found, EdgeApp):
+        if layer is not None:
+            found.layer = layer
+        return found
+    raise ConfigurationError(
+        f"{ref!r} is {type(found).__name__}; it must be a svcbus.edge.Routes table or EdgeApp"
+    )
+
+
+def app_from_env() -> EdgeApp:
+    """uvicorn factory for worker processes: the edge named by ``$SVCBUS_EDGE_ROUTES``."""
+    ref = os.environ.get(ROUTES_ENV)
+    if not ref:
+        raise ConfigurationError(f"set {ROUTES_ENV}=module:attribute to name the edge's routes")
+    return load_edge(ref, os.environ.get(LAYER_ENV) or None)
+
+
+def uvicorn_options(edge: EdgeApp | None = None) -> dict[str, Any]:
+    """uvicorn settings the edge needs: sans-I/O websockets, no compression, frame cap."""
+    max_size = (edge.limits.max_message_size if edge is not None else 64 * 1024) + 16
+    return {
+        # The sans-I/O protocol keeps no tasks per connection (timers instead): a
+        # large part of why 10,000 idle sockets fit in little memory.
+        "ws": "websockets-sansio",
+        # Compression costs ~64 KiB of zlib state per socket and a CPU pass per
+        # frame; it also opens compression side channels. Off unless asked for.
+        "ws_per_message_deflate": False,
+        # The server refuses oversized frames itself (close 1009) before they are
+        # buffered; a few bytes of slack let the edge count UTF-8 text exactly.
+        "ws_max_size": max_size,
+        "lifespan": "on",
+        "backlog": 4096,
+        "server_header": False,
+    }
+
+
+def config(
+    edge: EdgeApp, host: str = "127.0.0.1", port: int = 8000, **overrides: Any
+) -> uvicorn.Config:
+    """A ``uvicorn.Config`` serving ``edge`` with :func:`uvicorn_options`."""
+    import uvicorn
+
+    return uvicorn.Config(edge, host=host, port=port, **{**uvicorn_options(edge), **overrides})

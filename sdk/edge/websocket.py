@@ -1,0 +1,465 @@
+"""WebSocket connections through the edge.
+
+One connection costs one small :class:`Connection` object and two tasks: the
+ASGI task reads frames from the client and sends them on the route's
+channels; a pump task reads the connection's reply channel in batches and
+writes to the socket. Replies are decoded once per distinct message
+(:meth:`EdgeApp.decode_reply`), so a ``group_send`` to 10,000 sockets costs
+one decode and 10,000 socket writes.
+
+Lifecycle: handshake -> origin, auth and connection-limit checks -> a
+``WebSocketConnect`` on the route's connect channel -> a consumer answers on
+the reply channel with Accept (or Send, which accepts implicitly) or Close
+within ``Limits.accept_timeout`` -> frames flow both ways -> on disconnect
+the edge leaves every group the connection joined (through Accept/Join) and
+sends ``WebSocketDisconnect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic_core import from_json
+
+from ..errors import ChannelFull, InvalidChannelName, SvcbusError
+from .contracts import (
+    Accept,
+    Close,
+    Join,
+    Send,
+    WebSocketConnect,
+    WebSocketDisconnect,
+    WebSocketReceive,
+)
+from .routing import PathParams, WebSocketRoute
+from .security import AuthenticationFailed, refill
+
+if TYPE_CHECKING:
+    from .app import EdgeApp
+    from .http import Receive
+    from .http import Send as AsgiSend
+
+log = logging.getLogger("svcbus.edge")
+
+# Decoded replies, ready for the socket: (kind, payload). Kinds are small ints
+# so the per-message dispatch in the pump is a cheap comparison.
+SEND, CLOSE, ACCEPT, JOIN, LEAVE = range(5)
+Decoded = tuple[int, Any]
+
+# Close codes (RFC 6455 section 7.4.1).
+POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+INVALID_DATA = 1007
+TRY_AGAIN_LATER = 1013
+
+PUMP_BATCH = 32
+
+
+def ready(reply: Any) -> Decoded:
+    """A decoded reply turned into what a connection acts on (ASGI events built once)."""
+    if isinstance(reply, Send):
+        if reply.text is not None:
+            return SEND, {"type": "websocket.send", "text": reply.text}
+        return SEND, {"type": "websocket.send", "bytes": reply.binary}
+    if isinstance(reply, Close):
+        return CLOSE, {"type": "websocket.close", "code": reply.code, "reason": reply.reason}
+    if isinstance(reply, Accept):
+        return ACCEPT, reply
+    if isinstance(reply, Join):
+        return JOIN, tuple(reply.groups)
+    return LEAVE, tuple(reply.groups)
+
+
+class Connection:
+    """The state of one WebSocket: kept small, there may be tens of thousands."""
+
+    __slots__ = (
+        "accepted",
+        "closed",
+        "edge",
+        "groups",
+        "identity",
+        "last",
+        "order",
+        "params",
+        "path",
+        "reply_channel",
+        "route",
+        "send",
+        "subprotocols",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        edge: EdgeApp,
+        route: WebSocketRoute,
+        path: str,
+        params: PathParams,
+        identity: Any,
+        send: AsgiSend,
+        subprotocols: list[str],
+    ) -> None:
+        self.edge = edge
+        self.route = route
+        self.path = path
+        self.params = params
+        self.identity = identity
+        self.send = send
+        self.subprotocols = subprotocols
+        self.reply_channel = ""
+        self.order = 0
+        self.groups: set[str] | None = None
+        self.accepted = False
+        self.closed = False
+        self.tokens = float(edge.limits.burst)
+        self.last = time.monotonic()
+
+    # replies from consumers -----------------------------------------------------------
+
+    async def apply(self, item: Decoded) -> bool:
+        """Act on one reply; False once the connection is closed."""
+        kind, payload = item
+        if kind == SEND:
+            if not self.accepted and not await self.accept(None):
+                return False
+            await self.send(payload)
+        elif kind == ACCEPT:
+            if not self.accepted:
+                return await self.accept(payload)
+        elif kind == CLOSE:
+            self.closed = True
+            if not self.accepted:
+                self.edge.stats.rejected += 1
+            # Before accept the server turns this into an HTTP 403 (ASGI spec).
+            await self.send(payload)
+            return False
+        elif kind == JOIN:
+            await self.join(payload)
+        else:
+            await self.leave(payload)
+        return True
+
+    async def accept(self, accept: Accept | None) -> bool:
+        """Join Accept's groups, then complete the handshake."""
+        event: dict[str, Any] = {"type": "websocket.accept"}
+        if accept is not None:
+            if accept.subprotocol is not None:
+                if accept.subprotocol not in self.subprotocols:
+                    log.error(
+                        "consumer of %s accepted %s with subprotocol %r, which the client did "
+                        "not offer (%s); refusing the connection",
+                        self.route.connect,
+                        self.path,
+                        accept.subprotocol,
+                        self.subprotocols,
+                    )
+                    await self.send({"type": "websocket.close", "code": 1002})
+                    self.closed = True
+                    return False
+                event["subprotocol"] = accept.subprotocol
+            if accept.headers:
+                event["headers"] = [
+                    (k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in accept.headers.items()
+                    if "\r" not in v and "\n" not in v
+                ]
+            # Groups first: a group_send made after the client sees the accept reaches it.
+            await self.join(accept.groups)
+        await self.send(event)
+        self.accepted = True
+        self.edge.stats.accepted += 1
+        return True
+
+    async def join(self, groups: Any) -> None:
+        """Add the reply channel to ``groups`` and remember them for the disconnect."""
+        bus = self.edge.bus
+        for group in groups:
+            try:
+                await bus.group_add(group, self.reply_channel)
+            except InvalidChannelName as exc:
+                log.warning("consumer asked %s to join an invalid group: %s", self.path, exc)
+                continue
+            if self.groups is None:
+                self.groups = set()
+            self.groups.add(group)
+
+    async def leave(self, groups: Any) -> None:
+        """Remove the reply channel from ``groups``."""
+        bus = self.edge.bus
+        for group in groups:
+            if self.groups is not None:
+                self.groups.discard(group)
+            try:
+                await bus.group_discard(group, self.reply_channel)
+            except InvalidChannelName:
+                continue
+
+    async def pump(self) -> None:
+        """Reply channel -> socket, until the connection closes."""
+        receive_many = self.edge.bus.layer.receive_many
+        decode = self.edge.decode_reply
+        channel = self.reply_channel
+        try:
+            while True:
+                for data in await receive_many(channel, PUMP_BATCH):
+                    item = decode(data)
+                    if item is not None and not await self.apply(item):
+                        return
+        except OSError:
+            return  # the client went away; the ASGI task sees the disconnect
+        except SvcbusError as exc:
+            log.error("reply channel of %s failed: %s; closing", self.path, exc)
+            await _close_quietly(self.send, 1011)
+
+    # frames from the client ---------------------------------------------------------
+
+    def check(self, text: str | None, binary: bytes | None) -> int:
+        """0 if the frame may go on, else the close code it earns."""
+        limits = self.edge.limits
+        if text is not None:
+            # Characters are at most 4 UTF-8 bytes: encode only when it might matter.
+            size = len(text)
+            if size * 4 > limits.max_message_size:
+                size = len(text.encode())
+        else:
+            size = len(binary or b"")
+        if size > limits.max_message_size:
+            self.edge.stats.closed_size += 1
+            return MESSAGE_TOO_BIG
+        now = time.monotonic()
+        tokens = refill(self.tokens, self.last, now, limits)
+        self.last = now
+        if tokens < 1.0:
+            self.edge.stats.closed_rate += 1
+            return POLICY_VIOLATION
+        self.tokens = tokens - 1.0
+        if text is not None and self.route.json_frames:
+            try:
+                from_json(text)
+            except ValueError:
+                self.edge.stats.closed_bad_frame += 1
+                return INVALID_DATA
+        return 0
+
+    async def forward(self, text: str | None, binary: bytes | None) -> None:
+        """Send one frame to the route's receive channel."""
+        self.order += 1
+        channel = self.route.receive
+        if channel is None:
+            return
+        bus = self.edge.bus
+        message = WebSocketReceive.model_construct(
+            reply_channel=self.reply_channel,
+            path=self.path,
+            params=self.params,
+            identity=self.identity,
+            order=self.order,
+            text=text,
+            binary=binary,
+        )
+        try:
+            await bus.layer.send(channel, bus.encode(channel, message, contract=WebSocketReceive))
+        except ChannelFull:
+            # At-most-once: a frame the consumers cannot take now is dropped, not queued.
+            self.edge.stats.dropped += 1
+            log.debug("frame from %s dropped: %s is full", self.path, channel)
+
+
+async def handle_websocket(
+    edge: EdgeApp, scope: dict[str, Any], receive: Receive, send: AsgiSend
+) -> None:
+    """The ASGI handler of one WebSocket connection."""
+    from .app import Request  # app imports this module
+
+    if (await receive())["type"] != "websocket.connect":
+        return
+    found = edge.routes.match_websocket(scope["path"])
+    if found is None:
+        await deny(scope, send, 404, "no WebSocket route for this path")
+        return
+    route, params = found
+    stats = edge.stats
+    if stats.connections + stats.in_flight >= edge.limits.max_connections:
+        stats.refused_busy += 1
+        # Accept-then-close so every client (browsers too) sees the reason: 1013.
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": "edge is full"})
+        return
+    request = Request(edge, scope, params)
+    if not edge.origins.allows(request.header(b"origin"), request.header(b"host")):
+        stats.refused_origin += 1
+        log.info("refused WebSocket %s from origin %s", scope["path"], request.header(b"origin"))
+        await deny(scope, send, 403, "origin not allowed")
+        return
+    try:
+        identity = await edge.identify(request)
+    except AuthenticationFailed as exc:
+        stats.refused_auth += 1
+        await deny(scope, send, 401, str(exc) or "authentication failed")
+        return
+    conn = Connection(
+        edge, route, scope["path"], params, identity, send, list(scope.get("subprotocols", ()))
+    )
+    stats.connections += 1
+    try:
+        await _serve(conn, scope, request, receive)
+    finally:
+        stats.connections -= 1
+
+
+async def _serve(conn: Connection, scope: dict[str, Any], request: Any, receive: Receive) -> None:
+    edge, route = conn.edge, conn.route
+    bus = edge.bus
+    conn.reply_channel = await bus.new_channel("edge")
+    code = 1006
+    announced = False
+    pump: asyncio.Task[None] | None = None
+    try:
+        if route.connect is None:
+            await conn.accept(None)
+        else:
+            message = WebSocketConnect.model_construct(
+                reply_channel=conn.reply_channel,
+                path=conn.path,
+                params=conn.params,
+                query=request.query,
+                headers=request.headers,
+                subprotocols=conn.subprotocols,
+                client=request.client,
+                identity=conn.identity,
+                order=0,
+            )
+            del request  # headers and query travel once; the connection does not keep them
+            try:
+                await bus.layer.send(
+                    route.connect, bus.encode(route.connect, message, contract=WebSocketConnect)
+                )
+            except ChannelFull:
+                log.warning("refused WebSocket %s: %s is full", conn.path, route.connect)
+                await deny(scope, conn.send, 503, "the service is busy; retry later")
+                return
+            announced = True
+            if not await _await_verdict(conn):
+                return
+        if conn.closed:
+            return
+        pump = asyncio.get_running_loop().create_task(conn.pump())
+        code = await _read_frames(conn, receive)
+    except OSError:
+        pass  # client gone mid-handshake
+    finally:
+        if pump is not None:
+            pump.cancel()
+            await asyncio.wait([pump])
+        await _cleanup(conn, code, announced)
+
+
+async def _await_verdict(conn: Connection) -> bool:
+    """Wait for Accept or Close; True once accepted."""
+    edge = conn.edge
+    receive_many = edge.bus.layer.receive_many
+    with anyio.move_on_after(edge.limits.accept_timeout):
+        while True:
+            for data in await receive_many(conn.reply_channel, 8):
+                item = edge.decode_reply(data)
+                # Items after an Accept in the same batch (a greeting Send) still apply.
+                if item is not None and not await conn.apply(item):
+                    return False
+            if conn.accepted:
+                return True
+    edge.stats.rejected += 1
+    log.warning(
+        "no consumer of %s answered the connection to %s within %gs; rejected it "
+        "(is a service consuming %s running on this layer?)",
+        conn.route.connect,
+        conn.path,
+        edge.limits.accept_timeout,
+        conn.route.connect,
+    )
+    await conn.send({"type": "websocket.close", "code": 1011})
+    conn.closed = True
+    return False
+
+
+async def _read_frames(conn: Connection, receive: Receive) -> int:
+    """Client -> bus until the client disconnects or breaks a limit; returns the close code."""
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "websocket.receive":
+            text = message.get("text")
+            binary = message.get("bytes") if text is None else None
+            code = conn.check(text, binary)
+            if code:
+                await _close_quietly(conn.send, code)
+                return code
+            await conn.forward(text, binary)
+        elif kind == "websocket.disconnect":
+            return int(message.get("code", 1000))
+
+
+async def _cleanup(conn: Connection, code: int, announced: bool) -> None:
+    """Leave groups, drop what is left on the reply channel, tell the consumers."""
+    edge = conn.edge
+    bus = edge.bus
+    with anyio.CancelScope(shield=True):
+        if conn.groups:
+            for group in conn.groups:
+                try:
+                    await bus.group_discard(group, conn.reply_channel)
+                except SvcbusError as exc:
+                    log.warning("could not leave %s for %s: %s", group, conn.path, exc)
+            conn.groups = None
+        # Replies that arrived after the socket went are unreadable now: take them off
+        # the layer so the channel's queue is freed (receive_many returns queued items
+        # without waiting; the expired scope then cancels the wait on the empty queue).
+        with anyio.move_on_after(0):
+            for _ in range(64):
+                await bus.layer.receive_many(conn.reply_channel, 256)
+        if announced and conn.route.disconnect is not None:
+            conn.order += 1
+            message = WebSocketDisconnect.model_construct(
+                reply_channel=conn.reply_channel,
+                path=conn.path,
+                params=conn.params,
+                identity=conn.identity,
+                order=conn.order,
+                code=code,
+            )
+            channel = conn.route.disconnect
+            try:
+                await bus.layer.send(
+                    channel, bus.encode(channel, message, contract=WebSocketDisconnect)
+                )
+            except SvcbusError as exc:
+                log.warning("disconnect of %s not delivered to %s: %s", conn.path, channel, exc)
+
+
+async def deny(scope: dict[str, Any], send: AsgiSend, status: int, reason: str) -> None:
+    """Refuse a handshake: an HTTP response where the server supports it, else 403."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        body = reason.encode() + b"\n"
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+
+
+async def _close_quietly(send: AsgiSend, code: int) -> None:
+    with contextlib.suppress(OSError):
+        await send({"type": "websocket.close", "code": code})

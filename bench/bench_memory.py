@@ -17,10 +17,10 @@ import anyio
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import BenchChat, Timer, chat, chat_dict, print_table  # noqa: E402
+from common import BenchChat, Timer, chat, chat_dict, print_table
 
-from svcbus import Bus, LayerOptions, Runtime, Service  # noqa: E402
-from svcbus.layers.memory import MemoryHub, MemoryLayer  # noqa: E402
+from svcbus import Bus, LayerOptions, Runtime, Service
+from svcbus.layers.memory import MemoryHub, MemoryLayer
 
 
 async def svcbus_typed(count: int, concurrency: int) -> float:

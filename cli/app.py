@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 import anyio
 import typer
 from rich.console import Console
+
 from svcbus import __version__
 from svcbus.errors import ConfigurationError, InvalidChannelName, MessageInvalid, SvcbusError
 
@@ -172,6 +173,7 @@ def request(
 ) -> None:
     """Send a request and print the reply as JSON."""
     from pydantic_core import to_json
+
     from svcbus import connect
 
     body = parse_json(message)
@@ -193,7 +195,7 @@ def request(
 
 # Commands that live in modules of their own; each module has `register(app)`
 # and imports its heavy dependencies inside the command, so `svc --help` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("edge",)
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"svcbus.cli.{_name}").register(app)

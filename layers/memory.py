@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, SvcbusError
 from svcbus.layer import Layer, LayerOptions
 from svcbus.names import validate_channel, validate_group

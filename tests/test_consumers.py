@@ -6,6 +6,7 @@ import types
 from typing import Any
 
 import pytest
+
 from svcbus import Contract, ContractError, Service, consumes, load_service
 from svcbus.consumer import consumers_of
 from svcbus.errors import ConfigurationError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from svcbus import Bus, Contract, ContractError, MessageInvalid, registry
 from svcbus.layers.memory import MemoryLayer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from svcbus import InvalidChannelName
 from svcbus.names import (
     MAX_NAME_LENGTH,

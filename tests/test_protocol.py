@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from svcbus import Contract
 from svcbus.envelope import ErrorInfo, body_json, encode, envelope_type
 

@@ -6,6 +6,7 @@ import logging
 
 import anyio
 import pytest
+
 from svcbus import (
     Bus,
     Context,

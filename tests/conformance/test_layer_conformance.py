@@ -11,6 +11,7 @@ import contextlib
 
 import anyio
 import pytest
+
 from svcbus import (
     Bus,
     ChannelFull,

@@ -1,0 +1,1278 @@
+"""The NATS layer: named channels on JetStream, process channels and groups on core NATS.
+
+``nats://host:4222`` (or ``tls://``) selects it; ``docs/protocol.md`` writes the
+mapping out for other runtimes. In short, with the subject root ``svcbus``:
+
+* **Named channel** ``chat.receive``: a JetStream work-queue stream of its own,
+  ``svcbus_ch_chat:receive`` (memory storage, subject ``svcbus.ch.chat.receive``,
+  ``max_msgs`` = capacity with discard-new, ``max_age`` = expiry), read through
+  one shared durable pull consumer ``receivers``. A message waits in the stream
+  until some process pulls it, and the work queue hands each message to exactly
+  one pull request: load balancing across processes with no coordination.
+  One stream per channel (not one stream for all) because capacity and expiry
+  differ per channel (``channel_capacity`` patterns) and a stream-wide per-subject
+  limit cannot express that.
+* **Sending** is pipelined: every publish carries a reply subject for its
+  JetStream acknowledgement, and ``send`` returns without waiting for it. A
+  refused message ("maximum messages exceeded") makes the next ``send`` to that
+  channel raise :class:`ChannelFull`; ``flush()`` waits for every outstanding
+  acknowledgement, so a send, flush, send sequence surfaces it at once.
+* **Receiving** is demand-driven: a process pulls only as many messages as its
+  waiting receivers asked for (plus one batch ahead), acknowledges each on
+  arrival (at-most-once) and keeps them in a local buffer that a cancelled
+  receive leaves intact.
+* **Process channel** ``inbox.k3f9a1!c7d2``: core NATS subject
+  ``svcbus.p.inbox.k3f9a1.c7d2``; the owner holds one subscription per head
+  (``svcbus.p.inbox.k3f9a1.>``) and demuxes into bounded per-channel buffers.
+* **Group** ``room.lobby``: subject ``svcbus.g.room.lobby``. Each process that owns
+  a member subscribes once and delivers to its local members, so ``group_send`` is
+  one publish whatever the member count. ``group_add`` of another process's
+  channel is a request to the owner's control subject ``svcbus.ctl.<token>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import unquote
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import api
+from nats.js.errors import APIError
+
+from svcbus.errors import (
+    ChannelFull,
+    ConfigurationError,
+    InvalidChannelName,
+    LayerError,
+    MessageTooLarge,
+)
+from svcbus.layer import Layer, LayerOptions
+from svcbus.names import validate_channel, validate_group
+
+log = logging.getLogger("svcbus.layers.nats")
+
+CONSUMER = "receivers"
+"""Durable name of the one pull consumer every process shares on a channel stream."""
+
+PULL_EXPIRES = 5.0
+"""Seconds a pull request waits at the server; idle receivers renew it."""
+_PULL_EXPIRES_NS = int(PULL_EXPIRES * 1e9)
+
+MAX_IN_FLIGHT = 4096
+"""Published messages whose JetStream acknowledgement is outstanding, per layer."""
+
+ACK_TIMEOUT = 10.0
+"""Seconds after which an unacknowledged publish is given up as lost."""
+
+SEND_TIMEOUT = 10.0
+"""Seconds ``send`` waits for room in the in-flight window before failing."""
+
+CONTROL_TIMEOUT = 5.0
+"""Seconds ``group_add``/``group_discard`` wait for the owning process to confirm."""
+
+CONNECT_TIMEOUT = 5.0
+"""Default seconds the first connection may take before ``connect`` fails."""
+
+RECONNECT_WAIT = 0.5
+"""Seconds between reconnection attempts to one server."""
+
+CONSUMER_INACTIVE = 3600.0
+"""A channel's consumer is deleted by the server after this long without receivers."""
+
+DEFAULT_PENDING_MSGS = 65_536
+DEFAULT_PENDING_BYTES = 64 * 1024 * 1024
+
+_SWEEP_INTERVAL = 1.0
+_STREAM_CONFIG_DIFFERS = 10058
+_STREAM_FULL_CODES = (10077, 10078)  # maximum messages / bytes exceeded
+_OK = b'{"ok":true}'
+
+_URL_PARAMS = (
+    "prefix",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "tls_hostname",
+    "creds",
+    "connect_timeout",
+    "pending_msgs",
+    "pending_bytes",
+)
+
+
+class _Incoming:
+    """This process's receiving side of one named channel: pulled messages and waiters."""
+
+    __slots__ = (
+        "channel",
+        "demand",
+        "inbox",
+        "items",
+        "next_subject",
+        "prefetch",
+        "pull_deadline",
+        "ready",
+        "recovering",
+        "requested",
+        "stream",
+        "sub",
+        "waiters",
+    )
+
+    def __init__(self, channel: str, stream: str, inbox: str) -> None:
+        self.channel = channel
+        self.stream = stream
+        self.inbox = inbox
+        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{CONSUMER}"
+        self.items: deque[bytes] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.demand = 0  # sum of the limits of waiting receivers
+        self.prefetch = 1  # one batch ahead: a receiver usually comes back
+        self.requested = 0  # pulled for but not yet arrived
+        self.pull_deadline = 0.0
+        self.ready: asyncio.Future[None] | None = None
+        self.recovering = False
+        self.sub: Subscription | None = None
+
+
+class _Outgoing:
+    """The sending side of one named channel: its stream and refusals to report."""
+
+    __slots__ = ("channel", "error", "recovering", "rejected", "retry", "stream", "subject")
+
+    def __init__(self, channel: str, stream: str, subject: str) -> None:
+        self.channel = channel
+        self.stream = stream
+        self.subject = subject
+        self.rejected = 0  # refused as full since the last ChannelFull raised
+        self.error: str | None = None  # another refusal to report on the next send
+        self.retry: list[bytes] = []  # published while the stream was missing
+        self.recovering = False
+
+
+class _Local:
+    """A process channel's buffer: (deadline, message) pairs and waiting receivers."""
+
+    __slots__ = ("items", "waiters")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[float, bytes]] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+class _Group:
+    """This process's members of one group and the subscription that feeds them."""
+
+    __slots__ = ("members", "ready", "sub")
+
+    def __init__(self) -> None:
+        self.members: dict[str, float] = {}  # channel -> membership deadline
+        self.sub: Subscription | None = None
+        self.ready: asyncio.Future[None] | None = None
+
+
+def _wake(waiters: deque[asyncio.Future[None]]) -> None:
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            return
+
+
+class NatsLayer(Layer):
+    """Layer on a NATS server with JetStream (``nats-server -js``).
+
+    Build it with :func:`svcbus.open_layer` from a URL, or directly::
+
+        layer = NatsLayer(["nats://127.0.0.1:4222"], LayerOptions(capacity=500))
+    """
+
+    system = "nats"
+
+    def __init__(
+        self,
+        servers: list[str] | str = "nats://127.0.0.1:4222",
+        options: LayerOptions | None = None,
+        *,
+        prefix: str = "svcbus",
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
+        creds: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        pending_msgs_limit: int = DEFAULT_PENDING_MSGS,
+        pending_bytes_limit: int = DEFAULT_PENDING_BYTES,
+    ) -> None:
+        super().__init__(options)
+        self.servers = [servers] if isinstance(servers, str) else list(servers)
+        if not self.servers:
+            raise ConfigurationError("the NATS layer needs at least one server URL")
+        if not prefix or "." in prefix or prefix != prefix.lower():
+            raise ConfigurationError(
+                f"NATS prefix {prefix!r} must be one lower-case token like 'svcbus' "
+                "(letters, digits, '_' or '-')"
+            )
+        validate_group(prefix)
+        self.prefix = prefix
+        self.connect_timeout = connect_timeout
+        self.pending_msgs_limit = pending_msgs_limit
+        self.pending_bytes_limit = pending_bytes_limit
+        self._auth = {"user": user, "password": password, "token": token}
+        self._tls = tls
+        self._tls_hostname = tls_hostname
+        self._creds = creds
+        self.token = os.urandom(5).hex()
+        """This layer's process token: the part before ``!`` of its process channels ends with it."""
+
+        self._nc: Client | None = None
+        self._connect_lock: asyncio.Lock | None = None
+        self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Subject roots.
+        self._ch_root = f"{prefix}.ch."
+        self._p_root = f"{prefix}.p."
+        self._g_root = f"{prefix}.g."
+        self._control_subject = f"{prefix}.ctl.{self.token}"
+        self._named_control = f"{prefix}.ctl.named"
+        self._reply_root = ""
+        self._ack_prefix = ""
+        # Sending: per-message acknowledgements, matched by the sequence in the reply subject.
+        self._outgoing: dict[str, _Outgoing] = {}
+        self._opening_out: dict[str, asyncio.Future[_Outgoing]] = {}
+        self._in_flight: dict[int, tuple[_Outgoing, bytes]] = {}
+        self._seq = 0
+        self._window: asyncio.Event | None = None  # set when the window has room
+        self._acked: asyncio.Event | None = None  # set on each ack while someone flushes
+        self._seq_marks: deque[tuple[float, int]] = deque()
+        # Receiving.
+        self._incoming: dict[str, _Incoming] = {}
+        self._locals: dict[str, _Local] = {}
+        self._heads: dict[str, Subscription] = {}
+        self._head_ready: dict[str, asyncio.Future[None]] = {}
+        self._groups: dict[str, _Group] = {}
+        self._held: dict[tuple[str, str], tuple[Subscription, float]] = {}
+        self._next_inbox = 0
+        # Counters for operators and tests.
+        self.dropped = 0
+        """Messages dropped because a process channel's buffer was at capacity."""
+        self.lost = 0
+        """Published messages never acknowledged by JetStream (lost in a disconnect)."""
+        self._disconnected = False
+
+    # construction -----------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, options: LayerOptions, params: Mapping[str, Any]) -> NatsLayer:
+        """Build the layer from ``nats://[user:password@|token@]host:port[,host:port...]?...``."""
+        unknown = sorted(set(params) - set(_URL_PARAMS))
+        if unknown:
+            raise ConfigurationError(
+                f"nats:// layer does not understand {', '.join(unknown)}; it knows "
+                f"{', '.join(_URL_PARAMS)} and the common capacity, channel_capacity, expiry, "
+                "group_expiry, max_message_size"
+            )
+        scheme, _, rest = url.partition("://")
+        scheme = scheme.lower()
+        netloc = rest.split("/", 1)[0].split("?", 1)[0]
+        user = password = token = None
+        if "@" in netloc:
+            auth, netloc = netloc.rsplit("@", 1)
+            if ":" in auth:
+                user, password = (unquote(part) for part in auth.split(":", 1))
+            else:
+                token = unquote(auth)
+        servers = []
+        for seed in netloc.split(","):
+            seed = seed.strip().split("://", 1)[-1]
+            if not seed:
+                continue
+            host, sep, port = seed.rpartition(":") if not seed.endswith("]") else (seed, "", "")
+            if not sep:
+                host, port = seed, "4222"
+            if not host or not port.isdigit():
+                raise ConfigurationError(
+                    f"bad NATS server {seed!r} in {_redact(url)!r}; write nats://host:port"
+                )
+            servers.append(f"{'tls' if scheme == 'tls' else 'nats'}://{host}:{port}")
+        if not servers:
+            raise ConfigurationError(
+                f"no NATS server in {_redact(url)!r}; write nats://host:port[,host:port]"
+            )
+        tls = None
+        if scheme == "tls" or any(k in params for k in ("tls_ca", "tls_cert", "tls_key")):
+            tls = _tls_context(params)
+        creds = params.get("creds")
+        if creds is not None and not os.path.isfile(creds):
+            raise ConfigurationError(f"NATS credentials file {creds!r} (creds=) does not exist")
+        return cls(
+            servers,
+            options,
+            prefix=params.get("prefix", "svcbus"),
+            user=user,
+            password=password,
+            token=token,
+            tls=tls,
+            tls_hostname=params.get("tls_hostname"),
+            creds=creds,
+            connect_timeout=_positive(params, "connect_timeout", CONNECT_TIMEOUT, float),
+            pending_msgs_limit=_positive(params, "pending_msgs", DEFAULT_PENDING_MSGS, int),
+            pending_bytes_limit=_positive(params, "pending_bytes", DEFAULT_PENDING_BYTES, int),
+        )
+
+    # connection -------------------------------------------------------------
+
+    @property
+    def connection(self) -> Client:
+        """The nats-py client (connected), for tools and tests."""
+        if self._nc is None:
+            raise LayerError("the NATS layer is not connected; call `await layer.connect()`")
+        return self._nc
+
+    async def connect(self) -> None:
+        """Connect to the first reachable server; raise :class:`LayerError` within the timeout."""
+        if self._nc is not None:
+            return
+        if self._closed:
+            raise LayerError("this NATS layer is closed; open a new one")
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._nc is None:
+                await self._connect()
+
+    async def _connect(self) -> None:
+        nc = nats.NATS()
+        errors: list[BaseException] = []
+
+        async def on_error(exc: Exception) -> None:
+            if isinstance(exc, nats.errors.SlowConsumerError):
+                log.warning("NATS slow consumer: dropped a message on %s", exc.subject)
+            else:
+                errors.append(exc)
+                log.debug("NATS connection error: %r", exc)
+
+        kwargs: dict[str, Any] = {
+            "servers": self.servers,
+            "name": f"svcbus-{self.token}",
+            "error_cb": on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+            "allow_reconnect": True,
+            # Two tries per seed for the first connection, then unlimited (set below).
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": RECONNECT_WAIT,
+            "connect_timeout": max(0.2, min(2.0, self.connect_timeout)),
+            # Our names are validated (no whitespace, no wildcards) before they
+            # become subjects, so nats-py's per-publish check is redundant.
+            "skip_subject_validation": True,
+            "drain_timeout": 2,
+        }
+        if self._tls is not None:
+            kwargs["tls"] = self._tls
+            if self._tls_hostname:
+                kwargs["tls_hostname"] = self._tls_hostname
+        if self._creds:
+            kwargs["user_credentials"] = self._creds
+        kwargs.update({k: v for k, v in self._auth.items() if v is not None})
+        where = ", ".join(_redact(s) for s in self.servers)
+        try:
+            await asyncio.wait_for(nc.connect(**kwargs), self.connect_timeout)
+        except (asyncio.TimeoutError, OSError, nats.errors.Error, ssl.SSLError) as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            cause = errors[-1] if errors else exc
+            if isinstance(cause, nats.errors.AuthorizationError) or "uthoriz" in str(cause):
+                raise LayerError(
+                    f"NATS at {where} refused the credentials ({cause!r}): check the "
+                    "user:password@, token@ or creds= part of the layer URL"
+                ) from None
+            raise LayerError(
+                f"cannot reach NATS at {where}: is nats-server running? ({cause!r}). "
+                "Start one with `nats-server -js`, or pass the right nats://host:port "
+                "(SVCBUS_LAYER or --layer)"
+            ) from None
+        nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever
+        self._reply_root = nc.new_inbox()
+        self._ack_prefix = f"{self._reply_root}.a."
+        self._window = asyncio.Event()
+        self._window.set()
+        await nc.subscribe(f"{self._reply_root}.a.*", cb=self._on_ack, **self._limits())
+        await nc.subscribe(self._control_subject, cb=self._on_control)
+        await nc.subscribe(self._named_control, cb=self._on_named_control)
+        await nc.flush()
+        self._nc = nc
+        self._spawn(self._sweep_forever())
+
+    def _limits(self) -> dict[str, int]:
+        return {
+            "pending_msgs_limit": self.pending_msgs_limit,
+            "pending_bytes_limit": self.pending_bytes_limit,
+        }
+
+    async def _client(self) -> Client:
+        if self._nc is None:
+            await self.connect()
+        assert self._nc is not None
+        return self._nc
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("NATS layer background task failed", exc_info=task.exception())
+
+    async def _on_disconnected(self) -> None:
+        if not self._closed and not self._disconnected:
+            self._disconnected = True
+            log.warning("disconnected from NATS; reconnecting (sends are buffered meanwhile)")
+
+    async def _on_reconnected(self) -> None:
+        self._disconnected = False
+        nc = self._nc
+        url = nc.connected_url.netloc if nc is not None and nc.connected_url else "?"
+        log.info("reconnected to NATS at %s", url.rsplit("@", 1)[-1])
+        # A restarted server has lost its memory-storage streams and every pull
+        # request: recreate them for the channels this process receives from.
+        for box in self._incoming.values():
+            box.requested = 0
+            if box.ready is not None and box.ready.done():
+                self._recover_incoming(box)
+
+    # sending ----------------------------------------------------------------
+
+    async def send(self, channel: str, message: bytes) -> None:
+        out = self._outgoing.get(channel)
+        if out is None:
+            validate_channel(channel)
+            self.options.check_size(channel, message)
+            if "!" in channel:
+                await self._send_process(channel, message)
+                return
+            out = await self._open_outgoing(channel)
+        else:
+            self.options.check_size(channel, message)
+        if out.rejected:
+            out.rejected = 0
+            raise ChannelFull(
+                f"channel {out.channel!r} holds {self.options.capacity_for(out.channel)} messages "
+                "(its capacity); its consumers are behind: retry later or raise channel_capacity"
+            )
+        if out.error is not None:
+            error, out.error = out.error, None
+            raise LayerError(f"NATS refused a message for {out.channel!r}: {error}")
+        if len(self._in_flight) >= MAX_IN_FLIGHT:
+            await self._wait_for_window()
+        await self._publish(out, message)
+
+    async def _publish(self, out: _Outgoing, message: bytes) -> None:
+        nc = await self._client()
+        self._seq = seq = self._seq + 1
+        self._in_flight[seq] = (out, message)
+        try:
+            await nc.publish(out.subject, message, reply=f"{self._ack_prefix}{seq}")
+        except nats.errors.MaxPayloadError:
+            del self._in_flight[seq]
+            raise MessageTooLarge(
+                f"message for {out.channel!r} is {len(message)} bytes, more than the NATS "
+                f"server's max_payload ({nc.max_payload}); lower max_message_size or raise "
+                "max_payload in the server configuration"
+            ) from None
+        except nats.errors.Error as exc:
+            del self._in_flight[seq]
+            raise _connection_error(exc) from None
+
+    async def _send_process(self, channel: str, message: bytes) -> None:
+        nc = await self._client()
+        head, _, local = channel.partition("!")
+        try:
+            await nc.publish(f"{self._p_root}{head}.{local}", message)
+        except nats.errors.MaxPayloadError:
+            raise MessageTooLarge(
+                f"message for {channel!r} is {len(message)} bytes, more than the NATS server's "
+                f"max_payload ({nc.max_payload})"
+            ) from None
+        except nats.errors.Error as exc:
+            raise _connection_error(exc) from None
+
+    async def _wait_for_window(self) -> None:
+        window = self._window
+        assert window is not None
+        window.clear()
+        try:
+            await asyncio.wait_for(window.wait(), SEND_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise LayerError(
+                f"NATS has not acknowledged {len(self._in_flight)} messages for "
+                f"{SEND_TIMEOUT:g}s: the server is down or overloaded (sends are refused "
+                "until it catches up)"
+            ) from None
+
+    async def _on_ack(self, msg: Msg) -> None:
+        seq = int(msg.subject[len(self._ack_prefix) :])
+        entry = self._in_flight.pop(seq, None)
+        if entry is not None:
+            data = msg.data
+            if data[:9] == b'{"error":':
+                self._refused(entry[0], data)
+            elif not data and msg.headers and msg.headers.get("Status") == "503":
+                # No stream listens on the subject: a restarted server lost it.
+                out = entry[0]
+                out.retry.append(entry[1])
+                if not out.recovering:
+                    out.recovering = True
+                    self._spawn(self._recover_outgoing(out))
+        if self._acked is not None:
+            self._acked.set()
+        window = self._window
+        if window is not None and not window.is_set() and len(self._in_flight) < MAX_IN_FLIGHT // 2:
+            window.set()
+
+    def _refused(self, out: _Outgoing, data: bytes) -> None:
+        try:
+            error = json.loads(data)["error"]
+        except (ValueError, KeyError, TypeError):
+            error = {"description": data[:200].decode("utf-8", "replace")}
+        if error.get("err_code") in _STREAM_FULL_CODES:
+            out.rejected += 1
+        else:
+            out.error = str(error.get("description", error))
+            log.error("NATS refused a message for %s: %s", out.channel, out.error)
+
+    async def _recover_outgoing(self, out: _Outgoing) -> None:
+        """Recreate a lost stream, then publish what the server bounced, in order."""
+        try:
+            await self._ensure_stream(out.channel, out.stream, out.subject, for_send=True)
+        except LayerError as exc:
+            lost, out.retry = out.retry, []
+            self.lost += len(lost)
+            out.error = str(exc)
+            log.error("%d messages for %s lost: %s", len(lost), out.channel, exc)
+            return
+        finally:
+            out.recovering = False
+        retry, out.retry = out.retry, []
+        for message in retry:
+            try:
+                await self._publish(out, message)
+            except LayerError as exc:
+                self.lost += 1
+                log.error("message for %s lost on retry: %s", out.channel, exc)
+
+    async def flush(self) -> None:
+        """Hand everything to the server and wait for JetStream's acknowledgements."""
+        nc = await self._client()
+        try:
+            await nc.flush(timeout=int(SEND_TIMEOUT))
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise _connection_error(exc) from None
+        mark = self._seq
+        deadline = time.monotonic() + ACK_TIMEOUT
+        while self._in_flight and next(iter(self._in_flight)) <= mark:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LayerError(
+                    f"NATS did not acknowledge {len(self._in_flight)} messages within "
+                    f"{ACK_TIMEOUT:g}s: the server is down or overloaded"
+                )
+            self._acked = acked = asyncio.Event()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(acked.wait(), min(left, 0.5))
+
+    # named channels: streams and consumers --------------------------------------
+
+    def _stream_name(self, channel: str) -> str:
+        # Stream names cannot contain '.', and ':' never occurs in channel names.
+        return f"{self.prefix}_ch_{channel.replace('.', ':')}"
+
+    def _stream_config(self, channel: str, stream: str, subject: str) -> api.StreamConfig:
+        expiry = self.options.expiry
+        return api.StreamConfig(
+            name=stream,
+            subjects=[subject],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.MEMORY,
+            discard=api.DiscardPolicy.NEW,
+            max_msgs=self.options.capacity_for(channel),
+            max_age=expiry,
+            duplicate_window=min(expiry, 1.0),  # no message ids are used: keep it tiny
+            num_replicas=1,
+        )
+
+    async def _ensure_stream(
+        self, channel: str, stream: str, subject: str, *, for_send: bool
+    ) -> None:
+        """Create the channel's stream; a sender also applies its capacity and expiry.
+
+        Capacity and expiry are properties of the channel stored in its stream. The
+        sending side decides them (it is the side that gets ``ChannelFull``), so a
+        sender updates a stream made with other settings; a receiver uses it as is.
+        """
+        nc = await self._client()
+        js = nc.jetstream()
+        config = self._stream_config(channel, stream, subject)
+        for attempt in range(8):
+            try:
+                try:
+                    await js.add_stream(config)
+                except APIError as exc:
+                    if exc.err_code != _STREAM_CONFIG_DIFFERS:
+                        raise
+                    if for_send:
+                        await js.update_stream(config)
+                return
+            except nats.errors.NoRespondersError:
+                error: BaseException = LayerError(
+                    "JetStream is not enabled on the NATS server: start nats-server with -js "
+                    "(named channels are JetStream streams)"
+                )
+            except (APIError, nats.errors.Error, asyncio.TimeoutError) as exc:
+                error = exc
+            # A server that just restarted may still be starting JetStream.
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+        if isinstance(error, LayerError):
+            raise error
+        raise LayerError(f"cannot create the NATS stream for {channel!r}: {error!r}")
+
+    async def _ensure_consumer(self, box: _Incoming) -> None:
+        nc = await self._client()
+        js = nc.jetstream()
+        config = api.ConsumerConfig(
+            durable_name=CONSUMER,
+            ack_policy=api.AckPolicy.EXPLICIT,  # work-queue streams require it
+            ack_wait=30.0,
+            max_deliver=-1,
+            max_ack_pending=-1,
+            max_waiting=512,
+            inactive_threshold=CONSUMER_INACTIVE,
+        )
+        try:
+            await js.add_consumer(box.stream, config)
+        except APIError as exc:
+            # Made by a process with other settings: it still serves us.
+            if exc.err_code not in (10013, 10148):
+                raise LayerError(f"cannot create the consumer of {box.channel!r}: {exc}") from None
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise LayerError(f"cannot create the consumer of {box.channel!r}: {exc!r}") from None
+
+    async def _open_outgoing(self, channel: str) -> _Outgoing:
+        opening = self._opening_out.get(channel)
+        if opening is not None:
+            return await asyncio.shield(opening)
+        future: asyncio.Future[_Outgoing] = asyncio.get_running_loop().create_future()
+        self._opening_out[channel] = future
+        try:
+            stream, subject = self._stream_name(channel), f"{self._ch_root}{channel}"
+            await self._ensure_stream(channel, stream, subject, for_send=True)
+            out = self._outgoing[channel] = _Outgoing(channel, stream, subject)
+            future.set_result(out)
+            return out
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: concurrent openers get it
+            raise
+        finally:
+            del self._opening_out[channel]
+
+    async def _open_incoming(self, channel: str) -> _Incoming:
+        box = self._incoming.get(channel)
+        if box is None:
+            validate_channel(channel)
+            nc = await self._client()
+            self._next_inbox += 1
+            box = _Incoming(
+                channel, self._stream_name(channel), f"{self._reply_root}.p{self._next_inbox}"
+            )
+            self._incoming[channel] = box
+            box.ready = asyncio.get_running_loop().create_future()
+            try:
+                box.sub = await nc.subscribe(
+                    box.inbox, cb=self._pull_handler(box), **self._limits()
+                )
+                subject = f"{self._ch_root}{channel}"
+                await self._ensure_stream(channel, box.stream, subject, for_send=False)
+                await self._ensure_consumer(box)
+            except BaseException as exc:
+                del self._incoming[channel]
+                if box.sub is not None:
+                    with contextlib.suppress(Exception):
+                        await box.sub.unsubscribe()
+                box.ready.set_exception(
+                    exc if isinstance(exc, Exception) else LayerError("cancelled")
+                )
+                box.ready.exception()
+                raise
+            box.ready.set_result(None)
+        elif box.ready is not None and not box.ready.done():
+            await asyncio.shield(box.ready)
+        return box
+
+    def _recover_incoming(self, box: _Incoming) -> None:
+        if not box.recovering:
+            box.recovering = True
+            self._spawn(self._recover_incoming_task(box))
+
+    async def _recover_incoming_task(self, box: _Incoming) -> None:
+        try:
+            while not self._closed:
+                try:
+                    subject = f"{self._ch_root}{box.channel}"
+                    await self._ensure_stream(box.channel, box.stream, subject, for_send=False)
+                    await self._ensure_consumer(box)
+                    break
+                except LayerError as exc:
+                    log.warning("receiving from %s is paused: %s", box.channel, exc)
+                    await asyncio.sleep(1.0)
+            box.requested = 0
+            if box.waiters:
+                await self._pull(box)
+        finally:
+            box.recovering = False
+
+    # named channels: receiving ----------------------------------------------------
+
+    def _pull_handler(self, box: _Incoming) -> Callable[[Msg], Awaitable[None]]:
+        items = box.items
+        waiters = box.waiters
+
+        async def on_message(msg: Msg) -> None:
+            if msg.headers is not None and not msg.data and "Status" in msg.headers:
+                await self._pull_status(box, msg.headers)
+                return
+            box.requested -= 1
+            # Acknowledge on arrival: the message is this process's now (at-most-once).
+            await self._nc.publish(msg.reply, b"")  # type: ignore[union-attr]
+            items.append(msg.data)
+            if waiters:
+                _wake(waiters)
+
+        return on_message
+
+    async def _pull_status(self, box: _Incoming, headers: dict[str, str]) -> None:
+        status = headers.get("Status")
+        if status == "100":  # idle heartbeat
+            return
+        pending = headers.get("Nats-Pending-Messages")
+        if pending is not None and pending.isdigit():
+            box.requested = max(0, box.requested - int(pending))
+        else:
+            box.requested = 0
+        if status in ("408", "404"):
+            if box.waiters:
+                await self._pull(box)
+            return
+        description = headers.get("Description", "")
+        log.debug("pull status %s %s on %s", status, description, box.channel)
+        if status == "503" or "Deleted" in description:
+            self._recover_incoming(box)
+        elif box.waiters:
+            await self._pull(box)
+
+    async def _pull(self, box: _Incoming, taking: int = 0) -> None:
+        """Ask the server for what waiting receivers (plus one batch ahead) still lack.
+
+        ``taking`` is how many buffered messages the caller is about to take.
+        """
+        want = box.demand + box.prefetch + taking - len(box.items) - box.requested
+        if want <= 0 or box.recovering:
+            return
+        box.requested += want
+        box.pull_deadline = time.monotonic() + PULL_EXPIRES + 3.0
+        try:
+            await self._nc.publish(  # type: ignore[union-attr]
+                box.next_subject,
+                b'{"batch":%d,"expires":%d}' % (want, _PULL_EXPIRES_NS),
+                reply=box.inbox,
+            )
+        except nats.errors.Error as exc:
+            box.requested -= want
+            raise _connection_error(exc) from None
+
+    async def receive(self, channel: str) -> bytes:
+        return (await self.receive_many(channel, 1))[0]
+
+    async def receive_many(self, channel: str, limit: int) -> list[bytes]:
+        box = self._incoming.get(channel)
+        if box is not None and (box.ready is None or box.ready.done()):
+            return await self._receive_named(box, limit)
+        validate_channel(channel)
+        if "!" in channel:
+            return await self._receive_local(channel, limit)
+        return await self._receive_named(await self._open_incoming(channel), limit)
+
+    async def _receive_named(self, box: _Incoming, limit: int) -> list[bytes]:
+        items = box.items
+        box.prefetch = limit
+        while True:
+            if items:
+                # Top up before taking: no await may come between taking messages and
+                # returning them, or a cancellation there would lose them.
+                taking = min(limit, len(items))
+                if box.requested + len(items) - taking < box.demand + box.prefetch:
+                    before = box.requested
+                    await self._pull(box, taking)
+                    if box.requested != before:
+                        continue
+                if len(items) <= limit:
+                    batch = list(items)
+                    items.clear()
+                else:
+                    batch = [items.popleft() for _ in range(limit)]
+                    if box.waiters:
+                        _wake(box.waiters)  # more left than we took: pass it on
+                return batch
+            await self._wait(box, limit, pull=True)
+
+    async def _wait(self, box: _Incoming | _Local, limit: int, *, pull: bool = False) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        box.waiters.append(waiter)
+        named = box if isinstance(box, _Incoming) else None
+        if named is not None:
+            named.demand += limit
+        try:
+            if named is not None and pull:
+                await self._pull(named)
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                if box.items:
+                    _wake(box.waiters)  # hand our wake-up to the next receiver
+            else:
+                with contextlib.suppress(ValueError):
+                    box.waiters.remove(waiter)
+            raise
+        finally:
+            if named is not None:
+                named.demand -= limit
+
+    # process-specific channels ------------------------------------------------------
+
+    def _owns(self, channel: str) -> bool:
+        return channel.partition("!")[0].endswith("." + self.token)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        validate_group(prefix)
+        head = f"{prefix}.{self.token}"
+        if head not in self._heads:
+            ready = self._head_ready.get(head)
+            if ready is None:
+                ready = self._head_ready[head] = asyncio.get_running_loop().create_future()
+                try:
+                    nc = await self._client()
+                    subject = f"{self._p_root}{head}."
+                    self._heads[head] = await nc.subscribe(
+                        subject + ">", cb=self._head_handler(head, len(subject)), **self._limits()
+                    )
+                    # The server knows the subscription before anyone learns the name.
+                    await nc.flush()
+                    ready.set_result(None)
+                except BaseException as exc:
+                    self._heads.pop(head, None)
+                    del self._head_ready[head]
+                    ready.set_exception(_as_error(exc))
+                    ready.exception()
+                    raise
+            else:
+                await asyncio.shield(ready)
+        return f"{head}!{os.urandom(6).hex()}"
+
+    def _head_handler(self, head: str, offset: int) -> Callable[[Msg], Awaitable[None]]:
+        bang = head + "!"
+
+        async def on_message(msg: Msg) -> None:
+            self._deliver_local(bang + msg.subject[offset:], msg.data, time.monotonic())
+
+        return on_message
+
+    def _deliver_local(self, channel: str, data: bytes, now: float) -> bool:
+        box = self._locals.get(channel)
+        if box is None:
+            box = self._locals[channel] = _Local()
+        items = box.items
+        if len(items) >= self.options.capacity_for(channel):
+            while items and items[0][0] <= now:
+                items.popleft()
+            if len(items) >= self.options.capacity_for(channel):
+                self.dropped += 1  # bounded memory: a full process channel drops
+                return False
+        items.append((now + self.options.expiry, data))
+        if box.waiters:
+            _wake(box.waiters)
+        return True
+
+    async def _receive_local(self, channel: str, limit: int) -> list[bytes]:
+        if not self._owns(channel):
+            raise InvalidChannelName(
+                f"channel {channel!r} belongs to another process; only the layer that made it "
+                "with new_channel() can receive from it"
+            )
+        locals_ = self._locals
+        while True:
+            box = locals_.get(channel)
+            if box is None:
+                box = locals_[channel] = _Local()
+            items = box.items
+            if items:
+                now = time.monotonic()
+                batch: list[bytes] = []
+                while items and len(batch) < limit:
+                    deadline, data = items.popleft()
+                    if deadline > now:
+                        batch.append(data)
+                if batch:
+                    if items and box.waiters:
+                        _wake(box.waiters)
+                    elif not items and not box.waiters:
+                        del locals_[channel]
+                    return batch
+            try:
+                await self._wait(box, limit)
+            finally:
+                if not box.items and not box.waiters and locals_.get(channel) is box:
+                    del locals_[channel]
+
+    # groups ----------------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        validate_group(group)
+        validate_channel(channel)
+        if "!" not in channel:
+            await self._hold_named(group, channel)
+        elif self._owns(channel):
+            await self._add_member(group, channel, confirm=True)
+        else:
+            await self._control(channel, "add", group)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        validate_group(group)
+        validate_channel(channel)
+        if "!" not in channel:
+            await self._drop_named(group, channel)
+            nc = await self._client()
+            payload = json.dumps({"op": "discard", "group": group, "channel": channel})
+            await nc.publish(self._named_control, payload.encode())
+            await nc.flush()
+        elif self._owns(channel):
+            await self._remove_member(group, channel)
+        else:
+            await self._control(channel, "discard", group)
+
+    async def group_send(self, group: str, message: bytes) -> None:
+        validate_group(group)
+        self.options.check_size(group, message)
+        nc = await self._client()
+        try:
+            await nc.publish(self._g_root + group, message)
+        except nats.errors.MaxPayloadError:
+            raise MessageTooLarge(
+                f"message for group {group!r} is {len(message)} bytes, more than the NATS "
+                f"server's max_payload ({nc.max_payload})"
+            ) from None
+        except nats.errors.Error as exc:
+            raise _connection_error(exc) from None
+
+    async def _add_member(self, group: str, channel: str, *, confirm: bool) -> None:
+        """Make ``channel`` (ours) a member; with ``confirm``, wait until the server knows."""
+        entry = self._groups.get(group)
+        if entry is None:
+            entry = self._groups[group] = _Group()
+            entry.ready = asyncio.get_running_loop().create_future()
+            entry.members[channel] = time.monotonic() + self.options.group_expiry
+            try:
+                nc = await self._client()
+                entry.sub = await nc.subscribe(
+                    self._g_root + group, cb=self._group_handler(entry), **self._limits()
+                )
+                if confirm:
+                    await nc.flush()
+            except BaseException as exc:
+                if self._groups.get(group) is entry:
+                    del self._groups[group]
+                entry.ready.set_exception(_as_error(exc))
+                entry.ready.exception()
+                raise
+            entry.ready.set_result(None)
+            return
+        entry.members[channel] = time.monotonic() + self.options.group_expiry
+        if entry.ready is not None and not entry.ready.done():
+            await asyncio.shield(entry.ready)
+
+    async def _remove_member(self, group: str, channel: str) -> None:
+        entry = self._groups.get(group)
+        if entry is None:
+            return
+        entry.members.pop(channel, None)
+        if not entry.members and entry.ready is not None and entry.ready.done():
+            await self._unsubscribe_group(group, entry)
+
+    async def _unsubscribe_group(self, group: str, entry: _Group) -> None:
+        if self._groups.get(group) is entry:
+            del self._groups[group]
+        if entry.sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await entry.sub.unsubscribe()
+
+    def _group_handler(self, entry: _Group) -> Callable[[Msg], Awaitable[None]]:
+        members = entry.members
+
+        async def on_message(msg: Msg) -> None:
+            data = msg.data
+            now = time.monotonic()
+            expired = None
+            deliver = self._deliver_local
+            for channel, until in members.items():
+                if until <= now:
+                    expired = expired or []
+                    expired.append(channel)
+                else:
+                    deliver(channel, data, now)  # full members miss it: never ChannelFull
+            if expired:
+                for channel in expired:
+                    del members[channel]
+
+        return on_message
+
+    async def _control(self, channel: str, op: str, group: str) -> None:
+        """Ask the process owning ``channel`` to apply ``op`` and confirm it."""
+        nc = await self._client()
+        token = channel.partition("!")[0].rpartition(".")[2]
+        payload = json.dumps({"op": op, "group": group, "channel": channel}).encode()
+        try:
+            reply = await nc.request(f"{self.prefix}.ctl.{token}", payload, timeout=CONTROL_TIMEOUT)
+        except nats.errors.NoRespondersError:
+            # No process owns the channel any more: there is nothing to add or remove.
+            log.debug("group_%s(%s, %s): its process is gone", op, group, channel)
+            return
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            raise LayerError(
+                f"group_{op}({group!r}, {channel!r}): the process owning the channel did not "
+                f"confirm within {CONTROL_TIMEOUT:g}s; it may be overloaded or stuck"
+            ) from None
+        except nats.errors.Error as exc:
+            raise _connection_error(exc) from None
+        if reply.data != _OK:
+            raise LayerError(f"group_{op}({group!r}, {channel!r}) failed: {reply.data[:300]!r}")
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            request = json.loads(msg.data)
+            op, group, channel = request["op"], request["group"], request["channel"]
+            validate_group(group)
+            validate_channel(channel)
+            if not self._owns(channel):
+                raise ValueError(f"{channel!r} is not a channel of this process")
+            if op == "add":
+                # Subscribing before replying on the same connection means the server
+                # knows the subscription before the requester sees the reply.
+                await self._add_member(group, channel, confirm=False)
+            elif op == "discard":
+                await self._remove_member(group, channel)
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            answer = _OK
+        except Exception as exc:  # a bad request must not break the control loop
+            answer = json.dumps({"ok": False, "error": str(exc)}).encode()
+        if msg.reply:
+            with contextlib.suppress(nats.errors.Error):
+                await self._nc.publish(msg.reply, answer)  # type: ignore[union-attr]
+
+    # named channels as group members: the adding process forwards --------------------
+
+    async def _hold_named(self, group: str, channel: str) -> None:
+        """Forward the group's messages into ``channel``'s stream from this process.
+
+        Every process holding the same membership subscribes in one queue group named
+        after the channel, so each group message is forwarded exactly once.
+        """
+        until = time.monotonic() + self.options.group_expiry
+        key = (group, channel)
+        held = self._held.get(key)
+        if held is not None:
+            self._held[key] = (held[0], until)
+            return
+        nc = await self._client()
+        out = self._outgoing.get(channel) or await self._open_outgoing(channel)
+        subject = out.subject
+
+        async def forward(msg: Msg) -> None:
+            entry = self._held.get(key)
+            if entry is None or entry[1] <= time.monotonic():
+                return
+            # No acknowledgement asked: a full channel just misses it, as groups do.
+            with contextlib.suppress(nats.errors.Error):
+                await nc.publish(subject, msg.data)
+
+        sub = await nc.subscribe(self._g_root + group, queue=f"fwd:{channel}", cb=forward)
+        self._held[key] = (sub, until)
+        await nc.flush()
+
+    async def _drop_named(self, group: str, channel: str) -> None:
+        held = self._held.pop((group, channel), None)
+        if held is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await held[0].unsubscribe()
+
+    async def _on_named_control(self, msg: Msg) -> None:
+        try:
+            request = json.loads(msg.data)
+            if request.get("op") == "discard":
+                await self._drop_named(str(request["group"]), str(request["channel"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("bad message on %s ignored", self._named_control)
+
+    # housekeeping -----------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(_SWEEP_INTERVAL)
+            try:
+                await self._sweep()
+            except Exception:
+                log.exception("NATS layer housekeeping failed")
+
+    async def _sweep(self) -> None:
+        now = time.monotonic()
+        # Pull requests the server never answered (a restarted server forgot them).
+        for box in list(self._incoming.values()):
+            if box.requested > 0 and now > box.pull_deadline and not box.recovering:
+                box.requested = 0
+                if box.waiters:
+                    self._recover_incoming(box)
+        # Expired messages and idle buffers of process channels.
+        for channel, box in list(self._locals.items()):
+            items = box.items
+            while items and items[0][0] <= now:
+                items.popleft()
+            if not items and not box.waiters:
+                del self._locals[channel]
+        # Group memberships past group_expiry.
+        for group, entry in list(self._groups.items()):
+            for channel in [c for c, until in entry.members.items() if until <= now]:
+                del entry.members[channel]
+            if not entry.members and entry.ready is not None and entry.ready.done():
+                await self._unsubscribe_group(group, entry)
+        for key in [k for k, (_, until) in self._held.items() if until <= now]:
+            await self._drop_named(*key)
+        # Publishes never acknowledged (written just before the connection broke).
+        marks = self._seq_marks
+        marks.append((now, self._seq))
+        stale = 0
+        while marks and marks[0][0] < now - ACK_TIMEOUT:
+            stale = marks.popleft()[1]
+        if stale and self._in_flight:
+            old = [seq for seq in self._in_flight if seq <= stale]
+            for seq in old:
+                del self._in_flight[seq]
+            if old:
+                self.lost += len(old)
+                log.warning(
+                    "%d messages were never acknowledged by NATS (lost in a disconnect?)", len(old)
+                )
+                if self._window is not None:
+                    self._window.set()
+
+    async def close(self) -> None:
+        """Wait for outstanding acknowledgements, return unread pulled messages, disconnect."""
+        if self._closed:
+            return
+        nc = self._nc
+        if nc is None:
+            self._closed = True
+            return
+        try:
+            if nc.is_connected:
+                # Messages pulled (and acknowledged) but never received go back to their
+                # channel, so closing a receiver loses nothing it had taken.
+                for box in self._incoming.values():
+                    if box.items:
+                        out = self._outgoing.get(box.channel)
+                        subject = out.subject if out else f"{self._ch_root}{box.channel}"
+                        for data in box.items:
+                            await nc.publish(subject, data)
+                        box.items.clear()
+                with contextlib.suppress(LayerError):
+                    await asyncio.wait_for(self.flush(), 3.0)
+        except (nats.errors.Error, asyncio.TimeoutError):
+            pass
+        finally:
+            self._closed = True
+            for task in list(self._tasks):
+                task.cancel()
+            for box in self._incoming.values():
+                for waiter in box.waiters:
+                    waiter.cancel()
+            with contextlib.suppress(Exception):
+                await nc.close()
+            self._nc = None
+
+
+# helpers -----------------------------------------------------------------------------------
+
+
+def _connection_error(exc: BaseException) -> LayerError:
+    if isinstance(exc, nats.errors.OutboundBufferLimitError):
+        return LayerError(
+            "the NATS connection is down and its reconnect buffer is full: the message was "
+            "not sent; retry once the server is back"
+        )
+    if isinstance(exc, nats.errors.ConnectionClosedError):
+        return LayerError("the NATS connection is closed; open a new layer")
+    return LayerError(f"NATS connection failed: {exc!r}")
+
+
+def _as_error(exc: BaseException) -> Exception:
+    return exc if isinstance(exc, Exception) else LayerError("cancelled")
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+def _positive(params: Mapping[str, Any], key: str, default: Any, kind: type) -> Any:
+    value = params.get(key)
+    if value is None:
+        return default
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"nats:// option {key}={value!r} is not a number") from None
+    if number <= 0:
+        raise ConfigurationError(f"nats:// option {key}={value!r} must be positive")
+    return number
+
+
+def _tls_context(params: Mapping[str, Any]) -> ssl.SSLContext:
+    ca, cert, key = params.get("tls_ca"), params.get("tls_cert"), params.get("tls_key")
+    for name, path in (("tls_ca", ca), ("tls_cert", cert), ("tls_key", key)):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigurationError(f"NATS {name} file {path!r} does not exist")
+    if (cert is None) != (key is None):
+        raise ConfigurationError("NATS client TLS needs both tls_cert and tls_key")
+    try:
+        context = ssl.create_default_context(cafile=ca)
+        if cert is not None:
+            context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(f"cannot load NATS TLS files: {exc}") from None
+    return context

@@ -76,7 +76,10 @@ def build_document(system: System) -> dict[str, Any]:
             entry["messages"] = {key: {"$ref": f"#/components/messages/{key}"}}
             entry["summary"] = _summary(chan.contract)
         if chan.routes:
-            entry["x-svcbus-routes"] = [{"kind": r.kind, "path": r.path} for r in chan.routes]
+            entry["x-svcbus-routes"] = [
+                {"kind": r.kind, "path": r.path, **({"detail": r.detail} if r.detail else {})}
+                for r in chan.routes
+            ]
         channels[name] = entry
 
         reply = None

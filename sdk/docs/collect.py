@@ -29,6 +29,8 @@ class Route:
     channel: str
     kind: str = "http"
     """``http`` or ``websocket``."""
+    detail: str = ""
+    """The HTTP methods (``GET, POST``) or the WebSocket event (``connect``, ``receive``...)."""
 
 
 @dataclass
@@ -108,34 +110,56 @@ def _dedent(text: str) -> str:
 def routes_of(table: Any) -> list[Route]:
     """The routes of an edge routing table, whatever its exact shape.
 
-    Accepts an object with a ``routes`` attribute, or an iterable, whose items
-    are :class:`Route`-like objects (``path`` and ``channel`` attributes; the
-    kind comes from ``kind``/``protocol``/``type`` or the class name), mappings
-    with those keys, or ``(path, channel)`` pairs. Keeping this loose lets the
-    edge's routing table evolve without the docs depending on its classes.
+    Understands :class:`svcbus.edge.Routes` (its ``websocket`` and ``http``
+    lists; static routes send nothing and are left out), any object with a
+    ``routes`` attribute, or an iterable. Items may be edge route objects
+    (``WebSocketRoute`` with ``connect``/``receive``/``disconnect`` channels,
+    ``HttpRoute`` with ``channel`` and ``methods``), :class:`Route`, mappings
+    with ``path``/``channel``/``kind`` keys, or ``(path, channel[, kind])``
+    tuples. Duck typing keeps the docs independent of the edge's classes.
     """
-    items = getattr(table, "routes", table)
-    if callable(items):
-        items = items()
+    if hasattr(table, "websocket") or hasattr(table, "http"):
+        items: Any = [*getattr(table, "websocket", ()), *getattr(table, "http", ())]
+    else:
+        items = getattr(table, "routes", table)
+        if callable(items):
+            items = items()
     found: list[Route] = []
     for item in items:
-        if isinstance(item, Route):
-            found.append(item)
-            continue
-        if isinstance(item, tuple) and len(item) >= 2:
-            path, channel = item[0], item[1]
-            kind = item[2] if len(item) > 2 else "http"
-        else:
-            get = item.get if isinstance(item, dict) else lambda k, d=None, i=item: getattr(i, k, d)
-            path, channel = get("path"), get("channel")
-            kind = get("kind") or get("protocol") or get("type") or _kind_from_class(item)
-        if not isinstance(path, str) or not isinstance(channel, str):
-            raise TypeError(f"edge route {item!r} has no str path and channel")
-        kind = str(kind).lower()
-        found.append(
-            Route(path, channel, "websocket" if kind.startswith(("ws", "websocket")) else "http")
-        )
-    return sorted(found, key=lambda r: (r.path, r.kind, r.channel))
+        found.extend(_routes_of_item(item))
+    return sorted(set(found), key=lambda r: (r.path, r.kind, r.channel, r.detail))
+
+
+def _routes_of_item(item: Any) -> list[Route]:
+    if isinstance(item, Route):
+        return [item]
+    if isinstance(item, tuple) and len(item) >= 2:
+        kind = str(item[2]) if len(item) > 2 else "http"
+        return [Route(str(item[0]), str(item[1]), _kind(kind))]
+    if isinstance(item, dict):
+        get: Any = item.get
+    else:
+
+        def get(key: str, default: Any = None) -> Any:
+            return getattr(item, key, default)
+
+    path = get("path")
+    if not isinstance(path, str):
+        return []  # static file routes and the like: no channel to document
+    events = [e for e in ("connect", "receive", "disconnect") if isinstance(get(e), str)]
+    if events:  # an edge WebSocketRoute: one channel per event
+        return [Route(path, get(e), "websocket", e) for e in events]
+    channel = get("channel")
+    if not isinstance(channel, str):
+        return []
+    kind = get("kind") or get("protocol") or get("type") or _kind_from_class(item)
+    methods = get("methods")
+    detail = ", ".join(methods) if isinstance(methods, (list, tuple)) else ""
+    return [Route(path, channel, _kind(str(kind)), detail)]
+
+
+def _kind(kind: str) -> str:
+    return "websocket" if kind.lower().startswith(("ws", "websocket")) else "http"
 
 
 def _kind_from_class(item: Any) -> str:

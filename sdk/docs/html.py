@@ -153,7 +153,10 @@ def channel_page(system: System, chan: ChannelDoc, document: dict[str, Any]) -> 
     if chan.reply is not None:
         facts.append(("Reply", escape(f"{chan.reply.__contract_name__} v{chan.reply.__version__}")))
     if chan.routes:
-        routes = [f"{escape(r.kind)} <code>{escape(r.path)}</code>" for r in chan.routes]
+        routes = [
+            f"{escape(r.kind)} <code>{escape(r.path)}</code> {escape(r.detail)}".strip()
+            for r in chan.routes
+        ]
         facts.append(("Edge routes", ", ".join(routes)))
     parts.append(
         "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts) + "</table>"

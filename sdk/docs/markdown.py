@@ -124,7 +124,9 @@ def _channel_section(chan: ChannelDoc, document: dict[str, Any]) -> list[str]:
             f"- **Reply:** {text(f'{chan.reply.__contract_name__} v{chan.reply.__version__}')}"
         )
     for route in chan.routes:
-        out.append(f"- **Edge route:** {text(route.kind)} {code(route.path)}")
+        out.append(
+            f"- **Edge route:** {text(route.kind)} {code(route.path)} {text(route.detail)}".rstrip()
+        )
     out.append("")
     schemas = document.get("components", {}).get("schemas", {})
     message = channel_message(document, chan.name)

@@ -8,9 +8,11 @@ tests register in the process-wide registry.
 from __future__ import annotations
 
 import enum
+from types import SimpleNamespace
 from typing import Literal
 
 from pydantic import ConfigDict, Field
+
 from svcbus import Contract, Service
 
 
@@ -102,13 +104,18 @@ async def get_stats(query: StatsQuery) -> StatsReply:
 
 
 class Routes:
-    """Stands in for the edge's routing table: anything with ``routes``."""
+    """Shaped like ``svcbus.edge.Routes`` (``websocket`` and ``http`` lists), without the edge."""
 
     def __init__(self) -> None:
-        self.routes = [
-            {"path": "/ws/chat", "channel": "docsample.receive", "kind": "websocket"},
-            ("/stats", "docsample.stats"),
+        self.websocket = [
+            SimpleNamespace(
+                path="/ws/chat", connect=None, receive="docsample.receive", disconnect=None
+            )
         ]
+        self.http = [
+            SimpleNamespace(path="/stats/{room}", channel="docsample.stats", methods=("GET",))
+        ]
+        self.static = [SimpleNamespace(prefix="/", directory="web")]
 
 
 routes = Routes()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from anyio import from_thread
+
 from .bus import DEFAULT_REQUEST_TIMEOUT, Bus
 from .envelope import Envelope
 from .errors import SvcbusError
@@ -88,3 +90,64 @@ class Context:
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new process-specific channel."""
         return await self.bus.new_channel(prefix)
+
+
+class BlockingContext:
+    """The context of a plain ``def`` consumer: the same API, blocking.
+
+    Each call hops to the event loop (``anyio.from_thread``), so a sync
+    consumer running in a worker thread can send, request and manage groups.
+    """
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    @property
+    def channel(self) -> str:
+        """The channel the message arrived on."""
+        return self._context.channel
+
+    @property
+    def envelope(self) -> Envelope[Any]:
+        """The whole decoded message."""
+        return self._context.envelope
+
+    message_id = property(lambda self: self._context.message_id, doc="The message's id.")
+    reply_channel = property(lambda self: self._context.reply_channel, doc="Reply channel.")
+    headers = property(lambda self: self._context.headers, doc="Application headers.")
+    sent_at = property(lambda self: self._context.sent_at, doc="Sent at (Unix ms).")
+    trace = property(lambda self: self._context.trace, doc="W3C trace context.")
+
+    def send(self, channel: str, message: Any, *, reply_channel: str | None = None) -> str:
+        """Send ``message`` on ``channel``."""
+        return from_thread.run(
+            lambda: self._context.send(channel, message, reply_channel=reply_channel)
+        )
+
+    def request(
+        self, channel: str, message: Any, *, timeout: float = DEFAULT_REQUEST_TIMEOUT
+    ) -> Any:
+        """Send a request and return its typed reply."""
+        return from_thread.run(lambda: self._context.request(channel, message, timeout=timeout))
+
+    def reply(self, message: Any) -> None:
+        """Reply to the current message now."""
+        from_thread.run(self._context.reply, message)
+
+    def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group``."""
+        from_thread.run(self._context.group_add, group, channel)
+
+    def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``."""
+        from_thread.run(self._context.group_discard, group, channel)
+
+    def group_send(self, group: str, message: Any) -> None:
+        """Send ``message`` to every member of ``group``."""
+        from_thread.run(self._context.group_send, group, message)
+
+    def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-specific channel."""
+        return from_thread.run(self._context.new_channel, prefix)

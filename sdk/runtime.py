@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .bus import Bus, _invalid
 from .consumer import Consumer, resolve_message_type
-from .context import Context
+from .context import BlockingContext, Context
 from .contract import Contract
 from .envelope import Envelope, envelope_type, now_ms
 from .errors import SvcbusError
@@ -29,6 +30,10 @@ from .service import Service, run_hooks
 log = logging.getLogger("svcbus.runtime")
 
 DEFAULT_CONCURRENCY = 10
+FAST_SYNC_CALL = 0.0005
+"""Seconds per message under which a sync consumer's batches grow."""
+DEFAULT_THREADS = 10
+"""Worker threads shared by a runtime's plain ``def`` consumers."""
 BATCH_SIZE = 32
 
 
@@ -67,6 +72,15 @@ class _Bound:
     stats: ConsumerStats = field(default_factory=ConsumerStats)
 
 
+class _Returned:
+    """A sync consumer's return value (wrapped so it cannot be mistaken for an error)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class _Worker:
     """A worker task's cancel scope, and whether it is waiting in receive (cancellable)."""
 
@@ -91,6 +105,7 @@ class Runtime:
         concurrency: int = DEFAULT_CONCURRENCY,
         dead_letter: str | None = None,
         shutdown_timeout: float = 10.0,
+        threads: int = DEFAULT_THREADS,
     ) -> None:
         if concurrency < 1:
             raise SvcbusError(f"concurrency must be >= 1, got {concurrency}")
@@ -100,6 +115,7 @@ class Runtime:
         self.dead_letter = dead_letter
         self.shutdown_timeout = shutdown_timeout
         self.observers: list[Observer] = []
+        self._threads = anyio.CapacityLimiter(threads)
         self._bound = [self._bind(c, concurrency) for c in service.consumers]
         self._stopping = False
         self._stop_requested = anyio.Event()
@@ -182,6 +198,9 @@ class Runtime:
         workers.cancel()
 
     async def _work(self, bound: _Bound) -> None:
+        if not bound.consumer.is_async:
+            await self._work_sync(bound)
+            return
         receive_many = self.bus.layer.receive_many
         channel = bound.consumer.channel
         # One worker alone takes whole batches (fewer wake-ups); with several,
@@ -212,6 +231,101 @@ class Runtime:
                         await anyio.lowlevel.checkpoint()
         finally:
             self._workers.discard(worker)
+
+    async def _work_sync(self, bound: _Bound) -> None:
+        """A worker for a plain ``def`` consumer: handles batches in a worker thread.
+
+        One thread hop per batch, not per message. Busy threads stop this
+        worker from taking more messages: backpressure, not a growing queue.
+        """
+        receive_many = self.bus.layer.receive_many
+        channel = bound.consumer.channel
+        # Adaptive batches: one thread hop per message costs more than a fast
+        # handler, so while handlers are quick a worker takes up to BATCH_SIZE
+        # at once; a slow handler drops it back to one message per hop, so no
+        # batch holds messages that idle threads could be handling.
+        batch_size = 1
+        worker = _Worker()
+        self._workers.add(worker)
+        try:
+            with worker.scope:
+                while not self._stopping:
+                    worker.receiving = True
+                    batch = await receive_many(channel, batch_size)
+                    worker.receiving = False
+                    bound.stats.received += len(batch)
+                    started = time.perf_counter()
+                    outcomes = await anyio.to_thread.run_sync(
+                        self._handle_in_thread, bound, batch, now_ms(), limiter=self._threads
+                    )
+                    per_message = (time.perf_counter() - started) / len(batch)
+                    if per_message < FAST_SYNC_CALL:
+                        batch_size = min(BATCH_SIZE, batch_size * 2)
+                    else:
+                        batch_size = 1
+                    for outcome in outcomes:
+                        await self._finish(bound, *outcome)
+        finally:
+            self._workers.discard(worker)
+
+    def _handle_in_thread(
+        self, bound: _Bound, batch: list[bytes], now: int
+    ) -> list[tuple[Any, ...]]:
+        consumer = bound.consumer
+        outcomes: list[tuple[Any, ...]] = []
+        for data in batch:
+            try:
+                envelope = bound.decode(data)
+            except ValidationError as exc:
+                outcomes.append((data, exc, None, None, None))
+                continue
+            if envelope.ex is not None and envelope.ex <= now:
+                bound.stats.expired += 1
+                continue
+            ctx = Context(self.bus, consumer.channel, envelope)
+            try:
+                if consumer.takes_context:
+                    result = consumer.func(envelope.b, BlockingContext(ctx))
+                else:
+                    result = consumer.func(envelope.b)
+            except Exception as exc:
+                outcomes.append((data, None, envelope, ctx, exc))
+                continue
+            outcomes.append((data, None, envelope, ctx, _Returned(result)))
+        return outcomes
+
+    async def _finish(
+        self,
+        bound: _Bound,
+        data: bytes,
+        invalid: ValidationError | None,
+        envelope: Envelope[Any] | None,
+        ctx: Context | None,
+        outcome: Any,
+    ) -> None:
+        """Back on the loop: reply, count, report what a sync consumer did."""
+        consumer = bound.consumer
+        if invalid is not None or envelope is None:
+            reason = str(_invalid(consumer.channel, invalid, consumer.message_type))  # type: ignore[arg-type]
+            await self._reject(bound, data, reason)
+            return
+        if isinstance(outcome, Exception):
+            bound.stats.failed += 1
+            log.error(
+                "consumer %s failed on message %s",
+                consumer.name,
+                envelope.id,
+                exc_info=(type(outcome), outcome, outcome.__traceback__),
+            )
+            if envelope.rc is not None:
+                await self._reply_error(envelope, outcome)
+            return
+        result = outcome.value
+        if envelope.rc is not None and (ctx is None or not ctx._replied):
+            await self._reply(bound, envelope, result)
+        bound.stats.processed += 1
+        for observer in self.observers:
+            observer(consumer.channel, envelope, result)
 
     async def _handle(self, bound: _Bound, data: bytes, now: int) -> None:
         stats = bound.stats

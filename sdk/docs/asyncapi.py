@@ -27,7 +27,7 @@ import inspect
 import json
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic.json_schema import models_json_schema
 
@@ -61,7 +61,7 @@ def build_document(system: System) -> dict[str, Any]:
         for c in system.contracts()
     }
     servers = dict(server_entries(system.servers))
-    protocols = {server["protocol"] for server in servers.values()}
+    prefixes = transport_prefixes(system.servers)
 
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
@@ -75,6 +75,7 @@ def build_document(system: System) -> dict[str, Any]:
             key = message_keys[_ident(chan.contract)]
             entry["messages"] = {key: {"$ref": f"#/components/messages/{key}"}}
             entry["summary"] = _summary(chan.contract)
+        entry.update(transport_bindings(name, prefixes))
         if chan.routes:
             entry["x-svcbus-routes"] = [
                 {"kind": r.kind, "path": r.path, **({"detail": r.detail} if r.detail else {})}
@@ -106,7 +107,7 @@ def build_document(system: System) -> dict[str, Any]:
         for action, services in (("receive", chan.consumers), ("send", chan.producers)):
             for service in services:
                 operations[f"{_key(service)}.{action}.{name}"] = _operation(
-                    action, service, name, entry, reply, protocols
+                    action, service, name, entry, reply
                 )
     document: dict[str, Any] = {
         "asyncapi": ASYNCAPI_VERSION,
@@ -147,7 +148,6 @@ def _operation(
     channel: str,
     entry: dict[str, Any],
     reply: dict[str, Any] | None,
-    protocols: set[str],
 ) -> dict[str, Any]:
     verb = "consumes" if action == "receive" else "sends to"
     operation: dict[str, Any] = {
@@ -163,10 +163,6 @@ def _operation(
         ]
     if reply is not None:
         operation["reply"] = reply
-    if action == "receive" and "nats" in protocols:
-        # Named channels are load-balanced: every consumer of a channel joins
-        # one NATS queue group named after the channel.
-        operation["bindings"] = {"nats": {"bindingVersion": "0.1.0", "queue": channel}}
     return operation
 
 
@@ -286,8 +282,42 @@ def server_entries(urls: list[str]) -> list[tuple[str, dict[str, Any]]]:
     return entries
 
 
+def transport_prefixes(urls: list[str]) -> dict[str, str]:
+    """The key/subject prefix (``?prefix=``, default ``svcbus``) per protocol, first URL wins."""
+    found: dict[str, str] = {}
+    for url in urls:
+        parts = urlsplit(url)
+        protocol = PROTOCOLS.get(parts.scheme.lower())
+        if protocol in ("nats", "redis") and protocol not in found:
+            query = dict(parse_qsl(parts.query))
+            found[protocol] = query.get("prefix", "svcbus")
+    return found
+
+
+def transport_bindings(channel: str, prefixes: dict[str, str]) -> dict[str, Any]:
+    """Where a named channel lives on each listed transport.
+
+    The official NATS and Redis binding objects have nothing to say about
+    svcbus's mapping (NATS's only field, ``queue``, is for core queue groups,
+    and svcbus uses JetStream work queues), so the names go in extensions.
+    They follow the layers' docstrings (layers/nats.py, layers/redis.py) and
+    docs/protocol.md.
+    """
+    found: dict[str, Any] = {}
+    if "nats" in prefixes:
+        prefix = prefixes["nats"]
+        found["x-svcbus-nats"] = {
+            "consumer": "receivers",
+            "stream": f"{prefix}_ch_{channel.replace('.', ':')}",
+            "subject": f"{prefix}.ch.{channel}",
+        }
+    if "redis" in prefixes:
+        found["x-svcbus-redis"] = {"list": f"{prefixes['redis']}:c:{channel}"}
+    return found
+
+
 _SERVER_DESCRIPTIONS = {
-    "nats": "svcbus NATS layer: channels are subjects, named channels use queue groups.",
+    "nats": "svcbus NATS layer: named channels are JetStream work-queue streams.",
     "redis": "svcbus Redis layer.",
     "memory": "svcbus embedded memory layer (one process).",
 }

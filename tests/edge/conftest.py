@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # edge_service
 
 import uvicorn
+
 from svcbus import Bus, Runtime
 from svcbus.edge import EdgeApp, Limits, config
 

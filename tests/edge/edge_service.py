@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import anyio
+
 from svcbus import Context, Contract, Service
 from svcbus.edge import (
     Accept,
@@ -122,7 +123,7 @@ async def http_whoami(request: HttpRequest) -> dict:
 
 @service.consumes("edgetest.http.slow")
 async def http_slow(request: HttpRequest) -> dict:
-    await anyio.sleep(3)
+    await anyio.sleep(1.5)
     return {"late": True}
 
 

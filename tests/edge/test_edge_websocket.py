@@ -81,7 +81,9 @@ async def test_consumer_closes_with_code(edge) -> None:
 
 async def test_messages_carry_order_and_connect_details(edge) -> None:
     addr, _ = edge
-    async with connect(f"ws://{addr}/ws/whoami?x=1&y=two", additional_headers={"X-Trace": "t1"}) as ws:
+    async with connect(
+        f"ws://{addr}/ws/whoami?x=1&y=two", additional_headers={"X-Trace": "t1"}
+    ) as ws:
         info = json.loads(await ws.recv())
         assert info["params"] == {"room": "whoami"}
         assert info["query"] == {"x": "1", "y": "two"}

@@ -1,0 +1,140 @@
+"""HTTP through a real uvicorn edge: request/reply and every status the edge produces."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from svcbus import Bus
+from svcbus.edge import EdgeApp, HttpRoute, Limits, Routes
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def client(edge) -> httpx.AsyncClient:
+    addr, _ = edge
+    async with httpx.AsyncClient(base_url=f"http://{addr}") as client:
+        yield client
+
+
+async def test_typed_channel_merges_path_query_and_body(client) -> None:
+    response = await client.get("/api/add/2", params={"b": "40"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"total": 42}
+    response = await client.post("/api/add/5", json={"b": 6})
+    assert response.json() == {"total": 11}
+
+
+async def test_path_parameter_wins_over_body(client) -> None:
+    response = await client.post("/api/add/1", json={"a": 100, "b": 1})
+    assert response.json() == {"total": 2}
+
+
+async def test_invalid_body_is_422_with_pydantic_errors(client) -> None:
+    response = await client.post("/api/add/1", json={"b": "not a number"})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail[0]["loc"] == ["b"]
+    assert detail[0]["type"] == "int_parsing"
+    response = await client.post("/api/add/1")  # b missing
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "missing"
+
+
+async def test_bad_json_is_422(client) -> None:
+    response = await client.post(
+        "/api/add/1", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+    response = await client.post("/api/add/1", content=b"[1, 2]")
+    assert response.status_code == 422
+    # The edge keeps serving.
+    assert (await client.get("/api/add/1?b=1")).json() == {"total": 2}
+
+
+async def test_untyped_channel_gets_http_request_and_returns_http_response(client) -> None:
+    response = await client.put("/api/echo", content=b"\x00raw bytes\xff")
+    assert response.status_code == 201
+    assert response.content == b"\x00raw bytes\xff"
+    assert response.headers["x-method"] == "PUT"
+    assert response.headers["content-type"] == "application/octet-stream"
+
+
+async def test_credentials_do_not_travel(client) -> None:
+    response = await client.get(
+        "/api/whoami/7",
+        params={"q": "1"},
+        headers={"authorization": "Bearer secret", "cookie": "session=abc", "x-custom": "ok"},
+    )
+    body = response.json()
+    assert body["params"] == {"id": 7}
+    assert body["query"] == {"q": "1"}
+    assert body["headers"]["x-custom"] == "ok"
+    assert "authorization" not in body["headers"]
+    assert "cookie" not in body["headers"]
+    assert "secret" not in response.text
+
+
+async def test_no_route_is_404(client) -> None:
+    assert (await client.get("/api/nothing-here")).status_code == 404
+
+
+async def test_path_parameter_type_mismatch_is_404(client) -> None:
+    assert (await client.get("/api/add/abc")).status_code == 404
+
+
+async def test_wrong_method_is_405_with_allow(client) -> None:
+    response = await client.delete("/api/add/1")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+
+
+async def test_body_too_large_is_413(client) -> None:
+    response = await client.post("/api/echo", content=b"x" * (1024 * 1024 + 1))
+    assert response.status_code == 413
+
+
+async def test_streamed_body_too_large_is_413(client) -> None:
+    async def chunks():
+        for _ in range(20):
+            yield b"y" * 65536
+
+    response = await client.post("/api/echo", content=chunks())  # chunked: no content-length
+    assert response.status_code == 413
+
+
+async def test_no_reply_is_504(client) -> None:
+    response = await client.get("/api/nobody")  # request_timeout=1.0, no consumer
+    assert response.status_code == 504
+    response = await client.get("/api/slow")  # the consumer takes 1.5s
+    assert response.status_code == 504
+
+
+async def test_consumer_failure_is_500(client) -> None:
+    response = await client.get("/api/fail")
+    assert response.status_code == 500
+    assert response.json()["type"] == "RuntimeError"
+    assert "deliberate" not in response.text  # internals stay inside
+
+
+async def test_full_channel_is_503(serve, hub_url) -> None:
+    async with Bus(f"{hub_url}?channel_capacity=edgetest.full:1") as bus:
+        routes = Routes(HttpRoute("/full", "edgetest.full"))
+        addr = await serve(EdgeApp(routes, layer=bus, limits=Limits(request_timeout=0.5)))
+        async with httpx.AsyncClient(base_url=f"http://{addr}") as client:
+            first = await client.get("/full")  # fills the channel, nobody consumes
+            assert first.status_code == 504
+            second = await client.get("/full")
+            assert second.status_code == 503
+
+
+async def test_edge_opens_its_own_layer_in_lifespan(serve, hub_url) -> None:
+    from edge_service import routes, service
+
+    app = EdgeApp(routes, layer=hub_url, services=[service])
+    addr = await serve(app)
+    async with httpx.AsyncClient(base_url=f"http://{addr}") as client:
+        assert (await client.get("/api/add/20?b=22")).json() == {"total": 42}

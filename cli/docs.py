@@ -223,6 +223,7 @@ _STYLES = {"breaking": "bold red", "warning": "yellow", "compatible": "green"}
 
 
 def _print_table(old: str, new: str, rows: list[tuple[str, str, str, str, str, str]]) -> None:
+    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -233,7 +234,7 @@ def _print_table(old: str, new: str, rows: list[tuple[str, str, str, str, str, s
         return
     table = Table(title=f"Contract changes: {escape(old)} -> {escape(new)}", title_justify="left")
     for column in ("Channel", "Change", "Where", "Consumers", "Producers", "Detail"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column != "Detail")
     for channel, kind, where, consumers, producers, detail in rows:
         table.add_row(
             escape(channel),
@@ -243,4 +244,6 @@ def _print_table(old: str, new: str, rows: list[tuple[str, str, str, str, str, s
             f"[{_STYLES[producers]}]{producers}[/]",
             escape(detail),
         )
-    out.print(table)
+    # CI logs are not terminals: rich would squeeze the table into 80 columns.
+    console = out if out.is_terminal else Console(width=max(out.width, 160))
+    console.print(table)

@@ -130,7 +130,7 @@ def _info(system: System) -> dict[str, Any]:
         or (
             "Channels, contracts and services of a svcbus system. Every message is one "
             "JSON envelope: metadata (described as the message headers) and the payload "
-            "in its `b` field; see svcbus docs/protocol.md."
+            "in its b field; see svcbus docs/protocol.md."
         ),
     }
     tags = [

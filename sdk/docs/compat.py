@@ -697,7 +697,15 @@ def _match(
 def iter_rows(report: Report) -> Iterator[tuple[str, str, str, str, str, str]]:
     """``(channel, change, where, consumers, producers, detail)`` rows, breaking first."""
     order = sorted(
-        report.changes, key=lambda c: (-c.impact.rank, c.channel, c.path, c.kind, c.detail)
+        report.changes,
+        key=lambda c: (
+            -c.impact.rank,
+            c.channel,
+            c.kind == "version-not-bumped",  # the consequence after its causes
+            c.path,
+            c.kind,
+            c.detail,
+        ),
     )
     for c in order:
         yield (c.channel, c.kind, c.path, c.consumers.value, c.producers.value, c.detail)

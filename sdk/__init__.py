@@ -14,6 +14,7 @@ Declare contracts, consume them, run services on any layer::
 Run it with ``svc run mymodule --layer nats://localhost:4222``.
 """
 
+from . import tracing
 from .bus import Bus, connect
 from .consumer import Consumer, consumes
 from .context import Context
@@ -65,4 +66,5 @@ __all__ = [
     "load_service",
     "open_layer",
     "registry",
+    "tracing",
 ]

@@ -14,6 +14,7 @@ import anyio
 from anyio.abc import TaskGroup
 from pydantic import ValidationError
 
+from . import tracing
 from .contract import Contract, ContractRegistry, coerce, describe_errors, registry
 from .envelope import (
     Envelope,
@@ -43,18 +44,29 @@ class Bus:
             reply = await bus.request("stats.get", StatsQuery(room="lobby"))
     """
 
-    def __init__(self, layer: Layer | str, *, contracts: ContractRegistry = registry) -> None:
+    def __init__(
+        self,
+        layer: Layer | str,
+        *,
+        contracts: ContractRegistry = registry,
+        tracer: Any = None,
+    ) -> None:
         self.layer = open_layer(layer) if isinstance(layer, str) else layer
         self.contracts = contracts
         self._expiry_ms = int(self.layer.options.expiry * 1000)
         self._inbox: str | None = None
         self._pending: dict[str, _ReplySlot] = {}
         self._task_group: TaskGroup | None = None
+        self._given_tracer = tracer
+        self.tracer = tracer or tracing.tracer()
+        """OpenTelemetry tracer, or None when tracing is off (then nothing is traced)."""
 
     # lifecycle -----------------------------------------------------------
 
     async def __aenter__(self) -> Bus:
         await self.layer.connect()
+        # A tracer provider installed after construction still takes effect.
+        self.tracer = self._given_tracer or tracing.tracer()
         self._task_group = await anyio.create_task_group().__aenter__()
         return self
 
@@ -134,6 +146,22 @@ class Bus:
         ``MessageTooLarge`` or ``InvalidChannelName``.
         """
         validate_channel(channel)
+        if self.tracer is not None and trace is None:
+            with tracing.send_span(self.tracer, self.layer.system, channel) as span:
+                return await self._send(
+                    channel, message, reply_channel, tracing.inject(), headers, span
+                )
+        return await self._send(channel, message, reply_channel, trace, headers, None)
+
+    async def _send(
+        self,
+        channel: str,
+        message: Any,
+        reply_channel: str | None,
+        trace: dict[str, str] | None,
+        headers: dict[str, str] | None,
+        span: Any,
+    ) -> str:
         message_id = new_message_id()
         data = self.encode(
             channel,
@@ -143,6 +171,9 @@ class Bus:
             headers=headers,
             message_id=message_id,
         )
+        if span is not None:
+            span.set_attribute("messaging.message.id", message_id)
+            span.set_attribute("messaging.message.body.size", len(data))
         await self.layer.send(channel, data)
         return message_id
 
@@ -157,6 +188,11 @@ class Bus:
         self, group: str, message: Any, *, trace: dict[str, str] | None = None
     ) -> None:
         """Send ``message`` to every channel in ``group`` (never raises ``ChannelFull``)."""
+        if self.tracer is not None and trace is None:
+            with tracing.send_span(self.tracer, self.layer.system, group) as span:
+                span.set_attribute("svcbus.group", True)
+                await self.group_send(group, message, trace=tracing.inject())
+            return
         body = coerce(group, message, None)
         name, version = _contract_of(body)
         sent_at = now_ms()
@@ -193,6 +229,8 @@ class Bus:
         trace: dict[str, str] | None = None,
     ) -> None:
         """Send ``message`` as the reply to request ``request_id``."""
+        if self.tracer is not None and trace is None:
+            trace = tracing.inject()
         data = self.encode(
             reply_channel, message, reply_to=request_id, contract=contract, trace=trace
         )
@@ -228,6 +266,14 @@ class Bus:
         Raises :class:`RequestTimeout` or :class:`RemoteError`.
         """
         validate_channel(channel)
+        if self.tracer is not None and trace is None:
+            with tracing.send_span(
+                self.tracer, self.layer.system, channel, operation="request"
+            ) as span:
+                span.set_attribute("messaging.message.body.size", 0)
+                return await self.request(
+                    channel, message, timeout=timeout, reply_type=reply_type, trace=tracing.inject()
+                )
         if reply_type is None:
             contract = self.contracts.get(channel)
             reply_type = contract.__reply__ if contract is not None else None

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from . import tracing
 from .bus import Bus, _invalid
 from .consumer import Consumer, resolve_message_type
 from .context import BlockingContext, Context
@@ -283,16 +284,32 @@ class Runtime:
                 bound.stats.expired += 1
                 continue
             ctx = Context(self.bus, consumer.channel, envelope)
-            try:
-                if consumer.takes_context:
-                    result = consumer.func(envelope.b, BlockingContext(ctx))
-                else:
-                    result = consumer.func(envelope.b)
-            except Exception as exc:
-                outcomes.append((data, None, envelope, ctx, exc))
-                continue
-            outcomes.append((data, None, envelope, ctx, _Returned(result)))
+            tracer = self.bus.tracer
+            if tracer is None:
+                outcome = self._call_sync(consumer, envelope, ctx)
+            else:
+                with tracing.process_span(
+                    tracer,
+                    self.bus.layer.system,
+                    consumer.channel,
+                    envelope.id,
+                    len(data),
+                    envelope.tc,
+                ) as span:
+                    outcome = self._call_sync(consumer, envelope, ctx)
+                    if isinstance(outcome, Exception):
+                        tracing.mark_failed(span, outcome)
+            outcomes.append((data, None, envelope, ctx, outcome))
         return outcomes
+
+    @staticmethod
+    def _call_sync(consumer: Consumer, envelope: Envelope[Any], ctx: Context) -> Any:
+        try:
+            if consumer.takes_context:
+                return _Returned(consumer.func(envelope.b, BlockingContext(ctx)))
+            return _Returned(consumer.func(envelope.b))
+        except Exception as exc:
+            return exc
 
     async def _finish(
         self,
@@ -328,18 +345,36 @@ class Runtime:
             observer(consumer.channel, envelope, result)
 
     async def _handle(self, bound: _Bound, data: bytes, now: int) -> None:
-        stats = bound.stats
-        consumer = bound.consumer
         try:
             envelope = bound.decode(data)
         except ValidationError as exc:
+            consumer = bound.consumer
             await self._reject(
                 bound, data, str(_invalid(consumer.channel, exc, consumer.message_type))
             )
             return
         if envelope.ex is not None and envelope.ex <= now:
-            stats.expired += 1
+            bound.stats.expired += 1
             return
+        tracer = self.bus.tracer
+        if tracer is None:
+            await self._invoke(bound, envelope)
+            return
+        with tracing.process_span(
+            tracer,
+            self.bus.layer.system,
+            bound.consumer.channel,
+            envelope.id,
+            len(data),
+            envelope.tc,
+        ) as span:
+            error = await self._invoke(bound, envelope)
+            if error is not None:
+                tracing.mark_failed(span, error)
+
+    async def _invoke(self, bound: _Bound, envelope: Envelope[Any]) -> Exception | None:
+        """Call the consumer, reply, count; returns the consumer's exception, if any."""
+        consumer = bound.consumer
         ctx = None
         try:
             if consumer.takes_context:
@@ -348,17 +383,18 @@ class Runtime:
             else:
                 result = await consumer.func(envelope.b)
         except Exception as exc:
-            stats.failed += 1
+            bound.stats.failed += 1
             log.exception("consumer %s failed on message %s", consumer.name, envelope.id)
             if envelope.rc is not None:
                 await self._reply_error(envelope, exc)
-            return
+            return exc
         if envelope.rc is not None and (ctx is None or not ctx._replied):
             await self._reply(bound, envelope, result)
-        stats.processed += 1
+        bound.stats.processed += 1
         if self.observers:
             for observer in self.observers:
                 observer(consumer.channel, envelope, result)
+        return None
 
     async def _reply(self, bound: _Bound, envelope: Envelope[Any], result: Any) -> None:
         assert envelope.rc is not None

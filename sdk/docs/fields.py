@@ -85,6 +85,8 @@ def type_name(schema: Any, schemas: dict[str, Any]) -> str:
     if isinstance(kind, list):
         return " | ".join(type_name({**schema, "type": k}, schemas) for k in kind)
     if kind == "array":
+        if isinstance(schema.get("prefixItems"), list):  # pydantic's tuples
+            return "tuple[" + ", ".join(type_name(i, schemas) for i in schema["prefixItems"]) + "]"
         items = schema.get("items")
         if isinstance(items, list):  # a tuple
             return "tuple[" + ", ".join(type_name(i, schemas) for i in items) + "]"

@@ -15,10 +15,11 @@ from jsonschema import Draft7Validator
 from jsonschema_specifications import REGISTRY as META_SCHEMAS
 from typer.testing import CliRunner
 
-from svcbus import Service, consumes
+from svcbus import Contract, Service, consumes
 from svcbus.cli.app import app
 from svcbus.docs import collect
 from svcbus.docs.asyncapi import build_document, to_json, to_yaml
+from svcbus.docs.compat import compare
 from svcbus.docs.html import render_site
 from svcbus.docs.markdown import render_markdown
 from svcbus.docs.undeclared import UndeclaredSendWarning, set_enabled, warn_if_undeclared
@@ -305,3 +306,30 @@ def test_warn_if_undeclared() -> None:
         assert not warn_if_undeclared(service, "docsample.warn.other")  # once only
     finally:
         set_enabled(None)
+
+
+class Node(Contract):
+    """A tree node: a recursive model."""
+
+    name: str
+    children: list[Node] = []
+
+
+class Tree(Contract, channel="docsample.tree"):
+    root: Node
+    pair: tuple[int, str] | None = None
+
+
+def test_recursive_models_and_tuples(validator) -> None:
+    service = Service("trees")
+
+    @service.consumes("docsample.tree")
+    def on_tree(msg: Tree) -> None: ...
+
+    system = collect([service])
+    document = build_document(system)
+    assert errors_of(validator, document) == []
+    page = render_site(system, document)["channels/docsample.tree.html"]
+    assert "<code>root.children</code>" in page and "<code>list[Node]</code>" in page
+    assert "<code>tuple[integer, string] | null</code>" in page
+    assert compare(document, document).changes == []

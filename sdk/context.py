@@ -9,6 +9,7 @@ from anyio import from_thread
 from .bus import DEFAULT_REQUEST_TIMEOUT, Bus
 from .envelope import Envelope
 from .errors import SvcbusError
+from .undeclared import warn_if_undeclared
 
 
 class Context:
@@ -19,10 +20,14 @@ class Context:
     just return its reply).
     """
 
-    __slots__ = ("_replied", "bus", "channel", "envelope")
+    __slots__ = ("_replied", "bus", "channel", "envelope", "service")
 
-    def __init__(self, bus: Bus, channel: str, envelope: Envelope[Any]) -> None:
+    def __init__(
+        self, bus: Bus, channel: str, envelope: Envelope[Any], service: Any = None
+    ) -> None:
         self.bus = bus
+        self.service = service
+        """The service whose consumer is running (None outside a runtime)."""
         self.channel = channel
         """The channel the message arrived on."""
         self.envelope = envelope
@@ -60,12 +65,14 @@ class Context:
 
     async def send(self, channel: str, message: Any, *, reply_channel: str | None = None) -> str:
         """Send ``message`` on ``channel`` (validated against its contract)."""
+        warn_if_undeclared(self.service, channel)
         return await self.bus.send(channel, message, reply_channel=reply_channel)
 
     async def request(
         self, channel: str, message: Any, *, timeout: float = DEFAULT_REQUEST_TIMEOUT
     ) -> Any:
         """Send a request and return its typed reply."""
+        warn_if_undeclared(self.service, channel)
         return await self.bus.request(channel, message, timeout=timeout)
 
     async def reply(self, message: Any) -> None:

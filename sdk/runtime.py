@@ -283,7 +283,7 @@ class Runtime:
             if envelope.ex is not None and envelope.ex <= now:
                 bound.stats.expired += 1
                 continue
-            ctx = Context(self.bus, consumer.channel, envelope)
+            ctx = Context(self.bus, consumer.channel, envelope, self.service)
             tracer = self.bus.tracer
             if tracer is None:
                 outcome = self._call_sync(consumer, envelope, ctx)
@@ -378,7 +378,7 @@ class Runtime:
         ctx = None
         try:
             if consumer.takes_context:
-                ctx = Context(self.bus, consumer.channel, envelope)
+                ctx = Context(self.bus, consumer.channel, envelope, self.service)
                 result = await consumer.func(envelope.b, ctx)
             else:
                 result = await consumer.func(envelope.b)

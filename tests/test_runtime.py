@@ -211,3 +211,24 @@ async def test_ctx_reply_and_metadata():
         assert await h.request("rtest.meta", {"x": 1}) == {"early": True}
     assert seen["channel"] == "rtest.meta" and seen["rc"].startswith("inbox.")
     assert seen["id"] and seen["at"] > 0
+
+
+async def test_undeclared_sends_warn_in_development_mode():
+    from svcbus.undeclared import UndeclaredSendWarning, set_enabled
+
+    service = Service("leaky")
+
+    @service.consumes("rtest.in", produces=["rtest.declared"])
+    async def relay(message, ctx: Context) -> None:
+        await ctx.send("rtest.declared", message)
+        await ctx.send("rtest.undeclared", message)
+
+    set_enabled(True)
+    try:
+        with pytest.warns(UndeclaredSendWarning, match="'rtest.undeclared'") as caught:
+            async with harness(service) as h:
+                await h.send("rtest.in", {"x": 1})
+                await h.next_call("rtest.in")
+        assert all("rtest.declared'" not in str(w.message) for w in caught)
+    finally:
+        set_enabled(None)

@@ -12,8 +12,8 @@ package. The pieces, one concept per module:
 * :mod:`.undeclared`: the development-mode warning for sends to undeclared channels.
 """
 
+from ..undeclared import UndeclaredSendWarning, warn_if_undeclared
 from .collect import ChannelDoc, Route, ServiceDoc, System, collect, routes_of
-from .undeclared import UndeclaredSendWarning, warn_if_undeclared
 
 __all__ = [
     "ChannelDoc",

@@ -22,7 +22,7 @@ from svcbus.docs.asyncapi import build_document, to_json, to_yaml
 from svcbus.docs.compat import compare
 from svcbus.docs.html import render_site
 from svcbus.docs.markdown import render_markdown
-from svcbus.docs.undeclared import UndeclaredSendWarning, set_enabled, warn_if_undeclared
+from svcbus.undeclared import UndeclaredSendWarning, set_enabled, warn_if_undeclared
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SERVERS = ["nats://user:secret@nats.example:4222", "redis://cache.example:6379/0", "memory://"]

@@ -398,6 +398,9 @@ class _Shard:
         self.pool: Any = None
         self.idle: list[AbstractConnection] = []
         self.down = False
+        # Bumped when a loss is noticed: connections made before it are known dead, so
+        # their errors are expected and not logged again.
+        self.epoch = 0
         self.pipe = _Pipe(self)
         self.subscriber = _Subscriber(self)
 
@@ -421,17 +424,23 @@ class _Shard:
             return self.idle.pop()
         return await self.new_connection()
 
-    def release(self, conn: AbstractConnection) -> None:
-        if self.layer._closed or len(self.idle) >= 64:
+    def release(self, conn: AbstractConnection, epoch: int) -> None:
+        if self.layer._closed or epoch != self.epoch or len(self.idle) >= 64:
             self.layer._spawn(conn.disconnect())
         else:
             self.idle.append(conn)
 
-    def lost(self, exc: BaseException) -> None:
-        """Log a lost server once, however many connections notice."""
-        if not self.down:
-            self.down = True
-            log.warning("lost connection to redis at %s (%s); reconnecting", self.name, exc)
+    def lost(self, exc: BaseException, epoch: int) -> None:
+        """Note that a connection made at ``epoch`` failed; log a lost server once.
+
+        Every connection of the layer notices an outage at its own moment; only the
+        first one after a working period logs, the rest are expected.
+        """
+        if self.down or epoch < self.epoch:
+            return
+        self.down = True
+        self.epoch += 1
+        log.warning("lost connection to redis at %s (%s); reconnecting", self.name, exc)
         for conn in self.idle:
             self.layer._spawn(conn.disconnect(nowait=True))
         self.idle.clear()
@@ -471,6 +480,7 @@ class _Pipe:
         self.drained = asyncio.Event()
         self.drained.set()
         self.conn: AbstractConnection | None = None
+        self.conn_epoch = 0
         self.task: asyncio.Task[None] | None = None
         self.retry_at = 0.0
         self.backoff = 0.05
@@ -495,12 +505,21 @@ class _Pipe:
             self.task = asyncio.ensure_future(self.run())
 
     async def _connect(self) -> AbstractConnection:
+        shard = self.shard
         if self.conn is not None:
-            return self.conn
+            if self.conn_epoch == shard.epoch:
+                return self.conn
+            # Made before an outage another connection noticed: replace it between
+            # batches instead of losing the next batch on it.
+            with contextlib.suppress(Exception):
+                await self.conn.disconnect(nowait=True)
+            self.conn = None
         if time.monotonic() < self.retry_at and self.last_error is not None:
             raise self.last_error
+        epoch = shard.epoch
+        conn = None
         try:
-            conn = await self.shard.new_connection()
+            conn = await shard.new_connection()
             # Scripts are not kept across a server restart or failover: load them on
             # every new connection (EVALSHA then always finds them).
             await conn.send_packed_command(
@@ -510,15 +529,18 @@ class _Pipe:
             await conn.read_response()
             await conn.read_response()
         except _RETRYABLE as exc:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
             self.last_error = exc
             self.retry_at = time.monotonic() + self.backoff
             self.backoff = min(self.backoff * 2, 2.0)
-            self.shard.lost(exc)
+            shard.lost(exc, epoch)
             raise
         self.backoff = 0.05
         self.last_error = None
-        self.shard.back()
-        self.conn = conn
+        shard.back()
+        self.conn, self.conn_epoch = conn, epoch
         return conn
 
     async def run(self) -> None:
@@ -549,7 +571,7 @@ class _Pipe:
                     with contextlib.suppress(Exception):
                         await self.conn.disconnect(nowait=True)
                     self.conn = None
-                    self.shard.lost(exc)
+                    self.shard.lost(exc, self.conn_epoch)
                 layer._fail(handlers[done:], _layer_error(self.shard, exc, "command not sent"))
             except asyncio.CancelledError:
                 layer._fail(handlers[done:], LayerError("the redis layer was closed"))
@@ -630,10 +652,11 @@ class _Subscriber:
         layer = shard.layer
         backoff = 0.05
         while True:
+            epoch = shard.epoch
             try:
                 conn = await shard.new_connection()
             except _RETRYABLE as exc:
-                shard.lost(exc)
+                shard.lost(exc, epoch)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -651,7 +674,7 @@ class _Subscriber:
                 shard.back()
                 await self._read(conn, layer)
             except _RETRYABLE as exc:
-                shard.lost(exc)
+                shard.lost(exc, epoch)
             finally:
                 self.ready.clear()
                 self.conn = None
@@ -803,7 +826,7 @@ class RedisLayer(Layer):
                     f"cannot connect to redis at {shard.name}: {exc}. Is redis-server running, "
                     "and are the layer URL's host, port and password right?"
                 ) from None
-            shard.release(conn)
+            shard.release(conn, shard.epoch)
 
     async def flush(self) -> None:
         """Wait until the server has answered every send; report refusals found meanwhile."""
@@ -1103,10 +1126,11 @@ class RedisLayer(Layer):
         try:
             while not self._closed and source.wanted > 0:
                 want = min(source.wanted, MAX_FETCH)
+                epoch = shard.epoch
                 try:
                     conn = await shard.connection()
                 except _RETRYABLE as exc:
-                    shard.lost(exc)
+                    shard.lost(exc, epoch)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
@@ -1115,12 +1139,12 @@ class RedisLayer(Layer):
                 except _RETRYABLE as exc:
                     with contextlib.suppress(Exception):
                         await conn.disconnect(nowait=True)
-                    shard.lost(exc)
+                    shard.lost(exc, epoch)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
                 except ResponseError as exc:
-                    shard.release(conn)
+                    shard.release(conn, epoch)
                     self._fail_waiters(
                         source, LayerError(f"redis refused to pop {source.key!r}: {exc}")
                     )
@@ -1130,7 +1154,7 @@ class RedisLayer(Layer):
                     with contextlib.suppress(Exception):
                         await conn.disconnect(nowait=True)
                     raise
-                shard.release(conn)
+                shard.release(conn, epoch)
                 shard.back()
                 backoff = 0.05
                 if items:

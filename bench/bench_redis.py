@@ -1,0 +1,439 @@
+"""Redis layer: svcbus vs channels_redis (core and pub/sub) vs raw redis-py, same run.
+
+    python bench/bench_redis.py [--quick]
+
+Starts its own redis-server on a free loopback port (tests/servers.py) and runs,
+with the same ~150-byte chat message validated by one pydantic contract:
+
+1. send -> typed receive throughput on one named channel (20,000 messages);
+2. group_send to 100 and 1,000 member channels spread over 4 layers ("processes"):
+   time until every member has the message, p50/p99 over several rounds;
+3. request/reply latency, p50/p99, one request at a time.
+
+Everything runs in one process and event loop (the peers too), so the numbers
+compare client-side costs plus Redis round trips; redis-server has the other core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+import redis.asyncio as redis_client  # noqa: E402 - after the sys.path lines
+from common import BenchChat, Timer, chat, chat_dict, percentiles, print_table  # noqa: E402 - after the sys.path lines
+from servers import RedisServer  # noqa: E402 - after the sys.path lines
+
+from svcbus import Bus, Runtime, Service, open_layer  # noqa: E402 - after the sys.path lines
+
+Row = tuple[str, ...]
+
+
+# --- 1. throughput ------------------------------------------------------------------
+
+
+async def svcbus_throughput(url: str, count: int, concurrency: int) -> float:
+    """Bus.send(BenchChat) in a loop -> Runtime consumer typed as BenchChat."""
+    service = Service("bench")
+    done = asyncio.Event()
+    received = 0
+
+    @service.consumes("bench.chat")
+    async def consume(message: BenchChat) -> None:
+        nonlocal received
+        received += 1
+        if received == count:
+            done.set()
+
+    messages = [chat(i) for i in range(count)]
+    options = {"capacity": count + 1}
+    runtime = Runtime(service, open_layer(url, **options), concurrency=concurrency)
+    async with runtime.running(), Bus(open_layer(url, **options)) as bus:
+        with Timer() as timer:
+            for message in messages:
+                await bus.send("bench.chat", message)
+            await done.wait()
+    return count / timer.seconds
+
+
+async def channels_throughput(layer: Any, count: int, settle: float = 0.0) -> float:
+    """channels_redis: send dicts, receive dicts, validate each with the same contract."""
+    messages = [{"type": "chat.message", **chat_dict(i)} for i in range(count)]
+
+    async def consume() -> None:
+        for _ in range(count):
+            message = await layer.receive("bench.chat")
+            BenchChat.model_validate(message)
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(settle)  # the pub/sub layer drops what is sent before it subscribes
+    with Timer() as timer:
+        for message in messages:
+            await layer.send("bench.chat", message)
+        await task
+    return count / timer.seconds
+
+
+async def raw_throughput(url: str, count: int, pipelined: bool) -> float:
+    """redis-py alone: RPUSH JSON, pop with BLPOP then LPOP 32, model_validate_json."""
+    client = redis_client.Redis.from_url(url)
+    await client.delete("raw.chat")
+    payloads = [chat(i).model_dump_json().encode() for i in range(count)]
+
+    async def consume() -> None:
+        left = count
+        while left:
+            _, first = await client.blpop(["raw.chat"])
+            batch = [first, *(await client.lpop("raw.chat", 31) or [])]
+            for item in batch:
+                BenchChat.model_validate_json(item)
+            left -= len(batch)
+
+    task = asyncio.ensure_future(consume())
+    with Timer() as timer:
+        if pipelined:
+            for start in range(0, count, 100):
+                pipe = client.pipeline(transaction=False)
+                for payload in payloads[start : start + 100]:
+                    pipe.rpush("raw.chat", payload)
+                await pipe.execute()
+        else:
+            for payload in payloads:
+                await client.rpush("raw.chat", payload)
+        await task
+    await client.aclose()
+    return count / timer.seconds
+
+
+# --- 2. group fan-out ---------------------------------------------------------------
+
+
+async def fan_out(
+    members: list[tuple[Any, str]],
+    send: Callable[[int], Awaitable[None]],
+    receive: Callable[[Any, str], Awaitable[Any]],
+    rounds: int,
+) -> tuple[float, float]:
+    """Time group_send until every member has received it, ``rounds`` times."""
+    arrived = 0
+    all_in = asyncio.Event()
+
+    async def member_loop(layer: Any, channel: str) -> None:
+        nonlocal arrived
+        while True:
+            await receive(layer, channel)
+            arrived += 1
+            if arrived == len(members):
+                all_in.set()
+
+    tasks = [asyncio.ensure_future(member_loop(layer, ch)) for layer, ch in members]
+    await asyncio.sleep(0.3)
+    samples = []
+    try:
+        for i in range(rounds):
+            arrived = 0
+            all_in.clear()
+            started = time.perf_counter()
+            await send(i)
+            await asyncio.wait_for(all_in.wait(), 30)
+            samples.append(time.perf_counter() - started)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return percentiles(samples)
+
+
+async def svcbus_fan_out(url: str, size: int, rounds: int) -> tuple[float, float]:
+    layers = [open_layer(url, capacity=100) for _ in range(5)]
+    for layer in layers:
+        await layer.connect()
+    sender, owners = layers[0], layers[1:]
+    group = f"bench.room{size}"
+    members = []
+    for i in range(size):
+        owner = owners[i % len(owners)]
+        channel = await owner.new_channel("ws")
+        await owner.group_add(group, channel)
+        members.append((owner, channel))
+
+    async with Bus(sender) as bus:
+
+        async def send(i: int) -> None:
+            await bus.group_send(group, chat(i))
+
+        async def receive(layer: Any, channel: str) -> Any:
+            return bus.decode(channel, await layer.receive(channel), BenchChat)
+
+        result = await fan_out(members, send, receive, rounds)
+    for layer in owners:
+        await layer.close()
+    return result
+
+
+async def channels_fan_out(make: Callable[[], Any], size: int, rounds: int) -> tuple[float, float]:
+    layers = [make() for _ in range(5)]
+    sender, owners = layers[0], layers[1:]
+    group = f"bench.room{size}"
+    members = []
+    for i in range(size):
+        owner = owners[i % len(owners)]
+        channel = await owner.new_channel()
+        await owner.group_add(group, channel)  # the pub/sub layer allows only this
+        members.append((owner, channel))
+
+    async def send(i: int) -> None:
+        await sender.group_send(group, {"type": "chat.message", **chat_dict(i)})
+
+    async def receive(layer: Any, channel: str) -> Any:
+        return BenchChat.model_validate(await layer.receive(channel))
+
+    result = await fan_out(members, send, receive, rounds)
+    for layer in layers:
+        await _close_channels_layer(layer)
+    return result
+
+
+# --- 3. request/reply ---------------------------------------------------------------
+
+
+async def svcbus_request(url: str, count: int) -> tuple[float, float]:
+    service = Service("echo")
+
+    @service.consumes("bench.chat")
+    async def echo(message: BenchChat) -> BenchChat:
+        return message
+
+    samples = []
+    async with (
+        Runtime(service, open_layer(url), concurrency=1).running(),
+        Bus(open_layer(url)) as bus,
+    ):
+        await bus.request("bench.chat", chat(0), reply_type=BenchChat)  # warm up
+        for i in range(count):
+            started = time.perf_counter()
+            await bus.request("bench.chat", chat(i), reply_type=BenchChat)
+            samples.append(time.perf_counter() - started)
+    return percentiles(samples)
+
+
+async def channels_request(
+    server_layer: Any, client_layer: Any, count: int, settle: float = 0.0
+) -> tuple[float, float]:
+    async def serve() -> None:
+        while True:
+            message = await server_layer.receive("bench.echo")
+            body = BenchChat.model_validate(message["body"])
+            await server_layer.send(
+                message["reply_channel"], {"type": "reply", "body": body.model_dump()}
+            )
+
+    server = asyncio.ensure_future(serve())
+    inbox = await client_layer.new_channel()
+    await asyncio.sleep(settle)
+    samples = []
+    try:
+        for i in range(count + 1):
+            started = time.perf_counter()
+            await client_layer.send(
+                "bench.echo", {"type": "request", "reply_channel": inbox, "body": chat_dict(i)}
+            )
+            BenchChat.model_validate((await client_layer.receive(inbox))["body"])
+            if i:  # the first one warms up
+                samples.append(time.perf_counter() - started)
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+    return percentiles(samples)
+
+
+async def raw_request(url: str, count: int) -> tuple[float, float]:
+    """redis-py alone: RPUSH the request, the server BLPOPs it and RPUSHes the reply."""
+    client = redis_client.Redis.from_url(url)
+    server_client = redis_client.Redis.from_url(url)
+
+    async def serve() -> None:
+        while True:
+            _, data = await server_client.blpop(["raw.echo"])
+            body = BenchChat.model_validate_json(data)
+            await server_client.rpush("raw.reply", body.model_dump_json())
+
+    server = asyncio.ensure_future(serve())
+    samples = []
+    try:
+        for i in range(count + 1):
+            started = time.perf_counter()
+            await client.rpush("raw.echo", chat(i).model_dump_json())
+            _, data = await client.blpop(["raw.reply"])
+            BenchChat.model_validate_json(data)
+            if i:
+                samples.append(time.perf_counter() - started)
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+        await client.aclose()
+        await server_client.aclose()
+    return percentiles(samples)
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def core_layer(url: str, capacity: int = 100) -> Any:
+    from channels_redis.core import RedisChannelLayer
+
+    return RedisChannelLayer(hosts=[url], capacity=capacity)
+
+
+def pubsub_layer(url: str) -> Any:
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    return RedisPubSubChannelLayer(hosts=[url])
+
+
+async def _close_channels_layer(layer: Any) -> None:
+    if hasattr(layer, "close_pools"):
+        await layer.close_pools()
+    else:
+        await layer.flush()
+
+
+async def _fresh(url: str) -> None:
+    client = redis_client.Redis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+
+
+async def run_all(url: str, quick: bool) -> None:
+    count = 2_000 if quick else 20_000
+    core_count = 1_000 if quick else count  # channels_redis core runs ~1k msg/s
+    rounds = {100: 10 if quick else 30, 1000: 5 if quick else 15}
+    requests = 200 if quick else 1_000
+
+    results: dict[str, float] = {}
+
+    async def measure(name: str, job: Callable[[], Awaitable[float]]) -> None:
+        await _fresh(url)
+        results[name] = await job()
+        print(f"  {name}: {results[name]:,.0f} msg/s", flush=True)
+
+    print("1. send -> typed receive throughput", flush=True)
+    await measure("svcbus, Runtime concurrency 1", lambda: svcbus_throughput(url, count, 1))
+    await measure("svcbus, Runtime concurrency 10", lambda: svcbus_throughput(url, count, 10))
+
+    async def core() -> float:
+        layer = core_layer(url, capacity=core_count + 1)
+        try:
+            return await channels_throughput(layer, core_count)
+        finally:
+            await _close_channels_layer(layer)
+
+    async def pubsub() -> float:
+        layer = pubsub_layer(url)
+        try:
+            return await channels_throughput(layer, count, settle=0.3)
+        finally:
+            await _close_channels_layer(layer)
+
+    await measure("channels_redis RedisChannelLayer", core)
+    await measure("channels_redis RedisPubSubChannelLayer", pubsub)
+    await measure(
+        "raw redis-py, RPUSH each + BLPOP/LPOP 32", lambda: raw_throughput(url, count, False)
+    )
+    await measure(
+        "raw redis-py, pipelined RPUSH x100 + BLPOP/LPOP 32",
+        lambda: raw_throughput(url, count, True),
+    )
+    core_rate = results["channels_redis RedisChannelLayer"]
+    pubsub_rate = results["channels_redis RedisPubSubChannelLayer"]
+    throughput_rows: list[Row] = [
+        (name, f"{rate:,.0f}", f"{rate / core_rate:.1f}x", f"{rate / pubsub_rate:.1f}x")
+        for name, rate in results.items()
+    ]
+
+    print("2. group_send fan-out", flush=True)
+    fan_rows: list[Row] = []
+    for size in (100, 1000):
+        n = rounds[size]
+        measured = {}
+        await _fresh(url)
+        measured["svcbus"] = await svcbus_fan_out(url, size, n)
+        await _fresh(url)
+        measured["channels_redis RedisChannelLayer"] = await channels_fan_out(
+            lambda: core_layer(url), size, n
+        )
+        await _fresh(url)
+        measured["channels_redis RedisPubSubChannelLayer"] = await channels_fan_out(
+            lambda: pubsub_layer(url), size, n
+        )
+        core_p50 = measured["channels_redis RedisChannelLayer"][0]
+        for name, (p50, p99) in measured.items():
+            fan_rows.append(
+                (f"{name}, {size} members", f"{p50:.2f}", f"{p99:.2f}", f"{core_p50 / p50:.1f}x")
+            )
+            print(f"  {fan_rows[-1]}", flush=True)
+
+    print("3. request/reply", flush=True)
+    request_rows: list[Row] = []
+    latencies: dict[str, tuple[float, float]] = {}
+    await _fresh(url)
+    latencies["svcbus Bus.request -> Runtime"] = await svcbus_request(url, requests)
+    await _fresh(url)
+    server, client = core_layer(url), core_layer(url)
+    latencies["channels_redis RedisChannelLayer"] = await channels_request(server, client, requests)
+    await _close_channels_layer(server)
+    await _close_channels_layer(client)
+    await _fresh(url)
+    server, client = pubsub_layer(url), pubsub_layer(url)
+    latencies["channels_redis RedisPubSubChannelLayer"] = await channels_request(
+        server, client, requests, settle=0.3
+    )
+    await _close_channels_layer(server)
+    await _close_channels_layer(client)
+    await _fresh(url)
+    latencies["raw redis-py RPUSH + BLPOP"] = await raw_request(url, requests)
+    for name, (p50, p99) in latencies.items():
+        request_rows.append((name, f"{p50:.3f}", f"{p99:.3f}"))
+
+    print()
+    print_table(
+        f"1. send -> typed receive, one named channel ({count:,} messages; "
+        f"channels_redis core {core_count:,})",
+        ["path", "msg/s", "vs channels core", "vs channels pub/sub"],
+        throughput_rows,
+    )
+    print_table(
+        "2. group_send until every member has it (members over 4 layers), ms",
+        ["path", "p50", "p99", "p50 vs channels core"],
+        fan_rows,
+    )
+    print_table(
+        f"3. request/reply, one at a time ({requests:,} requests), ms",
+        ["path", "p50", "p99"],
+        request_rows,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer messages and rounds")
+    parser.add_argument("--url", help="use this Redis instead of starting one (it is FLUSHDB'd)")
+    args = parser.parse_args()
+    if args.url:
+        asyncio.run(run_all(args.url, args.quick))
+        return
+    with RedisServer() as server:
+        print(f"redis-server {server.url} (pid {server.pid})", flush=True)
+        asyncio.run(run_all(server.url, args.quick))
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,7 @@ from ..layer import Layer
 from ..runtime import Runtime
 from ..service import Service
 from .contracts import EdgeReply, Identity
+from .groups import Fanout
 from .http import Receive, handle_request, send_error, send_response
 from .http import Send as AsgiSend
 from .routing import PathParams, Routes
@@ -137,6 +138,8 @@ class EdgeApp:
         self.dropped_headers = frozenset(h.lower() for h in dropped_headers)
         self.services = list(services)
         self.stats = EdgeStats()
+        self.fanout = Fanout(self)
+        """This process's sockets per group (see :mod:`svcbus.edge.groups`)."""
         self._bus: Bus | None = layer if isinstance(layer, Bus) else None
         self._reply_cache: dict[bytes, Decoded | None] = {}
 
@@ -205,9 +208,14 @@ class EdgeApp:
                 for runtime in runtimes:
                     services.start_soon(partial(runtime.run, handle_signals=False))
                     await runtime.started.wait()
+                refresher = anyio.CancelScope()
+                every = bus.layer.options.group_expiry / 2
+                services.start_soon(self._refresh_groups, every, refresher)
                 await send({"type": "lifespan.startup.complete"})
                 started = True
                 await receive()  # lifespan.shutdown
+                await self.fanout.close()
+                refresher.cancel()
                 for runtime in runtimes:
                     runtime.stop()
         except Exception as exc:
@@ -219,6 +227,12 @@ class EdgeApp:
             if owned:
                 self._bus = None
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _refresh_groups(self, every: float, scope: anyio.CancelScope) -> None:
+        with scope:
+            while True:
+                await anyio.sleep(every)
+                await self.fanout.refresh()
 
     # shared by HTTP and WebSocket -------------------------------------------------------
 

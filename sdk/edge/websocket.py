@@ -36,6 +36,7 @@ from .contracts import (
     WebSocketDisconnect,
     WebSocketReceive,
 )
+from .groups import drain
 from .routing import PathParams, WebSocketRoute
 from .security import AuthenticationFailed, refill
 
@@ -80,6 +81,7 @@ class Connection:
 
     __slots__ = (
         "accepted",
+        "backlog",
         "closed",
         "edge",
         "groups",
@@ -115,6 +117,8 @@ class Connection:
         self.reply_channel = ""
         self.order = 0
         self.groups: set[str] | None = None
+        self.backlog: list[dict[str, Any]] | None = None
+        """Group messages waiting for a slow socket (see groups.send_eagerly)."""
         self.accepted = False
         self.closed = False
         self.tokens = float(edge.limits.burst)
@@ -177,11 +181,13 @@ class Connection:
         return True
 
     async def join(self, groups: Any) -> None:
-        """Add the reply channel to ``groups`` and remember them for the disconnect."""
-        bus = self.edge.bus
+        """Join ``groups`` through the edge's local fan-out; remembered for the disconnect."""
+        fanout = self.edge.fanout
         for group in groups:
+            if self.groups is not None and group in self.groups:
+                continue
             try:
-                await bus.group_add(group, self.reply_channel)
+                await fanout.join(self, group)
             except InvalidChannelName as exc:
                 log.warning("consumer asked %s to join an invalid group: %s", self.path, exc)
                 continue
@@ -190,15 +196,12 @@ class Connection:
             self.groups.add(group)
 
     async def leave(self, groups: Any) -> None:
-        """Remove the reply channel from ``groups``."""
-        bus = self.edge.bus
+        """Leave ``groups``."""
+        fanout = self.edge.fanout
         for group in groups:
-            if self.groups is not None:
+            if self.groups is not None and group in self.groups:
                 self.groups.discard(group)
-            try:
-                await bus.group_discard(group, self.reply_channel)
-            except InvalidChannelName:
-                continue
+                await fanout.leave(self, group)
 
     async def pump(self) -> None:
         """Reply channel -> socket, until the connection closes."""
@@ -336,12 +339,9 @@ async def _serve(conn: Connection, scope: dict[str, Any], request: Any, receive:
                 order=0,
             )
             del request  # headers and query travel once; the connection does not keep them
-            try:
-                await bus.layer.send(
-                    route.connect, bus.encode(route.connect, message, contract=WebSocketConnect)
-                )
-            except ChannelFull:
-                log.warning("refused WebSocket %s: %s is full", conn.path, route.connect)
+            data = bus.encode(route.connect, message, contract=WebSocketConnect)
+            if not await _send_patiently(bus, route.connect, data, edge.limits.accept_timeout):
+                log.warning("refused WebSocket %s: %s stayed full", conn.path, route.connect)
                 await deny(scope, conn.send, 503, "the service is busy; retry later")
                 return
             announced = True
@@ -358,6 +358,20 @@ async def _serve(conn: Connection, scope: dict[str, Any], request: Any, receive:
             pump.cancel()
             await asyncio.wait([pump])
         await _cleanup(conn, code, announced)
+
+
+async def _send_patiently(bus: Any, channel: str, data: bytes, patience: float) -> bool:
+    """Send, retrying while the channel is full: a handshake can wait, a frame cannot."""
+    delay = 0.01
+    with anyio.move_on_after(patience):
+        while True:
+            try:
+                await bus.layer.send(channel, data)
+                return True
+            except ChannelFull:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+    return False
 
 
 async def _await_verdict(conn: Connection) -> bool:
@@ -408,20 +422,16 @@ async def _cleanup(conn: Connection, code: int, announced: bool) -> None:
     """Leave groups, drop what is left on the reply channel, tell the consumers."""
     edge = conn.edge
     bus = edge.bus
+    conn.closed = True
     with anyio.CancelScope(shield=True):
         if conn.groups:
             for group in conn.groups:
                 try:
-                    await bus.group_discard(group, conn.reply_channel)
+                    await edge.fanout.leave(conn, group)
                 except SvcbusError as exc:
                     log.warning("could not leave %s for %s: %s", group, conn.path, exc)
             conn.groups = None
-        # Replies that arrived after the socket went are unreadable now: take them off
-        # the layer so the channel's queue is freed (receive_many returns queued items
-        # without waiting; the expired scope then cancels the wait on the empty queue).
-        with anyio.move_on_after(0):
-            for _ in range(64):
-                await bus.layer.receive_many(conn.reply_channel, 256)
+        await drain(edge, conn.reply_channel)
         if announced and conn.route.disconnect is not None:
             conn.order += 1
             message = WebSocketDisconnect.model_construct(

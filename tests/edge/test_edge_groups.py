@@ -111,3 +111,30 @@ async def test_groups_across_two_edge_processes_on_nats(serve, nats_url, uniq) -
             await service_bus.group_send(f"room.{room}", Send(text="from the service"))
             assert await asyncio.wait_for(one.recv(), 5) == "from the service"
             assert await asyncio.wait_for(two.recv(), 5) == "from the service"
+
+
+async def test_a_stalled_client_does_not_hold_up_the_room(edge, edge_bus) -> None:
+    addr, app = edge
+    host, port = addr.split(":")
+    # A client that completes the handshake and then never reads again.
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET /ws/stall HTTP/1.1\r\nHost: " + addr.encode() + b"\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    try:
+        async with connect(f"ws://{addr}/ws/stall", max_size=None) as reading:
+            chunk = "z" * 32_000
+            # ~25 MB in steps the reading client keeps up with: far more than the
+            # stalled socket's buffers and backlog can hold.
+            for step in range(40):
+                for i in range(step * 20, step * 20 + 20):
+                    await edge_bus.group_send("room.stall", Send(text=f"{i}:{chunk}"))
+                for i in range(step * 20, step * 20 + 20):
+                    message = await asyncio.wait_for(reading.recv(), 5)
+                    assert message.startswith(f"{i}:")
+        assert app.stats.dropped > 0  # the stalled socket's backlog overflowed
+    finally:
+        writer.close()

@@ -1,0 +1,630 @@
+"""Edge benchmark: svcbus's edge vs Daphne + Channels vs a raw uvicorn app, same load.
+
+    python bench/bench_edge.py            # full: 10,000 sockets (a few minutes)
+    python bench/bench_edge.py --quick    # small counts, about a minute
+
+Each server runs in its own process on a loopback port; the load comes from
+several client processes speaking WebSocket through websockets' sans-I/O
+protocol on bare asyncio transports (cheap clients, so the servers are what is
+measured). Measured, for each server:
+
+* idle: connections held open by one server process, and the growth of its
+  resident memory per connection;
+* broadcast: one message to every socket of a group (svcbus ``group_send``,
+  Channels ``group_send`` on its in-memory layer, the raw app looping over its
+  sockets); latency from send to each socket's receipt, p50/p99, at 1,000 /
+  5,000 / 10,000 sockets;
+* echo: round trips of 1,000 concurrent clients, p50/p99 and messages/s;
+* HTTP: keep-alive request/reply through the server (svcbus: edge -> bus
+  request -> consumer -> reply), requests/s and p50/p99.
+
+svcbus runs with its default security and limits (origin check, rate limit,
+header sanitising) except ``max_connections``, raised for 10,000 sockets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from svcbus import Context, Service
+from svcbus.edge import (
+    Accept,
+    EdgeApp,
+    HttpRequest,
+    HttpRoute,
+    Limits,
+    Routes,
+    Send,
+    WebSocketConnect,
+    WebSocketReceive,
+    WebSocketRoute,
+)
+
+HOST = "127.0.0.1"
+BROADCAST_ROUNDS = 5
+PAD = "x" * 80  # ~100-byte broadcast frames
+
+# -- the servers under test ----------------------------------------------------------------
+
+
+def svcbus_app() -> Any:
+    """The svcbus edge, with its echo/broadcast consumers in the same process (memory://)."""
+    service = Service("bench-edge")
+
+    @service.consumes("bench.ws.connect")
+    async def connect(msg: WebSocketConnect, ctx: Context) -> None:
+        await ctx.send(msg.reply_channel, Accept(groups=["bench"]))
+
+    @service.consumes("bench.ws.receive")
+    async def receive(msg: WebSocketReceive, ctx: Context) -> None:
+        text = msg.text or ""
+        if text.startswith("b:"):
+            await ctx.group_send("bench", Send(text=text))
+        else:
+            await ctx.send(msg.reply_channel, Send(text=text))
+
+    @service.consumes("bench.http")
+    async def api(request: HttpRequest) -> dict:
+        return {"ok": True, "path": request.path}
+
+    routes = Routes(
+        WebSocketRoute("/ws", "bench.ws", disconnect=None),
+        HttpRoute("/api", "bench.http"),
+    )
+    return EdgeApp(
+        routes,
+        layer="memory://bench",
+        services=[service],
+        limits=Limits(max_connections=20_000),
+    )
+
+
+class RawApp:
+    """The floor: a bare ASGI app that keeps its sockets in a set and loops over them."""
+
+    def __init__(self) -> None:
+        self.sockets: set[Any] = set()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+        elif scope["type"] == "http":
+            body = b'{"ok":true,"path":"' + scope["path"].encode() + b'"}'
+            await receive()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        elif scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.accept"})
+            self.sockets.add(send)
+            try:
+                while True:
+                    message = await receive()
+                    if message["type"] == "websocket.disconnect":
+                        return
+                    text = message.get("text") or ""
+                    if text.startswith("b:"):
+                        event = {"type": "websocket.send", "text": text}
+                        for other in list(self.sockets):
+                            try:
+                                await other(event)
+                            except OSError:
+                                pass
+                    else:
+                        await send({"type": "websocket.send", "text": text})
+            finally:
+                self.sockets.discard(send)
+
+
+def channels_app() -> Any:
+    """Django Channels: an AsyncWebsocketConsumer and AsyncHttpConsumer, in-memory layer."""
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        INSTALLED_APPS=["channels"],
+        CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}},
+        ALLOWED_HOSTS=["*"],
+    )
+    django.setup()
+    from channels.generic.http import AsyncHttpConsumer
+    from channels.generic.websocket import AsyncWebsocketConsumer
+    from channels.routing import ProtocolTypeRouter, URLRouter
+    from django.urls import path
+
+    class Echo(AsyncWebsocketConsumer):
+        groups = ["bench"]
+
+        async def receive(self, text_data: str | None = None, bytes_data: Any = None) -> None:
+            if text_data and text_data.startswith("b:"):
+                await self.channel_layer.group_send(
+                    "bench", {"type": "bench.msg", "text": text_data}
+                )
+            else:
+                await self.send(text_data=text_data)
+
+        async def bench_msg(self, event: dict) -> None:
+            await self.send(text_data=event["text"])
+
+    class Api(AsyncHttpConsumer):
+        async def handle(self, body: bytes) -> None:
+            payload = b'{"ok":true,"path":"' + self.scope["path"].encode() + b'"}'
+            await self.send_response(
+                200,
+                payload,
+                headers=[
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            )
+
+    return ProtocolTypeRouter(
+        {
+            "websocket": URLRouter([path("ws", Echo.as_asgi())]),
+            "http": URLRouter([path("api", Api.as_asgi())]),
+        }
+    )
+
+
+def serve(kind: str, port: int) -> None:
+    """Run one server in this process until SIGTERM."""
+    raise_fd_limit()
+    if kind == "daphne":
+        from daphne.server import Server
+
+        application = channels_app()
+        Server(
+            application=application,
+            endpoints=[f"tcp:port={port}:interface={HOST}:backlog=4096"],
+            verbosity=0,
+        ).run()
+        return
+    import uvicorn
+
+    from svcbus.edge import uvicorn_options
+
+    if kind == "svcbus":
+        app = svcbus_app()
+        options = uvicorn_options(app)
+    else:
+        app = RawApp()
+        options = uvicorn_options()
+        options["lifespan"] = "on"
+    uvicorn.run(app, host=HOST, port=port, log_level="error", **options)
+
+
+# -- clients --------------------------------------------------------------------------------
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class WsClient(asyncio.Protocol):
+    """A WebSocket client on websockets' sans-I/O protocol: a few hundred bytes, no tasks."""
+
+    def __init__(self, uri: Any, worker: Worker) -> None:
+        from websockets.client import ClientProtocol
+
+        self.proto = ClientProtocol(uri, max_size=None)
+        self.worker = worker
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.reply: asyncio.Future[bytes] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.proto.send_request(self.proto.connect())
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        from websockets.frames import Opcode
+        from websockets.http11 import Response
+        from websockets.protocol import State
+
+        self.proto.receive_data(data)
+        for event in self.proto.events_received():
+            if isinstance(event, Response):
+                if self.proto.state is State.OPEN:
+                    self.opened.set_result(None)
+                else:
+                    self.opened.set_exception(ConnectionError(f"HTTP {event.status_code}"))
+            elif event.opcode is Opcode.TEXT:
+                self.worker.on_text(self, event.data)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("connection lost during handshake"))
+        if self.reply is not None and not self.reply.done():
+            self.reply.set_exception(ConnectionError("connection lost"))
+
+    def flush(self) -> None:
+        assert self.transport is not None
+        for chunk in self.proto.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            else:
+                self.transport.close()
+
+    def send(self, text: str) -> None:
+        self.proto.send_text(text.encode())
+        self.flush()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.proto.send_close(1000)
+            self.flush()
+            self.transport.close()
+
+
+class Worker:
+    """A client process: holds sockets, counts broadcast arrivals, runs echo and HTTP load."""
+
+    def __init__(self) -> None:
+        self.clients: list[WsClient] = []
+        self.latencies: list[float] = []
+        self.round_done: asyncio.Event = asyncio.Event()
+        self.expect = 0
+
+    def on_text(self, client: WsClient, data: bytes) -> None:
+        if data.startswith(b"b:"):
+            sent = int(data[2 : data.index(b":", 2)])
+            self.latencies.append((time.monotonic_ns() - sent) / 1e9)
+            if len(self.latencies) >= self.expect:
+                self.round_done.set()
+        elif client.reply is not None and not client.reply.done():
+            client.reply.set_result(data)
+
+    async def open(self, port: int, count: int, into: list[WsClient] | None = None) -> int:
+        from websockets.uri import parse_uri
+
+        uri = parse_uri(f"ws://{HOST}:{port}/ws")
+        loop = asyncio.get_running_loop()
+        target = self.clients if into is None else into
+        gate = asyncio.Semaphore(64)
+
+        async def one() -> None:
+            async with gate:
+                for attempt in range(3):
+                    try:
+                        _, client = await loop.create_connection(
+                            lambda: WsClient(uri, self), HOST, port
+                        )
+                        await asyncio.wait_for(client.opened, 30)
+                        target.append(client)
+                        return
+                    except (OSError, asyncio.TimeoutError):
+                        await asyncio.sleep(0.2 * (attempt + 1))
+
+        await asyncio.gather(*(one() for _ in range(count)))
+        return len(target)
+
+    async def collect(self, expect: int, timeout: float) -> list[float]:
+        self.expect = expect
+        if len(self.latencies) < expect:
+            try:
+                await asyncio.wait_for(self.round_done.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        found, self.latencies = self.latencies, []
+        self.round_done.clear()
+        return found
+
+    async def echo(self, port: int, count: int, rounds: int) -> tuple[list[float], float, int]:
+        clients: list[WsClient] = []
+        await self.open(port, count, clients)
+        loop = asyncio.get_running_loop()
+        latencies: list[float] = []
+
+        async def run(client: WsClient) -> None:
+            for i in range(rounds):
+                client.reply = loop.create_future()
+                start = time.perf_counter()
+                client.send(f"e:{i}:{PAD}")
+                try:
+                    await asyncio.wait_for(client.reply, 10)
+                except (asyncio.TimeoutError, ConnectionError):
+                    return
+                latencies.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(run(c) for c in clients))
+        wall = time.perf_counter() - start
+        for client in clients:
+            client.close()
+        return latencies, wall, len(clients)
+
+    async def http(self, port: int, connections: int, seconds: float) -> list[float]:
+        request = f"GET /api HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+        latencies: list[float] = []
+        deadline = time.perf_counter() + seconds
+
+        async def one() -> None:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            try:
+                while time.perf_counter() < deadline:
+                    start = time.perf_counter()
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":", 1)[1])
+                    await reader.readexactly(length)
+                    if not head.startswith(b"HTTP/1.1 200"):
+                        raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+                    latencies.append(time.perf_counter() - start)
+            finally:
+                writer.close()
+
+        await asyncio.gather(*(one() for _ in range(connections)))
+        return latencies
+
+    def close_all(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients = []
+
+
+def worker_main(pipe: Any) -> None:
+    raise_fd_limit()
+
+    async def loop() -> None:
+        worker = Worker()
+        running = asyncio.get_running_loop()
+        while True:
+            command, *args = await running.run_in_executor(None, pipe.recv)
+            if command == "exit":
+                worker.close_all()
+                return
+            if command == "open":
+                pipe.send(await worker.open(*args))
+            elif command == "collect":
+                pipe.send(await worker.collect(*args))
+            elif command == "echo":
+                pipe.send(await worker.echo(*args))
+            elif command == "http":
+                pipe.send(await worker.http(*args))
+            elif command == "close":
+                worker.close_all()
+                await asyncio.sleep(0.5)
+                pipe.send(0)
+
+    asyncio.run(loop())
+
+
+@dataclass
+class Pool:
+    """The client processes and their pipes."""
+
+    size: int
+    pipes: list[Any] = field(default_factory=list)
+    processes: list[Any] = field(default_factory=list)
+
+    def start(self) -> None:
+        context = mp.get_context("fork")
+        for _ in range(self.size):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=worker_main, args=(theirs,), daemon=True)
+            process.start()
+            self.pipes.append(mine)
+            self.processes.append(process)
+
+    async def all(self, command: str, *args: Any, split: int | None = None) -> list[Any]:
+        """Send ``command`` to every worker (``split`` spreads a count over them)."""
+        for i, pipe in enumerate(self.pipes):
+            if split is None:
+                pipe.send((command, *args))
+            else:
+                share = split // self.size + (1 if i < split % self.size else 0)
+                pipe.send((command, args[0], share, *args[2:]))
+        loop = asyncio.get_running_loop()
+        return list(await asyncio.gather(*(loop.run_in_executor(None, p.recv) for p in self.pipes)))
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            pipe.send(("exit",))
+        for process in self.processes:
+            process.join(5)
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def pct(samples: list[float]) -> tuple[float, float]:
+    """p50 and p99 in milliseconds."""
+    if not samples:
+        return float("nan"), float("nan")
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return statistics.median(ordered) * 1000, p99 * 1000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+async def measure(
+    kind: str, pool: Pool, sizes: list[int], echo: tuple[int, int], http_s: float
+) -> dict:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port)])
+    result: dict[str, Any] = {"kind": kind}
+    try:
+        wait_for_port(port, server)
+        # Warm up (imports, first connections, first request) before the baseline.
+        await pool.all("open", port, 20, split=20)
+        await pool.all("close")
+        await pool.all("http", port, 1, 0.3)
+        control = Worker()
+        await control.open(port, 1)
+        sender = control.clients[0]
+        await asyncio.sleep(1.0)
+        baseline = rss_kib(server.pid)
+        held = 0
+        for size in sizes:
+            opened = await pool.all("open", port, size - held, split=size - held)
+            held = sum(opened)
+            await asyncio.sleep(0.5)
+            if size == sizes[-1]:
+                await asyncio.sleep(1.0)
+                result["held"] = held
+                result["kib_per_conn"] = (rss_kib(server.pid) - baseline) / max(held, 1)
+            samples: list[float] = []
+            complete: list[float] = []
+            for _ in range(BROADCAST_ROUNDS):
+                for i, pipe in enumerate(pool.pipes):
+                    pipe.send(("collect", opened[i], 60.0))
+                sender.send(f"b:{time.monotonic_ns()}:{PAD}")
+                loop = asyncio.get_running_loop()
+                got = await asyncio.gather(
+                    *(loop.run_in_executor(None, p.recv) for p in pool.pipes)
+                )
+                flat = [x for part in got for x in part]
+                samples += flat
+                complete.append(max(flat) if flat else float("nan"))
+                control.latencies.clear()
+                await asyncio.sleep(0.2)
+            p50, p99 = pct(samples)
+            result[f"bcast{size}"] = (
+                p50,
+                p99,
+                statistics.median(complete) * 1000,
+                len(samples) / BROADCAST_ROUNDS,
+            )
+        control.close_all()
+        await pool.all("close")
+        await asyncio.sleep(1.0)
+        clients, rounds = echo
+        parts = await pool.all("echo", port, clients, rounds, split=clients)
+        latencies = [x for part in parts for x in part[0]]
+        wall = max(part[1] for part in parts)
+        result["echo"] = (*pct(latencies), len(latencies) / wall, sum(part[2] for part in parts))
+        await asyncio.sleep(0.5)
+        parts = await pool.all("http", port, 50 // pool.size, http_s)
+        latencies = [x for part in parts for x in part]
+        result["http"] = (*pct(latencies), len(latencies) / http_s)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return result
+
+
+NAMES = {"svcbus": "svcbus edge", "daphne": "Daphne + Channels", "raw": "raw uvicorn (floor)"}
+
+
+def table(results: list[dict], sizes: list[int], echo_clients: int) -> str:
+    columns = ["server", f"idle {sizes[-1]:,} held", "KiB/conn"]
+    columns += [f"bcast {s:,} p50/p99/all ms" for s in sizes]
+    columns += [f"echo {echo_clients:,} p50/p99 ms", "echo msg/s", "HTTP req/s", "HTTP p50/p99 ms"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in results:
+        cells = [NAMES[r["kind"]], f"{r.get('held', 0):,}", f"{r.get('kib_per_conn', 0):.1f}"]
+        for s in sizes:
+            p50, p99, whole, _ = r[f"bcast{s}"]
+            cells.append(f"{p50:.1f} / {p99:.1f} / {whole:.1f}")
+        e50, e99, rate, _ = r["echo"]
+        h50, h99, hrate = r["http"]
+        cells += [
+            f"{e50:.1f} / {e99:.1f}",
+            f"{rate:,.0f}",
+            f"{hrate:,.0f}",
+            f"{h50:.2f} / {h99:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts (about a minute)")
+    parser.add_argument("--servers", default="svcbus,daphne,raw", help="comma-separated subset")
+    parser.add_argument("--clients", type=int, default=3, help="client processes")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port)
+        return
+    raise_fd_limit()
+    sizes = [100, 500, 1000] if args.quick else [1000, 5000, 10_000]
+    echo = (100, 10) if args.quick else (1000, 20)
+    http_s = 2.0 if args.quick else 5.0
+    pool = Pool(args.clients)
+    pool.start()
+    results = []
+    try:
+        for kind in args.servers.split(","):
+            print(f"measuring {NAMES[kind]}...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            results.append(asyncio.run(measure(kind, pool, sizes, echo, http_s)))
+            print(f"  done in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    finally:
+        pool.stop()
+    print()
+    print(table(results, sizes, echo[0]))
+    print()
+    print(
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {args.clients} client processes, "
+        f"{BROADCAST_ROUNDS} broadcast rounds per size; 'all' = time until the last socket got it."
+    )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()

@@ -1,0 +1,222 @@
+"""Group fan-out inside one edge process: one layer member per group, not one per socket.
+
+When a consumer puts a connection in a group through :class:`Accept` or
+:class:`Join`, the edge does not add the connection's reply channel to the
+group on the layer. It adds one channel of its own per group (the first time a
+local socket joins) and keeps the sockets in a local set. A ``group_send``
+then costs the layer one delivery per *edge process*, and the edge decodes it
+once and writes it to each local socket in a plain loop, as a hand-written
+server would: no task switch, no layer call, no decode per socket.
+
+A slow client must not stall the room: each write is started eagerly and, if
+the socket's buffer is full, finished by a task of its own while the loop goes
+on; later messages queue behind it (up to ``MAX_BACKLOG``, then they are
+dropped for that client: at-most-once, like the layers).
+
+Memberships are refreshed on the layer every half ``group_expiry`` so a
+long-lived room never lapses; the last local socket leaving removes the edge's
+channel from the group, and disconnects leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import SvcbusError
+from ..names import validate_group
+
+if TYPE_CHECKING:
+    from .app import EdgeApp
+    from .websocket import Connection
+
+log = logging.getLogger("svcbus.edge")
+
+MAX_BACKLOG = 256
+"""Messages that may wait for one slow socket before further ones are dropped for it."""
+
+GROUP_BATCH = 64
+
+
+class LocalGroup:
+    """The sockets of this process in one group, and the channel that receives for them."""
+
+    __slots__ = ("channel", "members", "name", "pump", "ready")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.channel = ""
+        self.members: set[Connection] = set()
+        self.ready = anyio.Event()
+        self.pump: asyncio.Task[None] | None = None
+
+
+class Fanout:
+    """All local groups of one edge process."""
+
+    def __init__(self, edge: EdgeApp) -> None:
+        self.edge = edge
+        self.groups: dict[str, LocalGroup] = {}
+
+    async def join(self, conn: Connection, name: str) -> None:
+        """Put ``conn`` in group ``name``; effective on the layer when this returns."""
+        validate_group(name)
+        local = self.groups.get(name)
+        if local is not None:
+            local.members.add(conn)
+            if not local.ready.is_set():
+                await local.ready.wait()
+            return
+        # Register before the first await so concurrent joiners share this group.
+        local = self.groups[name] = LocalGroup(name)
+        local.members.add(conn)
+        bus = self.edge.bus
+        try:
+            local.channel = await bus.new_channel("edge")
+            await bus.group_add(name, local.channel)
+        except BaseException:
+            del self.groups[name]
+            local.ready.set()
+            raise
+        local.pump = asyncio.get_running_loop().create_task(self._pump(local))
+        local.ready.set()
+        if not local.members:  # everyone left while we were joining
+            await self._drop(local)
+
+    async def leave(self, conn: Connection, name: str) -> None:
+        """Take ``conn`` out of group ``name``; the last one out removes the group's channel."""
+        local = self.groups.get(name)
+        if local is None:
+            return
+        local.members.discard(conn)
+        if not local.members and local.ready.is_set():
+            await self._drop(local)
+
+    async def _drop(self, local: LocalGroup) -> None:
+        if self.groups.get(local.name) is local:
+            del self.groups[local.name]
+        if local.pump is not None:
+            local.pump.cancel()
+            await asyncio.wait([local.pump])
+            local.pump = None
+        bus = self.edge.bus
+        try:
+            await bus.group_discard(local.name, local.channel)
+        except SvcbusError as exc:
+            log.warning("could not leave group %s: %s", local.name, exc)
+        await drain(self.edge, local.channel)
+
+    async def refresh(self) -> None:
+        """Re-add every group's channel so memberships outlive ``group_expiry``."""
+        bus = self.edge.bus
+        for local in list(self.groups.values()):
+            if local.ready.is_set() and local.channel:
+                try:
+                    await bus.group_add(local.name, local.channel)
+                except SvcbusError as exc:
+                    log.warning("could not refresh group %s: %s", local.name, exc)
+
+    async def close(self) -> None:
+        """Leave every group (edge shutdown)."""
+        for local in list(self.groups.values()):
+            local.members.clear()
+            await self._drop(local)
+
+    async def _pump(self, local: LocalGroup) -> None:
+        from .websocket import CLOSE, SEND
+
+        edge = self.edge
+        receive_many = edge.bus.layer.receive_many
+        decode = edge.decode_reply
+        members = local.members
+        while True:
+            try:
+                batch = await receive_many(local.channel, GROUP_BATCH)
+            except SvcbusError as exc:
+                log.error("group %s: receiving failed: %s", local.name, exc)
+                await anyio.sleep(1)
+                continue
+            for data in batch:
+                item = decode(data)
+                if item is None:
+                    continue
+                kind, payload = item
+                if kind == SEND:
+                    # send_eagerly never awaits, so the set cannot change under the loop.
+                    for conn in members:
+                        if conn.accepted and not conn.closed:
+                            send_eagerly(conn, payload)
+                elif kind == CLOSE:
+                    for conn in list(members):
+                        await conn.apply(item)
+                else:
+                    log.warning(
+                        "group %s got a %s message; only Send and Close make sense for a group",
+                        local.name,
+                        type(payload).__name__,
+                    )
+
+
+def send_eagerly(conn: Connection, event: dict[str, Any]) -> None:
+    """Write ``event`` to ``conn`` now if its socket can take it, else in a task of its own.
+
+    ASGI ``send`` is a coroutine that, on a writable socket, finishes without
+    ever suspending. Stepping it once by hand does that write with no task;
+    only a socket whose buffer is full gets a task that waits for it.
+    """
+    backlog = conn.backlog
+    if backlog is not None:
+        if len(backlog) < MAX_BACKLOG:
+            backlog.append(event)
+        else:
+            conn.edge.stats.dropped += 1
+        return
+    coro = conn.send(event)
+    try:
+        waiting_on = coro.send(None)
+    except StopIteration:
+        return
+    except (OSError, RuntimeError):
+        return  # the client is gone; its connection task cleans up
+    conn.backlog = []
+    asyncio.get_running_loop().create_task(_finish(conn, coro, waiting_on))
+
+
+async def _finish(conn: Connection, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    """Drive a suspended send to completion, then flush the socket's backlog in order."""
+    try:
+        try:
+            while True:
+                if waiting_on is None:
+                    await asyncio.sleep(0)  # a bare yield: just give the loop a turn
+                else:
+                    # Wait without taking the outcome: the send sees it when resumed.
+                    await asyncio.wait([waiting_on])
+                try:
+                    waiting_on = coro.send(None)
+                except StopIteration:
+                    break
+        except asyncio.CancelledError:
+            coro.close()
+            raise
+        while conn.backlog:
+            await conn.send(conn.backlog.pop(0))
+    except (OSError, RuntimeError):
+        pass  # the client is gone; its connection task cleans up
+    finally:
+        conn.backlog = None
+
+
+async def drain(edge: EdgeApp, channel: str) -> None:
+    """Take what is left on a channel nobody will read again, so the layer can free it.
+
+    ``receive_many`` returns queued messages without waiting; the already
+    expired scope then cancels the wait on the empty channel.
+    """
+    with anyio.move_on_after(0):
+        for _ in range(64):
+            await edge.bus.layer.receive_many(channel, 256)

@@ -195,7 +195,7 @@ def request(
 
 # Commands that live in modules of their own; each module has `register(app)`
 # and imports its heavy dependencies inside the command, so `svc --help` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("edge", "docs")
+COMMAND_MODULES: tuple[str, ...] = ("edge", "docs", "demo")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"svcbus.cli.{_name}").register(app)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import resource
@@ -131,10 +132,8 @@ class RawApp:
                     if text.startswith("b:"):
                         event = {"type": "websocket.send", "text": text}
                         for other in list(self.sockets):
-                            try:
+                            with contextlib.suppress(OSError):
                                 await other(event)
-                            except OSError:
-                                pass
                     else:
                         await send({"type": "websocket.send", "text": text})
             finally:
@@ -330,10 +329,8 @@ class Worker:
     async def collect(self, expect: int, timeout: float) -> list[float]:
         self.expect = expect
         if len(self.latencies) < expect:
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.round_done.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
         found, self.latencies = self.latencies, []
         self.round_done.clear()
         return found

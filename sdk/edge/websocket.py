@@ -105,7 +105,7 @@ class Connection:
         params: PathParams,
         identity: Any,
         send: AsgiSend,
-        subprotocols: list[str],
+        subprotocols: list[str] | tuple[str, ...],
     ) -> None:
         self.edge = edge
         self.route = route
@@ -309,38 +309,52 @@ async def handle_websocket(
     conn = Connection(
         edge, route, scope["path"], params, identity, send, list(scope.get("subprotocols", ()))
     )
+    conn.reply_channel = await edge.bus.new_channel("edge")
+    announce = [_announcement(conn, request)] if route.connect is not None else []
+    # Headers and query travel once, on connect; a long-lived connection keeps none of it
+    # (nor does any frame: _serve pops the encoded announcement and drops it once sent).
+    del request
     stats.connections += 1
     try:
-        await _serve(conn, scope, request, receive)
+        await _serve(conn, scope, announce, receive)
     finally:
         stats.connections -= 1
 
 
-async def _serve(conn: Connection, scope: dict[str, Any], request: Any, receive: Receive) -> None:
+def _announcement(conn: Connection, request: Any) -> bytes:
+    """The encoded WebSocketConnect for ``conn``."""
+    channel = conn.route.connect
+    assert channel is not None
+    message = WebSocketConnect.model_construct(
+        reply_channel=conn.reply_channel,
+        path=conn.path,
+        params=conn.params,
+        query=request.query,
+        headers=request.headers,
+        subprotocols=conn.subprotocols,
+        client=request.client,
+        identity=conn.identity,
+        order=0,
+    )
+    return conn.edge.bus.encode(channel, message, contract=WebSocketConnect)
+
+
+async def _serve(
+    conn: Connection, scope: dict[str, Any], announce: list[bytes], receive: Receive
+) -> None:
     edge, route = conn.edge, conn.route
     bus = edge.bus
-    conn.reply_channel = await bus.new_channel("edge")
     code = 1006
     announced = False
     pump: asyncio.Task[None] | None = None
     try:
-        if route.connect is None:
+        if route.connect is None or not announce:
             await conn.accept(None)
         else:
-            message = WebSocketConnect.model_construct(
-                reply_channel=conn.reply_channel,
-                path=conn.path,
-                params=conn.params,
-                query=request.query,
-                headers=request.headers,
-                subprotocols=conn.subprotocols,
-                client=request.client,
-                identity=conn.identity,
-                order=0,
-            )
-            del request  # headers and query travel once; the connection does not keep them
-            data = bus.encode(route.connect, message, contract=WebSocketConnect)
-            if not await _send_patiently(bus, route.connect, data, edge.limits.accept_timeout):
+            data = announce.pop()  # the list lets this frame drop the bytes once sent
+            sent = await _send_patiently(bus, route.connect, data, edge.limits.accept_timeout)
+            del data
+            if not sent:
                 log.warning("refused WebSocket %s: %s stayed full", conn.path, route.connect)
                 await deny(scope, conn.send, 503, "the service is busy; retry later")
                 return
@@ -349,6 +363,7 @@ async def _serve(conn: Connection, scope: dict[str, Any], request: Any, receive:
                 return
         if conn.closed:
             return
+        conn.subprotocols = ()
         pump = asyncio.get_running_loop().create_task(conn.pump())
         code = await _read_frames(conn, receive)
     except OSError:

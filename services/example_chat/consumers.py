@@ -10,7 +10,6 @@ last 50 messages for newcomers, and publishes ``chat.posted``,
 from __future__ import annotations
 
 import logging
-import time
 
 from pydantic import ValidationError
 
@@ -35,11 +34,6 @@ rooms = Rooms()
 def room_group(room: str) -> str:
     """The group of every socket in ``room``: posts and presence go there."""
     return f"room.{room}"
-
-
-def now_ms() -> int:
-    """Unix time in milliseconds."""
-    return int(time.time() * 1000)
 
 
 async def publish(ctx: Context, channel: str, event: Contract) -> None:
@@ -76,7 +70,7 @@ async def connect(msg: WebSocketConnect, ctx: Context) -> None:
     await publish(
         ctx,
         "chat.joined",
-        RoomJoined(room=room.name, nick=hello.nick, online=len(room.members), at=now_ms()),
+        RoomJoined(room=room.name, nick=hello.nick, online=len(room.members), at=rooms.stamp()),
     )
 
 
@@ -120,7 +114,7 @@ async def disconnect(msg: WebSocketDisconnect, ctx: Context) -> None:
     await publish(
         ctx,
         "chat.left",
-        RoomLeft(room=room.name, nick=member.nick, online=len(room.members), at=now_ms()),
+        RoomLeft(room=room.name, nick=member.nick, online=len(room.members), at=rooms.stamp()),
     )
 
 

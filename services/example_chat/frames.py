@@ -67,7 +67,9 @@ def error(text: str) -> Send:
 
 def explain(exc: ValidationError) -> str:
     """One friendly line for what is wrong with a frame or a connection request."""
-    first = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # An unknown field explains a "missing text" better than the missing field does.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     kind, where = first["type"], ".".join(str(p) for p in first["loc"])
     if kind == "json_invalid":
         return 'not JSON: send {"text": "..."}'

@@ -49,6 +49,16 @@ class Rooms:
         self.max_rooms = max_rooms
         self._rooms: OrderedDict[str, Room] = OrderedDict()
         self._members: dict[str, Member] = {}
+        self._last_stamp = 0
+
+    def stamp(self) -> int:
+        """Now in Unix milliseconds, strictly later than any earlier stamp.
+
+        Joins and leaves travel on different channels, so consumers may see them
+        out of order; a strictly growing ``at`` lets them keep the latest.
+        """
+        self._last_stamp = max(int(time.time() * 1000), self._last_stamp + 1)
+        return self._last_stamp
 
     def room(self, name: str) -> Room:
         """The room ``name``, created if new (and marked as recently used)."""
@@ -88,7 +98,7 @@ class Rooms:
             room=member.room,
             nick=member.nick,
             text=text,
-            at=int(time.time() * 1000),
+            at=self.stamp(),
         )
         self.room(member.room).history.append(posted)
         return posted

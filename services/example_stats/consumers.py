@@ -41,13 +41,20 @@ async def count_post(msg: ChatPosted, ctx: Context) -> None:
 @service.consumes("chat.joined")
 def count_join(msg: RoomJoined, ctx: BlockingContext) -> None:
     """Record the room's new number of sockets and push it."""
-    ctx.group_send(stats_group(msg.room), update_frame(counters.presence(msg.room, msg.online)))
+    count_presence(msg, ctx)
 
 
 @service.consumes("chat.left")
 def count_leave(msg: RoomLeft, ctx: BlockingContext) -> None:
     """Record the room's new number of sockets and push it."""
-    ctx.group_send(stats_group(msg.room), update_frame(counters.presence(msg.room, msg.online)))
+    count_presence(msg, ctx)
+
+
+def count_presence(msg: RoomJoined | RoomLeft, ctx: BlockingContext) -> None:
+    """Both presence events carry the room's socket count after them."""
+    stats = counters.presence(msg.room, msg.online, msg.at)
+    if stats is not None:  # None: a later join or leave was counted already
+        ctx.group_send(stats_group(msg.room), update_frame(stats))
 
 
 @service.consumes("stats.get")

@@ -27,6 +27,8 @@ class _Room:
     messages: int = 0
     active_users: int = 0
     last_message_at: int | None = None
+    presence_at: int = 0
+    """``at`` of the join or leave that set ``active_users``."""
     seq: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
     """Wall-clock seconds of the posts in the current window."""
@@ -51,11 +53,18 @@ class Counters:
             counts.seq += 1
             return self._snapshot(room, counts, now)
 
-    def presence(self, room: str, online: int) -> RoomStats:
-        """Record how many sockets are in ``room`` now (from a join or leave event)."""
+    def presence(self, room: str, online: int, at: int) -> RoomStats | None:
+        """Record that ``room`` had ``online`` sockets at ``at`` (Unix ms, from a join or leave).
+
+        Joins and leaves arrive on two channels, so in any order: a count older
+        than the one recorded is ignored (returns None: nothing changed).
+        """
         now = time.time()
         with self._lock:
             counts = self._room(room)
+            if at < counts.presence_at:
+                return None
+            counts.presence_at = at
             counts.active_users = online
             counts.seq += 1
             return self._snapshot(room, counts, now)

@@ -40,38 +40,49 @@
     return when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
 
-  function addLine(build) {
+  function addLines(items, { before = false } = {}) {
     const list = $("messages");
     const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    const item = document.createElement("li");
-    build(item);
-    list.append(item);
+    if (before) list.prepend(...items);
+    else list.append(...items);
     while (list.children.length > MAX_MESSAGES) list.firstElementChild.remove();
     if (nearBottom) list.scrollTop = list.scrollHeight;
   }
 
+  function shown(id) {
+    return [...$("messages").children].some((item) => item.dataset.id === id);
+  }
+
+  function messageItem(msg) {
+    const item = document.createElement("li");
+    item.className = "message" + (msg.nick === me ? " mine" : "");
+    item.dataset.id = msg.id;
+    const stamp = document.createElement("span");
+    stamp.className = "time";
+    stamp.textContent = time(msg.at);
+    const nick = document.createElement("span");
+    nick.className = "nick";
+    nick.textContent = msg.nick;
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = msg.text;
+    item.append(stamp, nick, text);
+    return item;
+  }
+
   function addMessage(msg) {
-    addLine((item) => {
-      item.className = "message" + (msg.nick === me ? " mine" : "");
-      item.dataset.id = msg.id;
-      const stamp = document.createElement("span");
-      stamp.className = "time";
-      stamp.textContent = time(msg.at);
-      const nick = document.createElement("span");
-      nick.className = "nick";
-      nick.textContent = msg.nick;
-      const text = document.createElement("span");
-      text.className = "text";
-      text.textContent = msg.text;
-      item.append(stamp, nick, text);
-    });
+    if (!shown(msg.id)) addLines([messageItem(msg)]);
+  }
+
+  function notice(text) {
+    const item = document.createElement("li");
+    item.className = "system";
+    item.textContent = text;
+    return item;
   }
 
   function addNotice(text) {
-    addLine((item) => {
-      item.className = "system";
-      item.textContent = text;
-    });
+    addLines([notice(text)]);
   }
 
   function showUsers(nicks) {
@@ -103,10 +114,11 @@
 
   const handlers = {
     welcome(frame) {
+      // Room frames travel apart from this one and may overtake it: the history
+      // goes before whatever arrived already, without repeating a message.
       me = frame.nick;
-      $("messages").replaceChildren();
-      frame.history.forEach(addMessage);
-      addNotice(`You joined #${frame.room} as ${frame.nick}.`);
+      const earlier = frame.history.filter((msg) => !shown(msg.id)).map(messageItem);
+      addLines([...earlier, notice(`You joined #${frame.room} as ${frame.nick}.`)], { before: true });
       showUsers(frame.users);
     },
     message: addMessage,

@@ -221,7 +221,7 @@ async def test_cancelled_receive_after_the_pop_loses_nothing(redis_url, uniq):
         await eventually(lambda: bool(layer._boxes[channel].items), 3, "the pop")
         assert await r.llen(key) == 0
         # ... and the next receive gets it.
-        with anyio.fail_after(1):
+        with anyio.fail_after(5):
             assert await layer.receive(channel) == b"in-flight"
 
 
@@ -237,7 +237,7 @@ async def test_close_returns_unreceived_messages(redis_url, uniq):
         await sender.send(channel, b"b")
         await sender.flush()
         await layer.close()
-        with anyio.fail_after(3):
+        with anyio.fail_after(5):
             assert [await other.receive(channel), await other.receive(channel)] == [b"a", b"b"]
 
 
@@ -285,13 +285,13 @@ async def test_group_add_by_a_non_owner_is_effective_at_once(redis_url, uniq):
             member = await owner.new_channel()
             await adder.group_add(group, member)
             await sender.group_send(group, b"%d" % i)
-            with anyio.fail_after(2):
+            with anyio.fail_after(5):
                 assert await owner.receive(member) == b"%d" % i
 
 
 async def test_group_add_of_a_gone_owner_returns(redis_url, uniq):
     async with opened(redis_url) as adder:
-        with anyio.fail_after(2):
+        with anyio.fail_after(5):
             await adder.group_add(uniq("g"), "reply.deadbeef0000!x")
 
 
@@ -302,7 +302,7 @@ async def test_named_channels_in_groups(redis_url, uniq):
         await layer.group_add(uniq("g"), member)
         await layer.group_send(uniq("g"), b"one")
         await layer.group_send(uniq("g"), b"two")  # the full named channel misses this
-        with anyio.fail_after(2):
+        with anyio.fail_after(5):
             assert await layer.receive(named) == b"one"
             assert await layer.receive(member) == b"one"
         await layer.group_discard(uniq("g"), named)
@@ -344,7 +344,7 @@ async def test_sharding_spreads_channels_and_still_works(redis_server, second_re
         on_second = sum([await r2.exists(a.key_of(n)[0]) for n in names])
         assert on_first + on_second == 20 and on_first > 0 and on_second > 0
         assert on_first == sum(1 for n in names if a.key_of(n)[1] == 0)
-        with anyio.fail_after(3):
+        with anyio.fail_after(5):
             for name in names:
                 assert await b.receive(name) == name.encode()
 
@@ -356,7 +356,7 @@ async def test_sharding_spreads_channels_and_still_works(redis_server, second_re
             for member in members:
                 await b.group_add(group, member)
             await a.group_send(group, group.encode())
-            with anyio.fail_after(2):
+            with anyio.fail_after(5):
                 assert await a.receive(members[0]) == group.encode()
                 assert await b.receive(members[1]) == group.encode()
 
@@ -422,12 +422,12 @@ async def test_sentinel_finds_the_master(sentinel, redis_server, uniq):
         await a.send(uniq("via.sentinel"), b"hello")
         await a.flush()
         assert await r.llen(a.key_of(uniq("via.sentinel"))[0]) == 1
-        with anyio.fail_after(3):
+        with anyio.fail_after(5):
             assert await b.receive(uniq("via.sentinel")) == b"hello"
         member = await b.new_channel()
         await a.group_add(uniq("g"), member)
         await a.group_send(uniq("g"), b"group")
-        with anyio.fail_after(3):
+        with anyio.fail_after(5):
             assert await b.receive(member) == b"group"
 
 

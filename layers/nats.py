@@ -259,6 +259,12 @@ class NatsLayer(Layer):
         self._window: asyncio.Event | None = None  # set when the window has room
         self._acked: asyncio.Event | None = None  # set on each ack while someone flushes
         self._seq_marks: deque[tuple[float, int]] = deque()
+        self._recovering = 0  # streams being recreated for bounced messages
+        self._recoveries = 0
+        self.ack_timeout = ACK_TIMEOUT
+        """Seconds ``flush`` waits for acknowledgements; unacknowledged publishes are lost after it."""
+        self.send_timeout = SEND_TIMEOUT
+        """Seconds ``send`` waits for room in the in-flight window."""
         # Receiving.
         self._incoming: dict[str, _Incoming] = {}
         self._locals: dict[str, _Local] = {}
@@ -272,6 +278,8 @@ class NatsLayer(Layer):
         """Messages dropped because a process channel's buffer was at capacity."""
         self.lost = 0
         """Published messages never acknowledged by JetStream (lost in a disconnect)."""
+        self.slow_consumer_drops = 0
+        """Messages nats-py dropped because a subscription exceeded its pending limits."""
         self._disconnected = False
 
     # construction -----------------------------------------------------------
@@ -361,7 +369,17 @@ class NatsLayer(Layer):
 
         async def on_error(exc: Exception) -> None:
             if isinstance(exc, nats.errors.SlowConsumerError):
-                log.warning("NATS slow consumer: dropped a message on %s", exc.subject)
+                # The pending limits bound memory; say so once in a while, not per message.
+                self.slow_consumer_drops += 1
+                if self.slow_consumer_drops % 10_000 == 1:
+                    log.warning(
+                        "NATS slow consumer: dropping messages on %s (pending limits %d msgs, "
+                        "%d bytes; %d dropped so far)",
+                        exc.subject,
+                        self.pending_msgs_limit,
+                        self.pending_bytes_limit,
+                        self.slow_consumer_drops,
+                    )
             else:
                 errors.append(exc)
                 log.debug("NATS connection error: %r", exc)
@@ -414,7 +432,7 @@ class NatsLayer(Layer):
         await nc.subscribe(f"{self._reply_root}.a.*", cb=self._on_ack, **self._limits())
         await nc.subscribe(self._control_subject, cb=self._on_control)
         await nc.subscribe(self._named_control, cb=self._on_named_control)
-        await nc.flush()
+        await _round_trip(nc)
         self._nc = nc
         self._spawn(self._sweep_forever())
 
@@ -447,6 +465,7 @@ class NatsLayer(Layer):
 
     async def _on_reconnected(self) -> None:
         self._disconnected = False
+        self._seq_marks.clear()
         nc = self._nc
         url = nc.connected_url.netloc if nc is not None and nc.connected_url else "?"
         log.info("reconnected to NATS at %s", url.rsplit("@", 1)[-1])
@@ -518,11 +537,11 @@ class NatsLayer(Layer):
         assert window is not None
         window.clear()
         try:
-            await asyncio.wait_for(window.wait(), SEND_TIMEOUT)
+            await asyncio.wait_for(window.wait(), self.send_timeout)
         except asyncio.TimeoutError:
             raise LayerError(
                 f"NATS has not acknowledged {len(self._in_flight)} messages for "
-                f"{SEND_TIMEOUT:g}s: the server is down or overloaded (sends are refused "
+                f"{self.send_timeout:g}s: the server is down or overloaded (sends are refused "
                 "until it catches up)"
             ) from None
 
@@ -539,6 +558,7 @@ class NatsLayer(Layer):
                 out.retry.append(entry[1])
                 if not out.recovering:
                     out.recovering = True
+                    self._recovering += 1  # counted now, so a flush in progress waits for it
                     self._spawn(self._recover_outgoing(out))
         if self._acked is not None:
             self._acked.set()
@@ -558,44 +578,64 @@ class NatsLayer(Layer):
             log.error("NATS refused a message for %s: %s", out.channel, out.error)
 
     async def _recover_outgoing(self, out: _Outgoing) -> None:
-        """Recreate a lost stream, then publish what the server bounced, in order."""
+        """Recreate a lost stream, then publish what the server bounced, in order.
+
+        FIFO holds within the bounced messages; a send made while the stream is being
+        recreated may overtake them.
+        """
         try:
             await self._ensure_stream(out.channel, out.stream, out.subject, for_send=True)
+            while out.retry:
+                retry, out.retry = out.retry, []
+                for message in retry:
+                    await self._publish(out, message)
         except LayerError as exc:
             lost, out.retry = out.retry, []
             self.lost += len(lost)
             out.error = str(exc)
             log.error("%d messages for %s lost: %s", len(lost), out.channel, exc)
-            return
         finally:
             out.recovering = False
-        retry, out.retry = out.retry, []
-        for message in retry:
-            try:
-                await self._publish(out, message)
-            except LayerError as exc:
-                self.lost += 1
-                log.error("message for %s lost on retry: %s", out.channel, exc)
+            self._recovering -= 1
+            self._recoveries += 1
 
     async def flush(self) -> None:
-        """Hand everything to the server and wait for JetStream's acknowledgements."""
+        """Hand everything to the server and wait for JetStream's acknowledgements.
+
+        While the connection is down this waits for the reconnection, up to
+        ``ack_timeout`` seconds in all, then raises :class:`LayerError`.
+        """
         nc = await self._client()
+        deadline = time.monotonic() + self.ack_timeout
+        while not nc.is_connected:
+            if nc.is_closed:
+                raise LayerError("the NATS connection is closed; open a new layer")
+            if time.monotonic() >= deadline:
+                raise LayerError(
+                    f"the NATS connection has been down for over {self.ack_timeout:g}s; "
+                    f"{len(self._in_flight)} messages wait in the reconnect buffer and go out "
+                    "when the server is back (is nats-server running?)"
+                )
+            await asyncio.sleep(0.05)
         try:
-            await nc.flush(timeout=int(SEND_TIMEOUT))
+            await asyncio.wait_for(_round_trip(nc), max(0.1, deadline - time.monotonic()))
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise _connection_error(exc) from None
         mark = self._seq
-        deadline = time.monotonic() + ACK_TIMEOUT
-        while self._in_flight and next(iter(self._in_flight)) <= mark:
+        recoveries = self._recoveries
+        while self._recovering or (self._in_flight and next(iter(self._in_flight)) <= mark):
+            if recoveries != self._recoveries:
+                # Bounced messages were published again: wait for those too.
+                recoveries, mark = self._recoveries, self._seq
             left = deadline - time.monotonic()
             if left <= 0:
                 raise LayerError(
                     f"NATS did not acknowledge {len(self._in_flight)} messages within "
-                    f"{ACK_TIMEOUT:g}s: the server is down or overloaded"
+                    f"{self.ack_timeout:g}s: the server is down or overloaded"
                 )
             self._acked = acked = asyncio.Event()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(acked.wait(), min(left, 0.5))
+                await asyncio.wait_for(acked.wait(), min(left, 0.1))
 
     # named channels: streams and consumers --------------------------------------
 
@@ -741,11 +781,11 @@ class NatsLayer(Layer):
                 except LayerError as exc:
                     log.warning("receiving from %s is paused: %s", box.channel, exc)
                     await asyncio.sleep(1.0)
-            box.requested = 0
-            if box.waiters:
-                await self._pull(box)
         finally:
             box.recovering = False
+        box.requested = 0
+        if box.waiters:
+            await self._pull(box)
 
     # named channels: receiving ----------------------------------------------------
 
@@ -882,7 +922,7 @@ class NatsLayer(Layer):
                         subject + ">", cb=self._head_handler(head, len(subject)), **self._limits()
                     )
                     # The server knows the subscription before anyone learns the name.
-                    await nc.flush()
+                    await _round_trip(nc)
                     ready.set_result(None)
                 except BaseException as exc:
                     self._heads.pop(head, None)
@@ -969,7 +1009,7 @@ class NatsLayer(Layer):
             nc = await self._client()
             payload = json.dumps({"op": "discard", "group": group, "channel": channel})
             await nc.publish(self._named_control, payload.encode())
-            await nc.flush()
+            await _round_trip(nc)
         elif self._owns(channel):
             await self._remove_member(group, channel)
         else:
@@ -1002,7 +1042,7 @@ class NatsLayer(Layer):
                     self._g_root + group, cb=self._group_handler(entry), **self._limits()
                 )
                 if confirm:
-                    await nc.flush()
+                    await _round_trip(nc)
             except BaseException as exc:
                 if self._groups.get(group) is entry:
                     del self._groups[group]
@@ -1122,7 +1162,7 @@ class NatsLayer(Layer):
 
         sub = await nc.subscribe(self._g_root + group, queue=f"fwd:{channel}", cb=forward)
         self._held[key] = (sub, until)
-        await nc.flush()
+        await _round_trip(nc)
 
     async def _drop_named(self, group: str, channel: str) -> None:
         held = self._held.pop((group, channel), None)
@@ -1152,10 +1192,14 @@ class NatsLayer(Layer):
         now = time.monotonic()
         # Pull requests the server never answered (a restarted server forgot them).
         for box in list(self._incoming.values()):
-            if box.requested > 0 and now > box.pull_deadline and not box.recovering:
+            if box.recovering:
+                continue
+            if box.requested > 0 and now > box.pull_deadline:
                 box.requested = 0
                 if box.waiters:
                     self._recover_incoming(box)
+            elif box.waiters and box.requested == 0 and not box.items:
+                await self._pull(box)  # a safety net: waiting receivers always have a pull
         # Expired messages and idle buffers of process channels.
         for channel, box in list(self._locals.items()):
             items = box.items
@@ -1172,10 +1216,14 @@ class NatsLayer(Layer):
         for key in [k for k, (_, until) in self._held.items() if until <= now]:
             await self._drop_named(*key)
         # Publishes never acknowledged (written just before the connection broke).
+        # Time only counts while connected: during an outage they wait in the buffer.
+        if self._nc is None or not self._nc.is_connected:
+            self._seq_marks.clear()
+            return
         marks = self._seq_marks
         marks.append((now, self._seq))
         stale = 0
-        while marks and marks[0][0] < now - ACK_TIMEOUT:
+        while marks and marks[0][0] < now - self.ack_timeout:
             stale = marks.popleft()[1]
         if stale and self._in_flight:
             old = [seq for seq in self._in_flight if seq <= stale]
@@ -1225,6 +1273,22 @@ class NatsLayer(Layer):
 
 
 # helpers -----------------------------------------------------------------------------------
+
+
+async def _round_trip(nc: Client) -> None:
+    """Return once the server has processed everything written so far.
+
+    nats-py 2.16's ``flush()`` writes its PING straight to the socket, ahead of
+    commands still waiting in its pending buffer, so its PONG can come back before
+    a just-made SUB reaches the server. Writing the pending buffer first (what the
+    flusher task does) restores the order.
+    """
+    flush_pending = getattr(nc, "_flush_pending", None)
+    if flush_pending is not None:
+        await flush_pending(force_flush=True)
+    else:  # a future nats-py without the private hook: a second PING orders after the first
+        await nc.flush()
+    await nc.flush()
 
 
 def _connection_error(exc: BaseException) -> LayerError:

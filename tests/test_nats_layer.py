@@ -1,0 +1,382 @@
+"""The NATS layer beyond the conformance suite, against real nats-server processes.
+
+URL handling, an unreachable server, a server restart under a running service,
+ChannelFull, bounded memory, group membership through the owning process, the
+cost of group_send, and two ``svc run`` worker processes sharing one channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import anyio
+import pytest
+from servers import free_port
+
+from svcbus import (
+    Bus,
+    ChannelFull,
+    ConfigurationError,
+    LayerError,
+    Runtime,
+    Service,
+    open_layer,
+)
+
+nats = pytest.importorskip("nats")
+from svcbus.layers.nats import NatsLayer  # noqa: E402
+
+pytestmark = [pytest.mark.anyio, pytest.mark.nats]
+
+TESTS = Path(__file__).parent
+
+
+def isolated(url: str, **params: object) -> str:
+    """``url`` with a subject prefix of its own, so tests never see each other's subjects."""
+    query = "&".join(
+        f"{k}={v}" for k, v in {"prefix": f"t{uuid.uuid4().hex[:8]}", **params}.items()
+    )
+    return f"{url}?{query}"
+
+
+async def connected(url: str, **options: object) -> NatsLayer:
+    layer = open_layer(url, **options)
+    assert isinstance(layer, NatsLayer)
+    await layer.connect()
+    return layer
+
+
+# URLs ------------------------------------------------------------------------------------
+
+
+def test_url_with_seeds_credentials_and_options() -> None:
+    layer = open_layer("nats://alice:s%40cret@a.example:4222,b.example:5222?prefix=shop&capacity=7")
+    assert isinstance(layer, NatsLayer)
+    assert layer.servers == ["nats://a.example:4222", "nats://b.example:5222"]
+    assert layer._auth == {"user": "alice", "password": "s@cret", "token": None}
+    assert layer.prefix == "shop"
+    assert layer.options.capacity == 7
+
+
+def test_url_with_token_default_port_and_tls_scheme() -> None:
+    layer = open_layer("tls://t0ken@nats.example")
+    assert isinstance(layer, NatsLayer)
+    assert layer.servers == ["tls://nats.example:4222"]
+    assert layer._auth["token"] == "t0ken"
+    assert layer._tls is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("nats://h:4222?bogus=1&other=2", "bogus, other"),
+        ("nats://h:4222?tls_ca=/no/such/ca.pem", "tls_ca"),
+        ("nats://h:4222?creds=/no/such.creds", "creds"),
+        ("nats://h:4222?prefix=a.b", "prefix"),
+        ("nats://h:4222?prefix=UP", "prefix"),
+        ("nats://h:port", "host:port"),
+        ("nats://h:4222?connect_timeout=soon", "connect_timeout"),
+    ],
+)
+def test_bad_urls_say_what_is_wrong(url: str, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        open_layer(url)
+
+
+async def test_unreachable_server_fails_fast_and_clearly() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    layer = open_layer(url)
+    started = time.monotonic()
+    with pytest.raises(LayerError, match=r"cannot reach NATS at .*is nats-server running"):
+        await layer.connect()
+    assert time.monotonic() - started < 5
+
+
+# ChannelFull and bounded memory ---------------------------------------------------------
+
+
+async def test_full_channel_raises_channel_full_by_the_next_send(nats_url: str) -> None:
+    url = isolated(nats_url)
+    sender = await connected(url, capacity=5)
+    try:
+        for i in range(5):
+            await sender.send("jobs", str(i).encode())
+        await sender.flush()
+        await sender.send("jobs", b"refused")  # refused by the server, learned from its ack
+        await sender.flush()
+        with pytest.raises(ChannelFull, match="capacity"):
+            await sender.send("jobs", b"again")
+        # The stored messages are intact and in order.
+        assert [await sender.receive("jobs") for _ in range(5)] == [b"0", b"1", b"2", b"3", b"4"]
+    finally:
+        await sender.close()
+
+
+async def test_process_channel_buffer_is_bounded_by_capacity(nats_url: str) -> None:
+    url = isolated(nats_url)
+    owner, other = await connected(url, capacity=10), await connected(url)
+    try:
+        mine = await owner.new_channel("edge")
+        for i in range(1000):
+            await other.send(mine, str(i).encode())
+        await other.flush()
+        with anyio.fail_after(5):
+            while owner.dropped < 990:
+                await anyio.sleep(0.02)
+        assert len(owner._locals[mine].items) == 10
+        assert await owner.receive_many(mine, 100) == [str(i).encode() for i in range(10)]
+    finally:
+        await owner.close()
+        await other.close()
+
+
+async def test_slow_named_receiver_leaves_the_backlog_on_the_server(nats_url: str) -> None:
+    url = isolated(nats_url)
+    sender, receiver = await connected(url, capacity=5000), await connected(url)
+    try:
+        for i in range(2000):
+            await sender.send("backlog", str(i).encode())
+        await sender.flush()
+        for i in range(5):  # a slow consumer: one message at a time
+            assert await receiver.receive("backlog") == str(i).encode()
+            await anyio.sleep(0.05)
+        box = receiver._incoming["backlog"]
+        assert len(box.items) + box.requested <= 2  # its demand plus one ahead, no more
+        info = await sender.connection.jetstream().stream_info(box.stream)
+        assert info.state.messages >= 2000 - 5 - 2
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
+def _flood_from_thread(url: str, subject: str, count: int) -> threading.Thread:
+    """Publish ``count`` messages from another thread (its own loop and connection)."""
+
+    async def flood() -> None:
+        nc = await nats.connect(url.split("?")[0])
+        for i in range(count):
+            await nc.publish(subject, b"%d" % i)
+        await nc.flush()
+        await nc.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(flood(),))
+    thread.start()
+    return thread
+
+
+async def test_pending_limits_bound_memory_when_the_loop_is_stalled(nats_url: str) -> None:
+    url = isolated(nats_url, pending_msgs=50)
+    owner = await connected(url, capacity=20)
+    try:
+        mine = await owner.new_channel("slow")
+        head, _, local = mine.partition("!")
+        thread = _flood_from_thread(url, f"{owner.prefix}.p.{head}.{local}", 3000)
+        time.sleep(1.0)  # block this event loop: messages pile up in the socket
+        thread.join(10)
+        with anyio.fail_after(5):
+            while owner.dropped + owner.slow_consumer_drops < 3000 - 20:
+                await anyio.sleep(0.02)
+        assert owner.slow_consumer_drops > 0  # nats-py's pending limit cut in
+        assert len(owner._locals[mine].items) <= 20  # the local buffer stayed at capacity
+        assert owner._heads[head].pending_msgs <= 50
+    finally:
+        await owner.close()
+
+
+# groups ------------------------------------------------------------------------------------
+
+
+async def test_group_add_by_a_non_owner_is_effective_on_return(nats_url: str) -> None:
+    url = isolated(nats_url)
+    owner, admin, sender = await connected(url), await connected(url), await connected(url)
+    try:
+        for i in range(20):
+            member = await owner.new_channel()
+            await admin.group_add(f"room.r{i}", member)  # the owner confirms it
+            await sender.group_send(f"room.r{i}", b"hi %d" % i)
+            with anyio.fail_after(3):
+                assert await owner.receive(member) == b"hi %d" % i
+        # Discard through the owner is effective on return as well.
+        await admin.group_discard("room.r0", member := await owner.new_channel())
+        await admin.group_add("room.x", member)
+        await admin.group_discard("room.x", member)
+        await sender.group_send("room.x", b"gone")
+        with anyio.move_on_after(0.3):
+            pytest.fail(f"discarded member got {await owner.receive(member)!r}")
+    finally:
+        for layer in (owner, admin, sender):
+            await layer.close()
+
+
+async def test_group_add_to_a_vanished_process_is_a_no_op(nats_url: str) -> None:
+    url = isolated(nats_url)
+    gone, admin = await connected(url), await connected(url)
+    try:
+        channel = await gone.new_channel()
+        await gone.close()
+        await anyio.sleep(0.2)  # the server notices the closed connection
+        with anyio.fail_after(2):
+            await admin.group_add("room.empty", channel)
+    finally:
+        await admin.close()
+
+
+async def test_group_send_costs_one_publish(nats_url: str) -> None:
+    url = isolated(nats_url)
+    a, b, sender = await connected(url), await connected(url), await connected(url)
+    spy = await nats.connect(nats_url)
+    seen: list[str] = []
+
+    async def count(msg) -> None:
+        seen.append(msg.subject)
+
+    try:
+        members = [await a.new_channel() for _ in range(50)] + [
+            await b.new_channel() for _ in range(50)
+        ]
+        for member in members:
+            await sender.group_add("fanout", member)
+        await spy.subscribe(f"{a.prefix}.>", cb=count)
+        await spy.flush()
+        await spy.flush()
+        published = sender.connection.stats["out_msgs"]
+        await sender.group_send("fanout", b"one")
+        await sender.flush()
+        with anyio.fail_after(3):
+            for member in members:
+                owner = a if a._owns(member) else b
+                assert await owner.receive(member) == b"one"
+        assert sender.connection.stats["out_msgs"] - published == 1
+        assert seen == [f"{a.prefix}.g.fanout"]
+    finally:
+        await spy.close()
+        for layer in (a, b, sender):
+            await layer.close()
+
+
+async def test_named_channel_as_group_member_gets_one_copy(nats_url: str) -> None:
+    url = isolated(nats_url)
+    x, y, sender = await connected(url), await connected(url), await connected(url)
+    try:
+        await x.group_add("news", "archive")
+        await y.group_add("news", "archive")  # two holders: still one copy
+        await sender.group_send("news", b"headline")
+        with anyio.fail_after(3):
+            assert await sender.receive("archive") == b"headline"
+        with anyio.move_on_after(0.3):
+            pytest.fail(f"second copy: {await sender.receive('archive')!r}")
+    finally:
+        for layer in (x, y, sender):
+            await layer.close()
+
+
+# reconnection ---------------------------------------------------------------------------------
+
+
+async def test_service_keeps_consuming_across_a_server_restart(nats_server, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="svcbus.layers.nats")
+    url = isolated(nats_server.url)
+    processed: list[int] = []
+    service = Service("restart")
+
+    @service.consumes("ticks")
+    async def tick(message: dict) -> None:
+        processed.append(message["n"])
+
+    worker_layer = open_layer(url)
+    async with Runtime(service, worker_layer, concurrency=2).running(), Bus(url) as bus:
+        for n in range(20):
+            await bus.send("ticks", {"n": n})
+        with anyio.fail_after(5):
+            while len(processed) < 20:
+                await anyio.sleep(0.02)
+        await anyio.to_thread.run_sync(nats_server.restart)
+        # Sent during or right after the restart: buffered, then retried into the new stream.
+        for n in range(20, 40):
+            await bus.send("ticks", {"n": n})
+            await anyio.sleep(0.01)
+        with anyio.fail_after(15):
+            while not set(range(20, 40)) <= set(processed):
+                await anyio.sleep(0.05)
+    assert sorted(set(processed)) == list(range(40))
+    assert len(processed) == len(set(processed)), "a message was processed twice"
+    messages = [r.getMessage() for r in caplog.records if r.name == "svcbus.layers.nats"]
+    # Two layers (worker and bus): each logs its disconnect and its reconnect once.
+    assert sum("disconnected from NATS" in m for m in messages) == 2
+    assert sum("reconnected to NATS" in m for m in messages) == 2
+
+
+async def test_sends_during_an_outage_go_through_after_reconnect(nats_server) -> None:
+    url = isolated(nats_server.url)
+    layer = await connected(url)
+    layer.ack_timeout = 1.0
+    try:
+        await layer.send("outage", b"before")
+        await layer.flush()
+        await anyio.to_thread.run_sync(nats_server.stop)
+        await layer.send("outage", b"during")  # kept in nats-py's reconnect buffer
+        started = time.monotonic()
+        with pytest.raises(LayerError, match="down"):
+            await layer.flush()  # no server: a clear error within ack_timeout, no hang
+        assert time.monotonic() - started < 3
+        await anyio.to_thread.run_sync(nats_server.start)
+        layer.ack_timeout = 10.0
+        await layer.flush()  # reconnected; the bounced message went into the new stream
+        with anyio.fail_after(5):
+            assert await layer.receive("outage") == b"during"
+    finally:
+        await layer.close()
+
+
+# several processes ------------------------------------------------------------------------------
+
+
+async def test_two_worker_processes_share_a_channel_exactly_once(nats_url: str) -> None:
+    url = isolated(nats_url, capacity=5000)
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "-m", "svcbus.cli", "run", "nats_workers", "--layer", url]
+    command += ["--log-level", "warning"]
+    workers = [
+        subprocess.Popen(command, cwd=TESTS, env=env, stdin=subprocess.DEVNULL) for _ in range(2)
+    ]
+    total = 2000
+    try:
+        async with Bus(url) as bus:
+            with anyio.fail_after(20):
+                ready = {(await bus.receive("work.ready")).b["pid"] for _ in range(2)}
+            assert ready == {w.pid for w in workers}
+            await anyio.sleep(0.3)  # both are pulling
+            for i in range(total):
+                await bus.send("work.item", {"id": i})
+            await bus.layer.flush()
+            done: dict[int, list[int]] = {}
+            with anyio.fail_after(30):
+                while sum(map(len, done.values())) < total:
+                    for data in await bus.layer.receive_many("work.done", 256):
+                        body = json.loads(data)["b"]
+                        done.setdefault(body["id"], []).append(body["pid"])
+            with anyio.move_on_after(0.5):  # nothing is confirmed twice
+                for data in await bus.layer.receive_many("work.done", 256):
+                    pytest.fail(f"extra confirmation {data!r}")
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+    assert sorted(done) == list(range(total))
+    assert all(len(pids) == 1 for pids in done.values())
+    share = {pid: sum(1 for pids in done.values() if pids == [pid]) for pid in ready}
+    assert all(count > 0 for count in share.values()), f"one worker did nothing: {share}"

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from svcbus import __version__
-from svcbus.errors import ConfigurationError, InvalidChannelName, MessageInvalid, SvcbusError
+from svcbus.errors import InvalidChannelName, SvcbusError
 
 DEFAULT_LAYER = "memory://"
 
@@ -140,62 +140,9 @@ def run(
         pass
 
 
-@app.command()
-def send(
-    channel: Annotated[str, typer.Argument(help="Channel to send on, e.g. chat.posted")],
-    message: Annotated[str, typer.Argument(help='The message as JSON, e.g. \'{"room": "a"}\'')],
-    layer: LayerOption = None,
-) -> None:
-    """Send one message (validated against the channel's contract if one is imported)."""
-    from svcbus import connect
-
-    body = parse_json(message)
-    check_channel(channel)
-
-    async def go() -> str:
-        async with connect(layer_url(layer, across_processes=True)) as bus:
-            message_id = await bus.send(channel, body)
-            await bus.layer.flush()
-            return message_id
-
-    try:
-        out.print(anyio.run(go))
-    except SvcbusError as exc:
-        fail(str(exc))
-
-
-@app.command()
-def request(
-    channel: Annotated[str, typer.Argument(help="Request channel, e.g. stats.get")],
-    message: Annotated[str, typer.Argument(help="The request as JSON")],
-    layer: LayerOption = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 5.0,
-) -> None:
-    """Send a request and print the reply as JSON."""
-    from pydantic_core import to_json
-
-    from svcbus import connect
-
-    body = parse_json(message)
-    check_channel(channel)
-
-    async def go() -> Any:
-        async with connect(layer_url(layer, across_processes=True)) as bus:
-            return await bus.request(channel, body, timeout=timeout)
-
-    try:
-        reply = anyio.run(go)
-    except (ConfigurationError, InvalidChannelName, MessageInvalid) as exc:
-        fail(str(exc))
-    except SvcbusError as exc:  # timeouts, remote failures: the request ran but failed
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
-    out.print_json(to_json(reply).decode())
-
-
 # Commands that live in modules of their own; each module has `register(app)`
 # and imports its heavy dependencies inside the command, so `svc --help` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("edge", "docs", "demo")
+COMMAND_MODULES: tuple[str, ...] = ("messages", "edge", "docs", "demo")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"svcbus.cli.{_name}").register(app)

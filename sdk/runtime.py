@@ -24,7 +24,7 @@ from .consumer import Consumer, resolve_message_type
 from .context import BlockingContext, Context
 from .contract import Contract
 from .envelope import Envelope, envelope_type, now_ms
-from .errors import SvcbusError
+from .errors import MessageInvalid, SvcbusError
 from .layer import Layer
 from .service import Service, run_hooks
 
@@ -49,8 +49,11 @@ class DeadLetter(Contract):
 
 
 class _IdPeek(BaseModel):
+    """The id and reply channel of a message whose body did not validate."""
+
     model_config = ConfigDict(extra="ignore")
     id: str | None = None
+    rc: str | None = None
 
 
 @dataclass
@@ -417,12 +420,21 @@ class Runtime:
         channel = bound.consumer.channel
         bound.stats.invalid += 1
         try:
-            message_id = _IdPeek.model_validate_json(data).id
+            peek = _IdPeek.model_validate_json(data)
         except ValidationError:
-            message_id = None
+            peek = _IdPeek()
+        message_id = peek.id
         log.warning(
             "invalid message %s on %s dropped: %s", message_id or "(no id)", channel, reason
         )
+        if peek.rc is not None and message_id is not None:
+            # A requester would otherwise wait for its timeout: tell it why now.
+            try:
+                await self.bus.reply_error(
+                    peek.rc, message_id, MessageInvalid(reason, channel=channel)
+                )
+            except SvcbusError as exc:
+                log.error("could not report the invalid request to %s: %s", peek.rc, exc)
         if self.dead_letter is None:
             return
         letter = DeadLetter(

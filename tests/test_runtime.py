@@ -232,3 +232,16 @@ async def test_undeclared_sends_warn_in_development_mode():
         assert all("rtest.declared'" not in str(w.message) for w in caught)
     finally:
         set_enabled(None)
+
+
+async def test_an_invalid_request_gets_an_error_reply_at_once():
+    from svcbus import ContractRegistry
+
+    async with harness(make_service()) as h:
+        # A client that does not know the contract (another runtime, an old
+        # version) sends a request that does not fit it.
+        client = Bus(MemoryLayer(hub=h.bus.layer.hub), contracts=ContractRegistry())
+        async with client:
+            with anyio.fail_after(2):  # well before the 5 s request timeout
+                with pytest.raises(RemoteError, match=r"MessageInvalid: .*rtest.count.*room"):
+                    await client.request("rtest.count", {"rooom": "typo"})

@@ -1,4 +1,6 @@
 # -*- coding: utf-8 -*-
+# Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
+# ruff: noqa: UP009, UP010, UP030, UP032
 """``python -m svcbus_legacy URL MODULE [MODULE...] [--schemas FILE]``: run a legacy worker.
 
 Imports the modules (their ``@consumes`` functions register themselves) and runs
@@ -29,15 +31,17 @@ def main(argv=None):
     parser.add_argument("--prefetch", type=int, default=16, help="messages taken ahead")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if "" not in sys.path:
         sys.path.insert(0, "")
     try:
         for name in args.modules:
             importlib.import_module(name)
-        Worker(args.url, schemas=args.schemas, dead_letter=args.dead_letter,
-               prefetch=args.prefetch).run()
+        Worker(
+            args.url, schemas=args.schemas, dead_letter=args.dead_letter, prefetch=args.prefetch
+        ).run()
     except SvcbusError as exc:
         sys.stderr.write("error: {0}\n".format(exc))
         return 2

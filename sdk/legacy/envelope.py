@@ -1,4 +1,6 @@
 # -*- coding: utf-8 -*-
+# Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
+# ruff: noqa: B904, UP004, UP009, UP010, UP030, UP031, UP032
 """The envelope of docs/protocol.md: encode byte for byte, decode and check.
 
 One message is one UTF-8 JSON object, metadata first in a fixed key order, the
@@ -103,8 +105,19 @@ def encode(
 class Message(object):
     """A decoded envelope. ``body`` is the JSON value; the rest is metadata."""
 
-    __slots__ = ("id", "contract", "version", "reply_channel", "reply_to", "sent_at",
-                 "expires_at", "trace", "headers", "error", "body")
+    __slots__ = (
+        "body",
+        "contract",
+        "error",
+        "expires_at",
+        "headers",
+        "id",
+        "reply_channel",
+        "reply_to",
+        "sent_at",
+        "trace",
+        "version",
+    )
 
     def __init__(self, fields):
         self.id = fields["id"]

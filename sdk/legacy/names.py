@@ -1,4 +1,6 @@
 # -*- coding: utf-8 -*-
+# Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
+# ruff: noqa: UP009, UP010, UP030, UP032
 """Channel and group names: the rules of docs/protocol.md (same as ``svcbus.names``)."""
 
 from __future__ import absolute_import, division, print_function, unicode_literals
@@ -16,11 +18,7 @@ _CHANNEL = re.compile(r"{0}(?:\.{0})*(?:!{0}(?:\.{0})*)?\Z".format(_TOKEN))
 
 
 def _check(name, pattern, kind, example):
-    if (
-        not isinstance(name, string_types)
-        or len(name) > MAX_NAME_LENGTH
-        or not pattern.match(name)
-    ):
+    if not isinstance(name, string_types) or len(name) > MAX_NAME_LENGTH or not pattern.match(name):
         raise InvalidChannelName(
             "{0} name {1!r} is not valid: use lower-case tokens of a-z 0-9 _ - joined by "
             "'.', at most {2} characters, no wildcards or whitespace (like {3!r})".format(

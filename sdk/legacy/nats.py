@@ -1,4 +1,6 @@
 # -*- coding: utf-8 -*-
+# Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
+# ruff: noqa: B904, SIM105, UP004, UP009, UP010, UP024, UP030, UP032
 """NATS over a plain socket: the text protocol and the svcbus mapping of ``layers/nats.py``.
 
 The mapping (subject root ``svcbus``), kept byte-compatible with the async layer:
@@ -221,8 +223,9 @@ class NatsTransport(object):
     def _lost(self, exc):
         if not self._down:
             self._down = True
-            log.warning("lost connection to NATS at %s:%s (%s); reconnecting", self.host,
-                        self.port, exc)
+            log.warning(
+                "lost connection to NATS at %s:%s (%s); reconnecting", self.host, self.port, exc
+            )
         if self._sock is not None:
             try:
                 self._sock.close()
@@ -245,8 +248,9 @@ class NatsTransport(object):
                 break
             except LayerError as exc:
                 if (deadline is not None and monotonic() > deadline) or (stopping and stopping()):
-                    raise LayerError("NATS at {0}:{1} is unreachable: {2}".format(
-                        self.host, self.port, exc))
+                    raise LayerError(
+                        "NATS at {0}:{1} is unreachable: {2}".format(self.host, self.port, exc)
+                    )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
         for sid in sorted(self._subs):
@@ -385,8 +389,8 @@ class NatsTransport(object):
                 start = end + 2
                 if start + total + 2 > size:
                     break  # the payload has not fully arrived
-                headers = buf[start:start + header_size] if header_size else None
-                payload = buf[start + header_size:start + total]
+                headers = buf[start : start + header_size] if header_size else None
+                payload = buf[start + header_size : start + total]
                 pos = start + total + 2
                 entry = subs.get(int(parts[2]))
                 if entry is not None:
@@ -454,8 +458,9 @@ class NatsTransport(object):
             while number not in self._replies:
                 left = deadline - monotonic()
                 if left <= 0:
-                    raise LayerError("no answer from NATS on {0} within {1}s".format(
-                        subject, timeout))
+                    raise LayerError(
+                        "no answer from NATS on {0} within {1}s".format(subject, timeout)
+                    )
                 self._io(left)
             headers, data = self._replies.pop(number)
         finally:
@@ -502,16 +507,19 @@ class NatsTransport(object):
         error = None
         for attempt in range(8):
             try:
-                status, data = self._request("$JS.API.STREAM.CREATE." + stream, payload,
-                                             API_TIMEOUT)
+                status, data = self._request(
+                    "$JS.API.STREAM.CREATE." + stream, payload, API_TIMEOUT
+                )
             except ConnectionLost:
                 raise
             except LayerError as exc:
                 error = exc
             else:
                 if status == "503":
-                    error = LayerError("JetStream is not enabled on the NATS server: start "
-                                       "nats-server with -js (named channels are streams)")
+                    error = LayerError(
+                        "JetStream is not enabled on the NATS server: start "
+                        "nats-server with -js (named channels are streams)"
+                    )
                 else:
                     answer = json.loads(to_text(data))
                     problem = answer.get("error")
@@ -520,15 +528,19 @@ class NatsTransport(object):
                     if problem.get("err_code") == _STREAM_CONFIG_DIFFERS:
                         if not for_send:
                             return  # a sender made it with its settings: use it as is
-                        status, data = self._request("$JS.API.STREAM.UPDATE." + stream,
-                                                     payload, API_TIMEOUT)
+                        status, data = self._request(
+                            "$JS.API.STREAM.UPDATE." + stream, payload, API_TIMEOUT
+                        )
                         problem = json.loads(to_text(data)).get("error")
                         if problem is None:
                             return
-                    error = LayerError("cannot create the NATS stream for {0!r}: {1}".format(
-                        channel, problem.get("description", problem)))
+                    error = LayerError(
+                        "cannot create the NATS stream for {0!r}: {1}".format(
+                            channel, problem.get("description", problem)
+                        )
+                    )
             # A server that just restarted may still be starting JetStream.
-            time.sleep(min(2.0, 0.1 * 2 ** attempt))
+            time.sleep(min(2.0, 0.1 * 2**attempt))
         raise error
 
     def _ensure_consumer(self, box):
@@ -551,8 +563,11 @@ class NatsTransport(object):
         status, data = self._request(subject, to_bytes(json.dumps(request)), API_TIMEOUT)
         problem = json.loads(to_text(data)).get("error") if data else {"description": status}
         if problem and problem.get("err_code") not in _CONSUMER_EXISTS:
-            raise LayerError("cannot create the consumer of {0!r}: {1}".format(
-                box.channel, problem.get("description", problem)))
+            raise LayerError(
+                "cannot create the consumer of {0!r}: {1}".format(
+                    box.channel, problem.get("description", problem)
+                )
+            )
 
     def send(self, channel, message):
         """Put ``message`` on ``channel``; ChannelFull reports an earlier refusal too."""
@@ -589,8 +604,11 @@ class NatsTransport(object):
         while self._in_flight and min(self._in_flight) <= mark:
             left = deadline - monotonic()
             if left <= 0:
-                raise LayerError("NATS did not acknowledge {0} messages within {1}s".format(
-                    len(self._in_flight), timeout))
+                raise LayerError(
+                    "NATS did not acknowledge {0} messages within {1}s".format(
+                        len(self._in_flight), timeout
+                    )
+                )
             self._io(left)
         self._after_io()
 
@@ -619,8 +637,11 @@ class NatsTransport(object):
         if channel in self._incoming or "!" in channel:
             return
         self._ensure_up()
-        box = _Incoming(channel, self._stream_name(channel),
-                        "{0}.p{1}".format(self._root, len(self._incoming) + 1))
+        box = _Incoming(
+            channel,
+            self._stream_name(channel),
+            "{0}.p{1}".format(self._root, len(self._incoming) + 1),
+        )
         self._ensure_stream(channel, box.stream, for_send=False)
         self._ensure_consumer(box)
         box.sid = self._subscribe(box.inbox, self._pull_handler(box))
@@ -771,8 +792,9 @@ class NatsTransport(object):
         token = owner_token(channel)
         payload = to_bytes(json.dumps({"op": op, "group": group, "channel": channel}))
         try:
-            status, data = self._request("{0}.ctl.{1}".format(self.prefix, token), payload,
-                                         CONTROL_TIMEOUT)
+            status, data = self._request(
+                "{0}.ctl.{1}".format(self.prefix, token), payload, CONTROL_TIMEOUT
+            )
         except ConnectionLost:
             raise
         except LayerError:
@@ -783,8 +805,9 @@ class NatsTransport(object):
         if status == "503":
             return  # nobody owns the channel any more: nothing to add or remove
         if data != _OK:
-            raise LayerError("group_{0}({1!r}, {2!r}) failed: {3!r}".format(
-                op, group, channel, data[:300]))
+            raise LayerError(
+                "group_{0}({1!r}, {2!r}) failed: {3!r}".format(op, group, channel, data[:300])
+            )
 
     def _on_control(self, subject, reply, headers, payload):
         try:

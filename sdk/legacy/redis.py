@@ -1,4 +1,6 @@
 # -*- coding: utf-8 -*-
+# Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
+# ruff: noqa: B904, RUF005, SIM105, UP004, UP009, UP010, UP024, UP030, UP031, UP032
 """Redis (RESP2) over plain sockets: the svcbus mapping of ``layers/redis.py``.
 
 Same keys, scripts and pub/sub channels as the async layer (prefix ``svcbus``):
@@ -126,8 +128,8 @@ def _parse(buf, pos):
     end = buf.find(b"\r\n", pos)
     if end < 0:
         raise _Incomplete()
-    kind = buf[pos:pos + 1]
-    line = buf[pos + 1:end]
+    kind = buf[pos : pos + 1]
+    line = buf[pos + 1 : end]
     pos = end + 2
     if kind == b"+":
         return line, pos
@@ -141,7 +143,7 @@ def _parse(buf, pos):
             return None, pos
         if len(buf) < pos + size + 2:
             raise _Incomplete()
-        return buf[pos:pos + size], pos + size + 2
+        return buf[pos : pos + size], pos + size + 2
     if kind == b"*":
         count = int(line)
         if count < 0:
@@ -151,7 +153,7 @@ def _parse(buf, pos):
             item, pos = _parse(buf, pos)
             items.append(item)
         return items, pos
-    raise LayerError("unexpected reply from redis: {0!r}".format(buf[pos - 2:pos + 40]))
+    raise LayerError("unexpected reply from redis: {0!r}".format(buf[pos - 2 : pos + 40]))
 
 
 class _Conn(object):
@@ -173,8 +175,11 @@ class _Conn(object):
             raise ConnectionLost("cannot connect to redis at {0}: {1}".format(server.name, exc))
         setup = []
         if server.password is not None:
-            setup.append(pack(b"AUTH", server.user, server.password) if server.user
-                         else pack(b"AUTH", server.password))
+            setup.append(
+                pack(b"AUTH", server.user, server.password)
+                if server.user
+                else pack(b"AUTH", server.password)
+            )
         if server.db:
             setup.append(pack(b"SELECT", server.db))
         if setup:
@@ -183,8 +188,9 @@ class _Conn(object):
                 reply = self.read(timeout)
                 if isinstance(reply, ReplyError):
                     self.close()
-                    raise LayerError("redis at {0} refused the login or database: {1}".format(
-                        server.name, reply))
+                    raise LayerError(
+                        "redis at {0} refused the login or database: {1}".format(server.name, reply)
+                    )
         return self
 
     def write(self, data):
@@ -264,8 +270,9 @@ class _Server(object):
         netloc, _, path = rest.partition("/")
         self.user, self.password, hostport = userinfo(netloc)
         if "," in hostport:
-            raise ConfigurationError("the legacy runtime talks to one redis server, not a "
-                                     "sharded set: {0!r}".format(url))
+            raise ConfigurationError(
+                "the legacy runtime talks to one redis server, not a sharded set: {0!r}".format(url)
+            )
         host, _, port = hostport.rpartition(":")
         if not host:
             host, port = hostport, "6379"
@@ -274,8 +281,9 @@ class _Server(object):
         self.host, self.port = host or "localhost", int(port)
         db = path.strip("/") or "0"
         if not db.isdigit():
-            raise ConfigurationError("redis URL path must be a database number, got {0!r}"
-                                     .format(db))
+            raise ConfigurationError(
+                "redis URL path must be a database number, got {0!r}".format(db)
+            )
         self.db = int(db)
         self.name = "{0}:{1}".format(self.host, self.port)
 
@@ -362,8 +370,9 @@ class RedisTransport(object):
             except LayerError as exc:
                 self._lost(exc)
                 if (deadline is not None and monotonic() > deadline) or (stopping and stopping()):
-                    raise LayerError("redis at {0} is unreachable: {1}".format(
-                        self.server.name, exc))
+                    raise LayerError(
+                        "redis at {0} is unreachable: {1}".format(self.server.name, exc)
+                    )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
         self._down = False
@@ -421,8 +430,17 @@ class RedisTransport(object):
         header = _deadline(now + self._expiry_ms)
         if "!" in channel:
             header += to_bytes(channel.split("!", 1)[1]) + b":"
-        args = (b"EVALSHA", SEND_SHA, b"1", self._key(channel),
-                self.options.capacity_for(channel), self._ttl, now, header, message)
+        args = (
+            b"EVALSHA",
+            SEND_SHA,
+            b"1",
+            self._key(channel),
+            self.options.capacity_for(channel),
+            self._ttl,
+            now,
+            header,
+            message,
+        )
         try:
             return self._call(*args)
         except ReplyError as exc:
@@ -493,10 +511,17 @@ class RedisTransport(object):
             return
         self._ack_ids += 1
         ack_id = "{0}.{1}".format(self.token, self._ack_ids)
-        control = {"op": "add", "group": group, "channel": channel, "ttl": ttl_ms,
-                   "from": self.token, "id": ack_id}
-        receivers = self._call(b"PUBLISH", "{0}:ctl:{1}".format(self.prefix, token),
-                               json.dumps(control))
+        control = {
+            "op": "add",
+            "group": group,
+            "channel": channel,
+            "ttl": ttl_ms,
+            "from": self.token,
+            "id": ack_id,
+        }
+        receivers = self._call(
+            b"PUBLISH", "{0}:ctl:{1}".format(self.prefix, token), json.dumps(control)
+        )
         if receivers == 0:
             return  # no process owns the channel any more
         deadline = monotonic() + ACK_TIMEOUT
@@ -671,7 +696,7 @@ class RedisTransport(object):
             now = monotonic()
             if now - self._last_sweep >= 1.0:
                 self._last_sweep = now
-                for pubsub, members in list(self._members.items()):
+                for members in list(self._members.values()):
                     for channel in [c for c, until in members.items() if until <= now]:
                         del members[channel]
 
@@ -687,8 +712,12 @@ class RedisTransport(object):
             return False
         now = now_ms()
         cmd = self._cmd
-        cmd.write(b"".join(pack(b"EVALSHA", POP_SHA, b"1", key, now, want, split)
-                           for key, split, want in sources))
+        cmd.write(
+            b"".join(
+                pack(b"EVALSHA", POP_SHA, b"1", key, now, want, split)
+                for key, split, want in sources
+            )
+        )
         got = False
         missing_script = False
         for key, split, _ in sources:
@@ -705,7 +734,7 @@ class RedisTransport(object):
 
     def _deliver_popped(self, key, split, items):
         if split == b"0":
-            channel = to_text(key)[len(self.prefix) + 3:]
+            channel = to_text(key)[len(self.prefix) + 3 :]
             self.buffers[channel].extend(items)
             self._named[channel] = max(0, self._named[channel] - len(items))
             return
@@ -718,8 +747,11 @@ class RedisTransport(object):
         if keys and not any(set(keys) <= set(k) for _, k in self._blocking):
             # Nobody blocks on this key set yet (first wait, or the set grew): one more
             # BLPOP; an older one keeps running and is read whenever it answers.
-            conn = self._idle.pop() if self._idle else _Conn(self.server).open(
-                self.options.connect_timeout)
+            conn = (
+                self._idle.pop()
+                if self._idle
+                else _Conn(self.server).open(self.options.connect_timeout)
+            )
             conn.write(pack(b"BLPOP", *(keys + [BLOCK_SECONDS])))
             self._blocking.append((conn, keys))
         socks = [self._sub.sock] + [c.sock for c, _ in self._blocking]
@@ -763,7 +795,7 @@ class RedisTransport(object):
             local, _, message = item[14:].partition(b":")
             self._deliver_local(self._heads[key] + "!" + to_text(local), message)
         else:
-            channel = to_text(key)[len(self.prefix) + 3:]
+            channel = to_text(key)[len(self.prefix) + 3 :]
             self.buffers.setdefault(channel, deque()).append(item[14:])
             if channel in self._named:
                 self._named[channel] = max(0, self._named[channel] - 1)

@@ -1,4 +1,6 @@
 # -*- coding: utf-8 -*-
+# Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
+# ruff: noqa: B904, RUF005, UP004, UP009, UP010, UP020, UP024, UP030, UP032
 """Contracts for the legacy runtime: JSON Schema from the main SDK, and a small validator.
 
 The main SDK writes the contracts' schemas to a JSON file
@@ -43,7 +45,7 @@ class SchemaError(ValueError):
 class Contract(object):
     """A contract as the legacy runtime knows it: name, version, schema."""
 
-    __slots__ = ("name", "version", "schema")
+    __slots__ = ("name", "schema", "version")
 
     def __init__(self, name, version, schema):
         self.name = name
@@ -105,8 +107,10 @@ class ChannelSchemas(object):
 
 _TYPES = {
     "string": lambda v: isinstance(v, string_types),
-    "integer": lambda v: (isinstance(v, integer_types) and not isinstance(v, bool))
-    or (isinstance(v, float) and v.is_integer()),
+    "integer": lambda v: (
+        (isinstance(v, integer_types) and not isinstance(v, bool))
+        or (isinstance(v, float) and v.is_integer())
+    ),
     "number": lambda v: isinstance(v, integer_types + (float,)) and not isinstance(v, bool),
     "boolean": lambda v: isinstance(v, bool),
     "object": lambda v: isinstance(v, dict),
@@ -161,12 +165,15 @@ def _check(value, schema, root, path):
     if kind is not None:
         kinds = kind if isinstance(kind, list) else [kind]
         if not any(_TYPES[k](value) for k in kinds if k in _TYPES):
-            raise SchemaError(path, "expected {0}, got {1}".format(" or ".join(kinds), _name(value)))
+            raise SchemaError(
+                path, "expected {0}, got {1}".format(" or ".join(kinds), _name(value))
+            )
     if "const" in schema and value != schema["const"]:
         raise SchemaError(path, "expected {0!r}".format(schema["const"]))
     if "enum" in schema and not any(_same(value, option) for option in schema["enum"]):
         raise SchemaError(
-            path, "{0!r} is not one of {1}".format(value, ", ".join(repr(e) for e in schema["enum"]))
+            path,
+            "{0!r} is not one of {1}".format(value, ", ".join(repr(e) for e in schema["enum"])),
         )
     if isinstance(value, string_types):
         _check_string(value, schema, path)

@@ -1,4 +1,6 @@
 # -*- coding: utf-8 -*-
+# Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
+# ruff: noqa: B904, RUF005, UP004, UP009, UP010, UP030, UP032
 """The blocking client and worker of the legacy runtime.
 
 ::
@@ -58,9 +60,7 @@ def open_transport(url, options):
 
         return RedisTransport(url, options)
     raise ConfigurationError(
-        "the legacy runtime speaks nats://host:port and redis://host:port/db, not {0!r}".format(
-            url
-        )
+        "the legacy runtime speaks nats://host:port and redis://host:port/db, not {0!r}".format(url)
     )
 
 
@@ -116,8 +116,17 @@ class Client(object):
 
     # encoding ---------------------------------------------------------------------
 
-    def encode(self, channel, message, reply_channel=None, reply_to=None, trace=None,
-               headers=None, contract=None, message_id=None):
+    def encode(
+        self,
+        channel,
+        message,
+        reply_channel=None,
+        reply_to=None,
+        trace=None,
+        headers=None,
+        contract=None,
+        message_id=None,
+    ):
         """Check ``message`` against ``channel``'s contract and encode the envelope."""
         if contract is None and "!" not in channel:
             contract = self.schemas.contract(channel)
@@ -158,8 +167,14 @@ class Client(object):
         validate_channel(channel)
         self.connect()
         message_id = new_message_id()
-        data = self.encode(channel, message, reply_channel=reply_channel, headers=headers,
-                           trace=trace, message_id=message_id)
+        data = self.encode(
+            channel,
+            message,
+            reply_channel=reply_channel,
+            headers=headers,
+            trace=trace,
+            message_id=message_id,
+        )
         self.transport.send(channel, data)
         return message_id
 
@@ -168,8 +183,13 @@ class Client(object):
         validate_group(group)
         self.connect()
         sent_at = now_ms()
-        data = encode(message, id=new_message_id(), sent_at=sent_at,
-                      expires_at=sent_at + self._expiry_ms, trace=trace or None)
+        data = encode(
+            message,
+            id=new_message_id(),
+            sent_at=sent_at,
+            expires_at=sent_at + self._expiry_ms,
+            trace=trace or None,
+        )
         self.transport.group_send(group, data)
 
     def group_add(self, group, channel):
@@ -202,8 +222,9 @@ class Client(object):
         if self._inbox is None:
             self._inbox = self.transport.new_channel("inbox")
         message_id = new_message_id()
-        data = self.encode(channel, message, reply_channel=self._inbox, trace=trace,
-                           message_id=message_id)
+        data = self.encode(
+            channel, message, reply_channel=self._inbox, trace=trace, message_id=message_id
+        )
         self.transport.send(channel, data)
         deadline = monotonic() + timeout
         while True:
@@ -271,8 +292,9 @@ class Client(object):
                     return message
             left = None if deadline is None else deadline - monotonic()
             if left is not None and left <= 0:
-                raise RequestTimeout("nothing arrived on {0!r} within {1}s".format(
-                    channel, timeout))
+                raise RequestTimeout(
+                    "nothing arrived on {0!r} within {1}s".format(channel, timeout)
+                )
             transport.want(channel, 1)
             self._poll(1.0 if left is None else min(left, 1.0))
 
@@ -289,14 +311,19 @@ class Client(object):
                 except SchemaError as exc:
                     raise MessageInvalid(
                         "message on {0!r} does not fit {1}: {2}".format(
-                            channel, contract.name, exc),
+                            channel, contract.name, exc
+                        ),
                         channel=channel,
                         message_id=message.id,
                     )
             return message
         except MessageInvalid as exc:
-            log.warning("invalid message %s on %s dropped: %s",
-                        exc.message_id or peek_id(data) or "(no id)", channel, exc)
+            log.warning(
+                "invalid message %s on %s dropped: %s",
+                exc.message_id or peek_id(data) or "(no id)",
+                channel,
+                exc,
+            )
             return None
 
     def _poll(self, timeout):
@@ -317,8 +344,9 @@ class Client(object):
         if request.reply_channel is None:
             raise SvcbusError("message {0} has no reply channel to answer".format(request.id))
         contract = self.schemas.reply_contract(channel) if channel else None
-        data = self.encode(request.reply_channel, body, reply_to=request.id,
-                           trace=request.trace, contract=contract)
+        data = self.encode(
+            request.reply_channel, body, reply_to=request.id, trace=request.trace, contract=contract
+        )
         self.transport.send(request.reply_channel, data)
 
     def reply_error(self, request, error):
@@ -342,7 +370,7 @@ class Context(object):
     through the legacy worker stays one trace.
     """
 
-    __slots__ = ("client", "channel", "message", "replied")
+    __slots__ = ("channel", "client", "message", "replied")
 
     def __init__(self, client, channel, message):
         self.client = client
@@ -374,8 +402,9 @@ class Context(object):
 
     def send(self, channel, message, reply_channel=None):
         """Send ``message`` on ``channel`` (validated against its contract)."""
-        return self.client.send(channel, message, reply_channel=reply_channel,
-                                trace=self.message.trace)
+        return self.client.send(
+            channel, message, reply_channel=reply_channel, trace=self.message.trace
+        )
 
     def request(self, channel, message, timeout=None):
         """Send a request and return the reply body."""
@@ -427,12 +456,14 @@ class Consumer(object):
     @property
     def name(self):
         """``module.function`` of the consumer."""
-        return "{0}.{1}".format(getattr(self.func, "__module__", "?"),
-                                getattr(self.func, "__name__", self.func))
+        return "{0}.{1}".format(
+            getattr(self.func, "__module__", "?"), getattr(self.func, "__name__", self.func)
+        )
 
 
 def _positional_count(func):
-    spec = getattr(inspect, "getfullargspec", None) or getattr(inspect, "getargspec")
+    # getargspec through getattr: Python 2 has no getfullargspec, Python 3.11 no getargspec.
+    spec = getattr(inspect, "getfullargspec", None) or getattr(inspect, "getargspec")  # noqa: B009
     target = func if inspect.isfunction(func) or inspect.ismethod(func) else func.__call__
     args = spec(target).args
     if inspect.ismethod(target):
@@ -463,15 +494,16 @@ def consumes(channel):
 class Stats(object):
     """Counters of one consumer."""
 
-    __slots__ = ("received", "processed", "failed", "invalid", "expired", "dead_lettered")
+    __slots__ = ("dead_lettered", "expired", "failed", "invalid", "processed", "received")
 
     def __init__(self):
         self.received = self.processed = self.failed = 0
         self.invalid = self.expired = self.dead_lettered = 0
 
     def __repr__(self):
-        return "Stats({0})".format(", ".join(
-            "{0}={1}".format(k, getattr(self, k)) for k in self.__slots__))
+        return "Stats({0})".format(
+            ", ".join("{0}={1}".format(k, getattr(self, k)) for k in self.__slots__)
+        )
 
 
 class Worker(Client):
@@ -483,16 +515,24 @@ class Worker(Client):
     ``dead_letter`` names a channel that gets a DeadLetter for every invalid message.
     """
 
-    def __init__(self, url, consumers=None, schemas=None, dead_letter=None,
-                 prefetch=DEFAULT_PREFETCH, **options):
+    def __init__(
+        self,
+        url,
+        consumers=None,
+        schemas=None,
+        dead_letter=None,
+        prefetch=DEFAULT_PREFETCH,
+        **options,
+    ):
         Client.__init__(self, url, schemas=schemas, **options)
         if consumers is None:
             found = list(registered)
         else:
             found = []
             for item in consumers:
-                found.extend([item] if isinstance(item, Consumer) else
-                             getattr(item, CONSUMERS_ATTR, ()))
+                found.extend(
+                    [item] if isinstance(item, Consumer) else getattr(item, CONSUMERS_ATTR, ())
+                )
         if not found:
             raise ConfigurationError("no consumers: mark functions with @consumes(channel)")
         self.consumers = dict((c.channel, c) for c in found)
@@ -522,14 +562,26 @@ class Worker(Client):
                         break
                     self._recover(exc, lambda: self._stopping)
                     continue
-                if item is not None:
+                if item is None:
+                    continue
+                try:
                     self._handle(item[0], item[1])
+                except LayerError as exc:
+                    log.error(
+                        "message on %s: the connection failed while handling it: %s", item[0], exc
+                    )
+                except Exception:  # the last safety net: the loop never dies of one message
+                    log.exception("unexpected error while handling a message on %s", item[0])
         finally:
             for signum, previous in restore.items():
                 signal.signal(signum, previous)
             self.close()
-            log.info("legacy worker stopped (%s)", ", ".join(
-                "{0}: {1} processed".format(c, s.processed) for c, s in self.stats.items()))
+            log.info(
+                "legacy worker stopped (%s)",
+                ", ".join(
+                    "{0}: {1} processed".format(c, s.processed) for c, s in self.stats.items()
+                ),
+            )
 
     def _install_signals(self):
         if threading.current_thread().name != "MainThread":
@@ -576,7 +628,8 @@ class Worker(Client):
                 body = message.body = contract.validate(body)
             except SchemaError as exc:
                 reason = "message on {0!r} does not fit {1}: {2}".format(
-                    channel, contract.name, exc)
+                    channel, contract.name, exc
+                )
                 self._reject(channel, data, message.id, reason)
                 return
         consumer = self.consumers[channel]
@@ -587,28 +640,28 @@ class Worker(Client):
             stats.failed += 1
             log.exception("consumer %s failed on message %s", consumer.name, message.id)
             if message.reply_channel is not None:
-                self._send_quietly(lambda: self.reply_error(message, exc))
+                self._send_quietly(message, exc)
             return
         if message.reply_channel is not None and not ctx.replied:
             try:
                 self.reply(message, result, channel=channel)
             except SvcbusError as exc:
-                log.error("reply of %s to %s failed: %s", consumer.name, message.reply_channel,
-                          exc)
-                self._send_quietly(lambda: self.reply_error(message, exc))
+                log.error("reply of %s to %s failed: %s", consumer.name, message.reply_channel, exc)
+                self._send_quietly(message, exc)
         stats.processed += 1
 
-    def _send_quietly(self, send):
+    def _send_quietly(self, message, error):
         try:
-            send()
+            self.reply_error(message, error)
         except SvcbusError as exc:
             log.error("could not send a failure report: %s", exc)
 
     def _reject(self, channel, data, message_id, reason):
         self.stats[channel].invalid += 1
         message_id = message_id or peek_id(data)
-        log.warning("invalid message %s on %s dropped: %s", message_id or "(no id)", channel,
-                    reason)
+        log.warning(
+            "invalid message %s on %s dropped: %s", message_id or "(no id)", channel, reason
+        )
         if self.dead_letter is None:
             return
         letter = {
@@ -619,8 +672,14 @@ class Worker(Client):
         }
         try:
             sent_at = now_ms()
-            encoded = encode(letter, id=new_message_id(), contract="DeadLetter", version=1,
-                             sent_at=sent_at, expires_at=sent_at + self._expiry_ms)
+            encoded = encode(
+                letter,
+                id=new_message_id(),
+                contract="DeadLetter",
+                version=1,
+                sent_at=sent_at,
+                expires_at=sent_at + self._expiry_ms,
+            )
             self.transport.send(self.dead_letter, encoded)
             self.stats[channel].dead_lettered += 1
         except SvcbusError as exc:

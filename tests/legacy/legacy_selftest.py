@@ -1,4 +1,6 @@
 # -*- coding: utf-8 -*-
+# Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
+# ruff: noqa: UP009, UP010, UP020, UP030, UP032
 """The legacy package's own tests: standard library only (unittest), any interpreter.
 
 Run with the package importable as ``svcbus_legacy`` (a copy of sdk/legacy)::
@@ -21,16 +23,18 @@ from collections import OrderedDict
 import svcbus_legacy as legacy
 from svcbus_legacy.schema import SchemaError, validate
 
-PROTOCOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs",
-                        "protocol.md")
+PROTOCOL = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "protocol.md"
+)
 
 
 def vector(name):
     """The JSON block after `<!-- vector: NAME -->` in docs/protocol.md, as bytes."""
     with io.open(PROTOCOL, encoding="utf-8") as handle:
         text = handle.read()
-    match = re.search(r"<!-- vector: " + re.escape(name) + r" -->.*?```json\n(.*?)\n```", text,
-                      re.S)
+    match = re.search(
+        r"<!-- vector: " + re.escape(name) + r" -->.*?```json\n(.*?)\n```", text, re.S
+    )
     assert match, "vector {0!r} missing".format(name)
     return match.group(1).encode("utf-8")
 
@@ -43,21 +47,46 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 CASES = {
     "message": dict(
-        body=od(("room", "lobby"), ("nick", "ada"), ("text", "hi")), id="5f0c3a9e12d41",
-        contract="ChatPosted", version=1, sent_at=1767225600000, expires_at=1767225660000),
+        body=od(("room", "lobby"), ("nick", "ada"), ("text", "hi")),
+        id="5f0c3a9e12d41",
+        contract="ChatPosted",
+        version=1,
+        sent_at=1767225600000,
+        expires_at=1767225660000,
+    ),
     "request": dict(
-        body=od(("room", "lobby")), id="5f0c3a9e12d42", contract="StatsQuery", version=2,
-        sent_at=1767225600123, expires_at=1767225660123,
-        reply_channel="inbox.9a8b7c6d!01f2e3d4c5b6", trace=od(("traceparent", TRACEPARENT))),
+        body=od(("room", "lobby")),
+        id="5f0c3a9e12d42",
+        contract="StatsQuery",
+        version=2,
+        sent_at=1767225600123,
+        expires_at=1767225660123,
+        reply_channel="inbox.9a8b7c6d!01f2e3d4c5b6",
+        trace=od(("traceparent", TRACEPARENT)),
+    ),
     "reply": dict(
-        body=od(("room", "lobby"), ("messages", 3)), id="77aa01be03c21", contract="StatsReply",
-        version=1, sent_at=1767225600200, expires_at=1767225660200, reply_to="5f0c3a9e12d42"),
+        body=od(("room", "lobby"), ("messages", 3)),
+        id="77aa01be03c21",
+        contract="StatsReply",
+        version=1,
+        sent_at=1767225600200,
+        expires_at=1767225660200,
+        reply_to="5f0c3a9e12d42",
+    ),
     "error-reply": dict(
-        body=None, id="77aa01be03c22", sent_at=1767225600250, expires_at=1767225660250,
-        reply_to="5f0c3a9e12d42", error=("ValueError", 'room "x" is unknown')),
+        body=None,
+        id="77aa01be03c22",
+        sent_at=1767225600250,
+        expires_at=1767225660250,
+        reply_to="5f0c3a9e12d42",
+        error=("ValueError", 'room "x" is unknown'),
+    ),
     "untyped": dict(
-        body=od(("text", "na\u00efve \u2713 \u0000 \U0001f680")), id="01", sent_at=0,
-        headers=od(("x-tenant", "acme"))),
+        body=od(("text", "na\u00efve \u2713 \u0000 \U0001f680")),
+        id="01",
+        sent_at=0,
+        headers=od(("x-tenant", "acme")),
+    ),
 }
 
 
@@ -82,9 +111,18 @@ class VectorTest(unittest.TestCase):
         for name in CASES:
             m = legacy.decode(vector(name))
             again = legacy.encode(
-                m.body, id=m.id, contract=m.contract, version=m.version, sent_at=m.sent_at,
-                expires_at=m.expires_at, reply_channel=m.reply_channel, reply_to=m.reply_to,
-                trace=m.trace, headers=m.headers, error=m.error)
+                m.body,
+                id=m.id,
+                contract=m.contract,
+                version=m.version,
+                sent_at=m.sent_at,
+                expires_at=m.expires_at,
+                reply_channel=m.reply_channel,
+                reply_to=m.reply_to,
+                trace=m.trace,
+                headers=m.headers,
+                error=m.error,
+            )
             self.assertEqual(again, vector(name), name)
 
     def test_bad_input_is_refused_with_a_reason(self):
@@ -96,7 +134,7 @@ class VectorTest(unittest.TestCase):
             (b'{"v":1,"id":"a","b":{}}', "at: must be an integer"),
             (b'{"v":1,"id":"a","at":1}', "b: missing"),
             (b'{"v":1,"id":"a","at":1,"h":{"x":1},"b":{}}', "h: must be an object of strings"),
-            (b'\xff\xfe', "not JSON"),
+            (b"\xff\xfe", "not JSON"),
         ]:
             with self.assertRaises(legacy.MessageInvalid) as caught:
                 legacy.decode(data, "chat.in")
@@ -118,14 +156,27 @@ class NameTest(unittest.TestCase):
     def test_rules(self):
         for good in ["chat.receive", "a", "edge.3f9a01bc!7d2e44a0c1f9", "x-y_z.0"]:
             self.assertEqual(legacy.validate_channel(good), good)
-        for bad in ["Chat", "a..b", ".a", "a.", "a*", "a.>", "a b", "a!b!c", "a" * 101, "",
-                    "caf\u00e9", "a!"]:
+        for bad in [
+            "Chat",
+            "a..b",
+            ".a",
+            "a.",
+            "a*",
+            "a.>",
+            "a b",
+            "a!b!c",
+            "a" * 101,
+            "",
+            "caf\u00e9",
+            "a!",
+        ]:
             self.assertRaises(legacy.InvalidChannelName, legacy.validate_channel, bad)
         self.assertRaises(legacy.InvalidChannelName, legacy.validate_group, "a!b")
 
 
 # What pydantic's model_json_schema emits for a contract using most field kinds.
-SCHEMA = json.loads("""
+SCHEMA = json.loads(
+    """
 {"$defs": {"Color": {"enum": ["red", "blue"], "title": "Color", "type": "string"},
            "Inner": {"properties": {"x": {"default": 3, "title": "X", "type": "integer"}},
                      "title": "Inner", "type": "object"}},
@@ -144,7 +195,9 @@ SCHEMA = json.loads("""
          "type": "number"},
    "k": {"const": "fixed", "default": "fixed", "type": "string"}},
  "required": ["a"], "title": "M", "type": "object"}
-""", object_pairs_hook=OrderedDict)
+""",
+    object_pairs_hook=OrderedDict,
+)
 
 
 class SchemaTest(unittest.TestCase):
@@ -182,11 +235,14 @@ class SchemaTest(unittest.TestCase):
             self.assertIn(reason, str(caught.exception).replace("u'", "'"))
 
     def test_schema_file(self):
-        schemas = legacy.ChannelSchemas.from_dict({
-            "svcbus_schemas": 1,
-            "channels": {"m.in": {"contract": "M", "version": 2, "schema": SCHEMA,
-                                  "reply": None}},
-        })
+        schemas = legacy.ChannelSchemas.from_dict(
+            {
+                "svcbus_schemas": 1,
+                "channels": {
+                    "m.in": {"contract": "M", "version": 2, "schema": SCHEMA, "reply": None}
+                },
+            }
+        )
         self.assertEqual(schemas.contract("m.in").version, 2)
         self.assertIsNone(schemas.reply_contract("m.in"))
         self.assertIsNone(schemas.contract("other"))

@@ -251,3 +251,51 @@ async def test_bad_input_is_logged_and_skipped(legacy: LegacyWorker) -> None:
     assert "invalid message (no id) on lg.add dropped: undecodable" in log
     assert "bad1" in log and "does not fit LAdd: a: expected integer, got string" in log
     assert "bad2" in log and "b: missing" in log
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [pytest.param("nats", marks=pytest.mark.nats), pytest.param("redis", marks=pytest.mark.redis)],
+)
+async def test_server_restart_mid_stream_legacy_worker_reconnects(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    server = request.getfixturevalue(f"{kind}_server")
+    worker = LegacyWorker(server.url, tmp_path)
+    worker.start()
+    seen: Seen = []
+    sent_after_restart: list[int] = []
+    restarted = False
+    try:
+        async with Runtime(async_service(seen), server.url).running() as runtime:
+
+            async def produce() -> None:
+                n = 0
+                while True:
+                    try:
+                        await runtime.bus.send("lg.count", {"n": n})
+                        if restarted:
+                            sent_after_restart.append(n)
+                    except Exception:  # the server is down: at-most-once, try the next one
+                        pass
+                    n += 1
+                    await anyio.sleep(0.01)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce)
+                await wait_until(lambda: len(seen) >= 20)
+                await anyio.to_thread.run_sync(server.stop)
+                await anyio.sleep(1.0)  # the worker notices and backs off meanwhile
+                await anyio.to_thread.run_sync(server.start)
+                restarted = True
+                await wait_until(
+                    lambda: any(n in sent_after_restart for _, n in seen if isinstance(n, int)),
+                    timeout=30,
+                )
+                tg.cancel_scope.cancel()
+    finally:
+        worker.stop()
+    log = worker.log_text()
+    assert log.count("lost connection") == 1, log  # logged once, not once per retry
+    assert "reconnected" in log, log
+    assert worker.proc is not None and worker.proc.returncode == 0, log

@@ -1,0 +1,74 @@
+"""The legacy package stays Python 2.7 compatible and self-contained.
+
+* ``vermin`` checks the syntax and library use against Python 2.7 and 3.2
+  (``-t=3-`` would demand Python 3.0, which nobody runs: argparse and
+  OrderedDict arrived in 3.1/3.2).
+* The package's own stdlib-only tests (``legacy_selftest.py``) run on this
+  CPython 3 and on PyPy3 when ``/usr/bin/pypy3`` exists, from a copy of
+  sdk/legacy alone with site-packages disabled.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+LEGACY = HERE.parent.parent / "sdk" / "legacy"
+VERMIN_TARGETS = ["-t=2.7-", "-t=3.2-"]
+
+
+def vermin() -> str:
+    found = shutil.which("vermin") or str(Path(sys.executable).with_name("vermin"))
+    if not Path(found).exists():
+        pytest.skip("vermin is not installed (pip install vermin)")
+    return found
+
+
+def test_vermin_finds_no_violation_for_python_2_7_and_3() -> None:
+    result = subprocess.run(
+        [vermin(), *VERMIN_TARGETS, "--no-tips", "--violations", str(LEGACY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Minimum required versions: 2.7, 3.2" in result.stdout, result.stdout
+
+
+def test_the_package_imports_nothing_of_svcbus() -> None:
+    for path in LEGACY.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "import svcbus" not in text and "from svcbus" not in text, path
+        assert "from __future__ import absolute_import" in text, path
+
+
+@pytest.mark.parametrize(
+    "interpreter",
+    [
+        pytest.param(sys.executable, id="cpython3"),
+        pytest.param(
+            "/usr/bin/pypy3",
+            id="pypy3",
+            marks=pytest.mark.skipif(
+                not Path("/usr/bin/pypy3").exists(), reason="no /usr/bin/pypy3 on this host"
+            ),
+        ),
+    ],
+)
+def test_selftest_passes_from_a_lone_copy(interpreter: str, tmp_path: Path) -> None:
+    shutil.copytree(LEGACY, tmp_path / "svcbus_legacy")
+    result = subprocess.run(
+        # -S: no site-packages, so neither svcbus nor pydantic can sneak in.
+        [interpreter, "-S", str(HERE / "legacy_selftest.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stderr, result.stderr

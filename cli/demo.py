@@ -49,17 +49,20 @@ def demo(
     tab to talk to yourself). The default layer is the embedded memory://;
     --layer runs the same on NATS or Redis. Ctrl-C (or SIGTERM) stops it.
     """
-    host, port_given = parse_bind(bind)
+    host, bind_port = parse_bind(bind)
+    port = bind_port if port is None else port
     url = layer_url(layer)
+    # Process-wide setup (logging; tracing options would go here too) comes
+    # before the app is built, so the services start with it in place.
     setup_logging(log_level)
     try:
         app = demo_app(url)
     except SvcbusError as exc:
         fail(str(exc))
     try:
-        sock = listen(host, port if port is not None else port_given)
+        sock = listen(host, port)
     except OSError as exc:
-        fail(f"cannot listen on {host}:{port_given}: {exc.strerror or exc}; try --port 0")
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}; try --port 0")
     address = f"{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
 
     def ready() -> None:

@@ -101,7 +101,10 @@ class HistoryReply(Contract, version=1):
 
 
 class HistoryQuery(Contract, channel="chat.history", version=1, reply=HistoryReply):
-    """Ask the chat service for a room's latest messages (also ``GET /api/history/{room}``)."""
+    """Ask the chat service for a room's latest messages.
+
+    The edge also serves it as ``GET /api/history/{room}?limit=20``.
+    """
 
     room: Room
     limit: int = Field(

@@ -26,7 +26,11 @@ log = logging.getLogger("services.example_chat")
 BAD_REQUEST = 4400
 """Close code for a connection whose room or nickname is invalid (4000-4999: application)."""
 
-service = Service("chat", description=__doc__ or "")
+service = Service(
+    "chat",
+    description="WebSocket chat rooms behind the edge: puts each socket in its room's group, "
+    "fans posts out, keeps each room's last 50 messages for newcomers, publishes chat events.",
+)
 rooms = Rooms()
 """This process's rooms (tests may replace it with a fresh ``Rooms()``)."""
 

@@ -18,7 +18,11 @@ from svcbus.edge import Send
 
 from .counters import Counters
 
-service = Service("stats", description=__doc__ or "")
+service = Service(
+    "stats",
+    description="Counts messages and users per room from the chat events, answers stats.get "
+    "and pushes every change live to the room's stats group.",
+)
 counters = Counters()
 """This process's counters (tests may replace it with a fresh ``Counters()``)."""
 

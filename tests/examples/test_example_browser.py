@@ -185,10 +185,15 @@ def test_two_pages_chat_a_third_sees_nothing_and_bad_input_is_harmless(
     expect(ada.locator("#messages li.system", has_text="bob left.")).to_have_count(1)
     expect(ada.locator("#stat-users")).to_have_text("1")
 
-    # a newcomer gets the history
-    cy = browser.page("?room=lobby&nick=cy")
+    # a newcomer gets the history; a nickname is text too
+    nick = "<i>cy</i>"
+    cy = browser.page("?room=lobby&nick=%3Ci%3Ecy%3C%2Fi%3E")
     joined(cy, expect)
     assert texts(cy) == texts(ada)
+    expect(ada.locator("#users li")).to_have_text(["<i>cy</i>", "ada"])
+    post(cy, "hello")
+    expect(ada.locator("#messages li.message .nick").last).to_have_text(nick)
+    assert ada.locator("#messages i, #users i").count() == 0
 
     assert browser.problems == []
     assert browser.blocked == []

@@ -14,6 +14,10 @@ portal) and hands every call over to that loop::
 One ``BlockingBus`` is meant to be shared: any number of threads may call it at
 once (the calls are queued onto the one loop, and all requests share one reply
 inbox), so a web process opens one at startup instead of one per request.
+
+A ``memory://`` hub lives in one event loop: two BlockingBus objects have two
+loops, so on ``memory://`` run the services in the client's own loop with
+:meth:`BlockingBus.serve`. NATS and Redis have no such limit.
 """
 
 from __future__ import annotations

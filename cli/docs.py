@@ -155,7 +155,7 @@ def _load_object(ref: str) -> Any:
 
     module_name, sep, attribute = ref.partition(":")
     if not sep or not attribute:
-        fail(f"--routes {ref!r}: write MODULE:ATTR, e.g. services.example_chat.edge:routes")
+        fail(f"--routes {ref!r}: write MODULE:ATTR, e.g. services.example_chat.routing:routes")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

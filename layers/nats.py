@@ -89,14 +89,21 @@ CONNECT_TIMEOUT = 5.0
 RECONNECT_WAIT = 0.5
 """Seconds between reconnection attempts to one server."""
 
-CONSUMER_INACTIVE = 3600.0
-"""A channel's consumer is deleted by the server after this long without receivers."""
+PREFETCH = 64
+"""Messages a process pulls ahead of its waiting receivers, per named channel.
+
+Runtime workers take one message each; pulling only what they wait for would
+cost a pull request per message. Prefetched messages are this process's (they
+are acknowledged on arrival); ``close()`` returns unread ones to the channel.
+"""
+
 
 DEFAULT_PENDING_MSGS = 65_536
 DEFAULT_PENDING_BYTES = 64 * 1024 * 1024
 
 _SWEEP_INTERVAL = 1.0
 _STREAM_CONFIG_DIFFERS = 10058
+_CONSUMER_EXISTS = (10013, 10148)
 _STREAM_FULL_CODES = (10077, 10078)  # maximum messages / bytes exceeded
 _OK = b'{"ok":true}'
 
@@ -140,7 +147,7 @@ class _Incoming:
         self.items: deque[bytes] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.demand = 0  # sum of the limits of waiting receivers
-        self.prefetch = 1  # one batch ahead: a receiver usually comes back
+        self.prefetch = PREFETCH  # ahead of demand: receivers usually come back
         self.requested = 0  # pulled for but not yet arrived
         self.pull_deadline = 0.0
         self.ready: asyncio.Future[None] | None = None
@@ -584,7 +591,7 @@ class NatsLayer(Layer):
         recreated may overtake them.
         """
         try:
-            await self._ensure_stream(out.channel, out.stream, out.subject, for_send=True)
+            await self._ensure_channel(out.channel, out.stream, out.subject, for_send=True)
             while out.retry:
                 retry, out.retry = out.retry, []
                 for message in retry:
@@ -648,7 +655,10 @@ class NatsLayer(Layer):
         return api.StreamConfig(
             name=stream,
             subjects=[subject],
-            retention=api.RetentionPolicy.WORK_QUEUE,
+            # Interest retention with one no-ack consumer: a message leaves the stream
+            # when it is delivered, so the stream holds exactly the waiting messages
+            # (what capacity counts) and no per-message acknowledgement is needed.
+            retention=api.RetentionPolicy.INTEREST,
             storage=api.StorageType.MEMORY,
             discard=api.DiscardPolicy.NEW,
             max_msgs=self.options.capacity_for(channel),
@@ -657,18 +667,25 @@ class NatsLayer(Layer):
             num_replicas=1,
         )
 
-    async def _ensure_stream(
+    async def _ensure_channel(
         self, channel: str, stream: str, subject: str, *, for_send: bool
     ) -> None:
-        """Create the channel's stream; a sender also applies its capacity and expiry.
+        """Create the channel's stream and shared consumer; a sender applies its settings.
 
         Capacity and expiry are properties of the channel stored in its stream. The
         sending side decides them (it is the side that gets ``ChannelFull``), so a
         sender updates a stream made with other settings; a receiver uses it as is.
+        The consumer must exist before the first message: an interest-retention
+        stream keeps messages only for existing consumers.
         """
         nc = await self._client()
         js = nc.jetstream()
         config = self._stream_config(channel, stream, subject)
+        consumer = api.ConsumerConfig(
+            durable_name=CONSUMER,
+            ack_policy=api.AckPolicy.NONE,  # at-most-once: delivered is done
+            max_waiting=512,
+        )
         for attempt in range(8):
             try:
                 try:
@@ -678,6 +695,11 @@ class NatsLayer(Layer):
                         raise
                     if for_send:
                         await js.update_stream(config)
+                try:
+                    await js.add_consumer(stream, consumer)
+                except APIError as exc:
+                    if exc.err_code not in _CONSUMER_EXISTS:  # made with other settings: fine
+                        raise
                 return
             except nats.errors.NoRespondersError:
                 error: BaseException = LayerError(
@@ -690,28 +712,7 @@ class NatsLayer(Layer):
             await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
         if isinstance(error, LayerError):
             raise error
-        raise LayerError(f"cannot create the NATS stream for {channel!r}: {error!r}")
-
-    async def _ensure_consumer(self, box: _Incoming) -> None:
-        nc = await self._client()
-        js = nc.jetstream()
-        config = api.ConsumerConfig(
-            durable_name=CONSUMER,
-            ack_policy=api.AckPolicy.EXPLICIT,  # work-queue streams require it
-            ack_wait=30.0,
-            max_deliver=-1,
-            max_ack_pending=-1,
-            max_waiting=512,
-            inactive_threshold=CONSUMER_INACTIVE,
-        )
-        try:
-            await js.add_consumer(box.stream, config)
-        except APIError as exc:
-            # Made by a process with other settings: it still serves us.
-            if exc.err_code not in (10013, 10148):
-                raise LayerError(f"cannot create the consumer of {box.channel!r}: {exc}") from None
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise LayerError(f"cannot create the consumer of {box.channel!r}: {exc!r}") from None
+        raise LayerError(f"cannot set up the NATS stream of {channel!r}: {error!r}")
 
     async def _open_outgoing(self, channel: str) -> _Outgoing:
         opening = self._opening_out.get(channel)
@@ -721,7 +722,7 @@ class NatsLayer(Layer):
         self._opening_out[channel] = future
         try:
             stream, subject = self._stream_name(channel), f"{self._ch_root}{channel}"
-            await self._ensure_stream(channel, stream, subject, for_send=True)
+            await self._ensure_channel(channel, stream, subject, for_send=True)
             out = self._outgoing[channel] = _Outgoing(channel, stream, subject)
             future.set_result(out)
             return out
@@ -748,8 +749,7 @@ class NatsLayer(Layer):
                     box.inbox, cb=self._pull_handler(box), **self._limits()
                 )
                 subject = f"{self._ch_root}{channel}"
-                await self._ensure_stream(channel, box.stream, subject, for_send=False)
-                await self._ensure_consumer(box)
+                await self._ensure_channel(channel, box.stream, subject, for_send=False)
             except BaseException as exc:
                 del self._incoming[channel]
                 if box.sub is not None:
@@ -775,8 +775,7 @@ class NatsLayer(Layer):
             while not self._closed:
                 try:
                     subject = f"{self._ch_root}{box.channel}"
-                    await self._ensure_stream(box.channel, box.stream, subject, for_send=False)
-                    await self._ensure_consumer(box)
+                    await self._ensure_channel(box.channel, box.stream, subject, for_send=False)
                     break
                 except LayerError as exc:
                     log.warning("receiving from %s is paused: %s", box.channel, exc)
@@ -798,8 +797,6 @@ class NatsLayer(Layer):
                 await self._pull_status(box, msg.headers)
                 return
             box.requested -= 1
-            # Acknowledge on arrival: the message is this process's now (at-most-once).
-            await self._nc.publish(msg.reply, b"")  # type: ignore[union-attr]
             items.append(msg.data)
             if waiters:
                 _wake(waiters)
@@ -831,8 +828,14 @@ class NatsLayer(Layer):
 
         ``taking`` is how many buffered messages the caller is about to take.
         """
-        want = box.demand + box.prefetch + taking - len(box.items) - box.requested
+        target = box.demand + box.prefetch
+        have = len(box.items) - taking + box.requested
+        want = target - have
         if want <= 0 or box.recovering:
+            return
+        if have > 0 and want * 2 < target:
+            # Top up in chunks of at least half the target: a steady trickle must not
+            # become one pull request per message. With nothing in hand, always pull.
             return
         box.requested += want
         box.pull_deadline = time.monotonic() + PULL_EXPIRES + 3.0
@@ -860,7 +863,8 @@ class NatsLayer(Layer):
 
     async def _receive_named(self, box: _Incoming, limit: int) -> list[bytes]:
         items = box.items
-        box.prefetch = limit
+        if limit > box.prefetch:
+            box.prefetch = limit
         while True:
             if items:
                 # Top up before taking: no await may come between taking messages and

@@ -33,7 +33,7 @@ from svcbus import (
 )
 
 nats = pytest.importorskip("nats")
-from svcbus.layers.nats import NatsLayer  # noqa: E402
+from svcbus.layers.nats import PREFETCH, NatsLayer  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
@@ -150,9 +150,10 @@ async def test_slow_named_receiver_leaves_the_backlog_on_the_server(nats_url: st
             assert await receiver.receive("backlog") == str(i).encode()
             await anyio.sleep(0.05)
         box = receiver._incoming["backlog"]
-        assert len(box.items) + box.requested <= 2  # its demand plus one ahead, no more
+        # Its demand plus the prefetch window, no more: the rest waits at the server.
+        assert len(box.items) + box.requested <= 1 + PREFETCH
         info = await sender.connection.jetstream().stream_info(box.stream)
-        assert info.state.messages >= 2000 - 5 - 2
+        assert info.state.messages == 2000 - 5 - len(box.items) - box.requested
     finally:
         await sender.close()
         await receiver.close()

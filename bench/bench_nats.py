@@ -1,0 +1,403 @@
+"""NATS layer: svcbus vs raw nats-py vs FastStream, one server, one run.
+
+    python bench/bench_nats.py [--quick]
+
+Starts its own ``nats-server -js`` on a free loopback port and measures:
+
+1. **Flood**: N chat messages, publisher and consumer in separate processes,
+   from the publisher's first send to the consumer's last message. Every
+   consumer validates each message with the same pydantic contract
+   (``BenchChat``). svcbus goes through JetStream (the messages wait in a
+   stream until a receiver pulls them); raw nats-py and FastStream use core
+   NATS pub/sub (a message with no subscriber is gone), published by raw nats-py.
+2. **Request/reply**: sequential requests to a responder process; per-request
+   latency p50/p99. svcbus: ``Bus.request`` to a ``Runtime`` consumer (request on
+   a JetStream channel, reply on a process channel); raw: ``nc.request`` to a
+   subscription callback that validates and answers.
+3. **Group fan-out**: ``group_send`` to M member channels spread over 4
+   processes; time until every member has received (and validated) it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+from common import BenchChat, chat, percentiles, print_table  # noqa: E402
+from servers import NatsServer  # noqa: E402
+
+FLOOD_SUBJECT = "bench.flood"
+CHANNEL = "bench.chat"
+
+
+def _payloads(count: int) -> list[bytes]:
+    return [chat(i).model_dump_json().encode() for i in range(count)]
+
+
+# 1. flood --------------------------------------------------------------------------------
+
+
+def flood_consumer(kind: str, url: str, count: int, ready: Any, result: Any) -> None:
+    """Consume ``count`` messages, validating each; report when the last one arrived."""
+    asyncio.run(_flood_consumer(kind, url, count, ready, result))
+
+
+async def _flood_consumer(kind: str, url: str, count: int, ready: Any, result: Any) -> None:
+    done = asyncio.Event()
+    received = 0
+
+    def got_one() -> None:
+        nonlocal received
+        received += 1
+        if received == count:
+            done.set()
+
+    if kind == "raw":
+        import nats
+
+        nc = await nats.connect(url)
+
+        async def on_message(msg: Any) -> None:
+            BenchChat.model_validate_json(msg.data)
+            got_one()
+
+        await nc.subscribe(FLOOD_SUBJECT, cb=on_message)
+        await nc.flush()
+        ready.set()
+        await done.wait()
+        result.value = time.monotonic()
+        await nc.close()
+    elif kind == "faststream":
+        from faststream.nats import NatsBroker
+
+        broker = NatsBroker(url, logger=None)
+
+        @broker.subscriber(FLOOD_SUBJECT)
+        async def on_chat(message: BenchChat) -> None:
+            got_one()
+
+        await broker.start()
+        ready.set()
+        await done.wait()
+        result.value = time.monotonic()
+        await broker.stop()
+    else:
+        from svcbus import Runtime, Service, open_layer
+
+        service = Service("bench-flood")
+
+        @service.consumes(CHANNEL)
+        async def on_chat(message: BenchChat) -> None:
+            got_one()
+
+        runtime = Runtime(service, open_layer(url))
+        async with runtime.running():
+            ready.set()
+            await done.wait()
+            result.value = time.monotonic()
+
+
+async def _flood_publish(kind: str, url: str, count: int) -> float:
+    """Publish ``count`` chat messages; returns the monotonic start time."""
+    if kind == "svcbus":
+        from svcbus import Bus
+
+        messages = [chat(i) for i in range(count)]
+        async with Bus(url) as bus:
+            await bus.layer.connect()
+            await bus.send(CHANNEL, chat(-1))  # warm: the stream exists
+            started = time.monotonic()
+            for message in messages:
+                await bus.send(CHANNEL, message)
+            await bus.layer.flush()
+        return started
+    import nats
+
+    nc = await nats.connect(url)
+    started = time.monotonic()
+    for i in range(count):
+        # Same work as Bus.send: validate and encode each message.
+        await nc.publish(FLOOD_SUBJECT, chat(i).model_dump_json().encode())
+    await nc.flush()
+    await nc.close()
+    return started
+
+
+def flood(kind: str, url: str, count: int) -> float:
+    """Messages per second, publish start to last message consumed, across two processes."""
+    ctx = mp.get_context("spawn")
+    ready, result = ctx.Event(), ctx.Value("d", 0.0)
+    extra = 1 if kind == "svcbus" else 0  # the warm-up message
+    consumer = ctx.Process(target=flood_consumer, args=(kind, url, count + extra, ready, result))
+    consumer.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError(f"{kind} consumer did not start")
+        time.sleep(0.5)
+        started = asyncio.run(_flood_publish(kind, url, count))
+        consumer.join(300)
+        if consumer.exitcode != 0 or not result.value:
+            raise RuntimeError(f"{kind} consumer failed (exit code {consumer.exitcode})")
+    finally:
+        if consumer.is_alive():
+            consumer.terminate()
+            consumer.join()
+    return count / (result.value - started)
+
+
+# 2. request/reply ----------------------------------------------------------------------------
+
+
+def responder(kind: str, url: str, ready: Any, stop: Any) -> None:
+    asyncio.run(_responder(kind, url, ready, stop))
+
+
+async def _responder(kind: str, url: str, ready: Any, stop: Any) -> None:
+    async def until_stopped() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+
+    if kind == "raw":
+        import nats
+
+        nc = await nats.connect(url)
+
+        async def on_request(msg: Any) -> None:
+            BenchChat.model_validate_json(msg.data)
+            await msg.respond(msg.data)
+
+        await nc.subscribe("bench.echo", cb=on_request)
+        await nc.flush()
+        ready.set()
+        await until_stopped()
+        await nc.close()
+    else:
+        from svcbus import Runtime, Service, open_layer
+
+        service = Service("bench-echo")
+
+        @service.consumes(CHANNEL)
+        async def echo(message: BenchChat) -> BenchChat:
+            return message
+
+        async with Runtime(service, open_layer(url)).running():
+            ready.set()
+            await until_stopped()
+
+
+async def _requests(kind: str, url: str, count: int) -> list[float]:
+    samples: list[float] = []
+    message = chat(1)
+    if kind == "raw":
+        import nats
+
+        nc = await nats.connect(url)
+        for _ in range(count + 50):
+            started = time.perf_counter()
+            reply = await nc.request("bench.echo", message.model_dump_json().encode(), timeout=5)
+            BenchChat.model_validate_json(reply.data)
+            samples.append(time.perf_counter() - started)
+        await nc.close()
+    else:
+        from svcbus import Bus
+
+        async with Bus(url) as bus:
+            for _ in range(count + 50):
+                started = time.perf_counter()
+                await bus.request(CHANNEL, message, reply_type=BenchChat)
+                samples.append(time.perf_counter() - started)
+    return samples[50:]  # the first ones warm connections, streams and caches
+
+
+def request_reply(kind: str, url: str, count: int) -> tuple[float, float]:
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    server = ctx.Process(target=responder, args=(kind, url, ready, stop))
+    server.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError(f"{kind} responder did not start")
+        samples = asyncio.run(_requests(kind, url, count))
+    finally:
+        stop.set()
+        server.join(10)
+        if server.is_alive():
+            server.terminate()
+            server.join()
+    return percentiles(samples)
+
+
+# 3. group fan-out ---------------------------------------------------------------------------
+
+
+def group_member(url: str, members: int, rounds: int, ready: Any, reports: Any) -> None:
+    asyncio.run(_group_member(url, members, rounds, ready, reports))
+
+
+async def _group_member(url: str, members: int, rounds: int, ready: Any, reports: Any) -> None:
+    from svcbus import open_layer
+    from svcbus.envelope import envelope_type
+
+    decode = envelope_type(BenchChat).model_validate_json
+    layer = open_layer(url)
+    await layer.connect()
+    channels = [await layer.new_channel("member") for _ in range(members)]
+    for channel in channels:
+        await layer.group_add("bench.room", channel)
+    counts = [0] * rounds
+    finished = asyncio.Event()
+
+    async def member(channel: str) -> None:
+        for _ in range(rounds):
+            seq = decode(await layer.receive(channel)).b.seq
+            counts[seq] += 1
+            if counts[seq] == members:
+                reports.put((seq, time.monotonic()))
+                if seq == rounds - 1:
+                    finished.set()
+
+    tasks = [asyncio.ensure_future(member(channel)) for channel in channels]
+    ready.release()
+    await finished.wait()
+    for task in tasks:
+        task.cancel()
+    await layer.close()
+
+
+def group_fanout(
+    url: str, total_members: int, rounds: int, processes: int = 4
+) -> tuple[float, float]:
+    """p50/p99 of group_send -> the last of ``total_members`` members has the message."""
+    ctx = mp.get_context("spawn")
+    ready, reports = ctx.Semaphore(0), ctx.Queue()
+    per_process = total_members // processes
+    workers = [
+        ctx.Process(target=group_member, args=(url, per_process, rounds, ready, reports))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for _ in workers:
+            if not ready.acquire(timeout=120):
+                raise RuntimeError("group member processes did not start")
+        samples = asyncio.run(_group_rounds(url, rounds, processes, reports))
+    finally:
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+    return percentiles(samples)
+
+
+async def _group_rounds(url: str, rounds: int, processes: int, reports: Any) -> list[float]:
+    from svcbus import Bus
+
+    samples = []
+    async with Bus(url) as bus:
+        for seq in range(rounds):
+            started = time.monotonic()
+            await bus.group_send("bench.room", chat(seq))
+            last = 0.0
+            for _ in range(processes):
+                got_seq, at = await asyncio.to_thread(reports.get, True, 60)
+                assert got_seq == seq, (got_seq, seq)
+                last = max(last, at)
+            samples.append(last - started)
+            await asyncio.sleep(0.02)
+    return samples
+
+
+# main ----------------------------------------------------------------------------------------------
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts (a quick look)")
+    args = parser.parse_args()
+    flood_n, requests_n = (10_000, 1_000) if args.quick else (100_000, 5_000)
+    groups = [(100, 20), (1_000, 20)] if args.quick else [(1_000, 50), (10_000, 20)]
+
+    with NatsServer() as server:
+        base = server.url
+        svc_url = f"{base}?prefix=bflood&capacity={flood_n * 2}"
+        step: Callable[[str], None] = lambda what: print(f"... {what}", file=sys.stderr)  # noqa: E731
+
+        step(f"flood {flood_n:,}: raw nats-py")
+        raw = flood("raw", base, flood_n)
+        step(f"flood {flood_n:,}: svcbus")
+        ours = flood("svcbus", svc_url, flood_n)
+        step(f"flood {flood_n:,}: FastStream")
+        fast = flood("faststream", base, flood_n)
+        print_table(
+            f"Flood: {flood_n:,} chat messages, publisher and consumer in separate processes",
+            ["system", "msg/s", "vs raw nats-py", "svcbus vs it"],
+            [
+                [
+                    "raw nats-py (core pub/sub, callback + validate)",
+                    f"{raw:,.0f}",
+                    "1.00x",
+                    _ratio(ours, raw),
+                ],
+                [
+                    "svcbus (JetStream work queue, Runtime)",
+                    f"{ours:,.0f}",
+                    _ratio(ours, raw),
+                    "1.00x",
+                ],
+                [
+                    "FastStream NATS subscriber",
+                    f"{fast:,.0f}",
+                    _ratio(fast, raw),
+                    _ratio(ours, fast),
+                ],
+            ],
+        )
+
+        step(f"request/reply {requests_n:,}: raw nats-py")
+        raw_p50, raw_p99 = request_reply("raw", base, requests_n)
+        step(f"request/reply {requests_n:,}: svcbus")
+        our_p50, our_p99 = request_reply("svcbus", f"{base}?prefix=breq", requests_n)
+        print_table(
+            f"Request/reply: {requests_n:,} sequential requests, responder in another process",
+            ["system", "p50 ms", "p99 ms", "p50 vs raw"],
+            [
+                ["raw nats-py request", f"{raw_p50:.3f}", f"{raw_p99:.3f}", "1.00x"],
+                [
+                    "svcbus Bus.request -> Runtime",
+                    f"{our_p50:.3f}",
+                    f"{our_p99:.3f}",
+                    _ratio(our_p50, raw_p50),
+                ],
+            ],
+        )
+
+        rows = []
+        for members, rounds in groups:
+            step(f"group_send to {members:,} members over 4 processes, {rounds} rounds")
+            p50, p99 = group_fanout(f"{base}?prefix=bgroup", members, rounds)
+            rows.append([f"{members:,}", "4", str(rounds), f"{p50:.1f}", f"{p99:.1f}"])
+        print_table(
+            "Group fan-out: one group_send until every member has it (validated)",
+            ["members", "processes", "sends", "p50 ms", "p99 ms"],
+            rows,
+        )
+
+
+if __name__ == "__main__":
+    main()

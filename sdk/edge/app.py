@@ -24,6 +24,7 @@ from ..errors import ConfigurationError
 from ..layer import Layer
 from ..runtime import Runtime
 from ..service import Service
+from . import tracing
 from .contracts import EdgeReply, Identity
 from .groups import Fanout
 from .http import Receive, handle_request, send_error, send_response
@@ -163,7 +164,11 @@ class EdgeApp:
         if kind == "websocket":
             await handle_websocket(self, scope, receive, send)
         elif kind == "http":
-            await self._http(scope, receive, send)
+            bus = self._bus
+            if bus is not None and bus.tracer is not None:
+                await tracing.serve_http(self, bus.tracer, scope, receive, send)
+            else:
+                await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 

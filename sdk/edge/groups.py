@@ -29,6 +29,7 @@ import anyio
 
 from ..errors import SvcbusError
 from ..names import validate_group
+from . import tracing
 
 if TYPE_CHECKING:
     from .app import EdgeApp
@@ -133,6 +134,8 @@ class Fanout:
         receive_many = edge.bus.layer.receive_many
         decode = edge.decode_reply
         members = local.members
+        tracer = edge.bus.tracer  # decided once per group, not per message
+        system = edge.bus.layer.system
         while True:
             try:
                 batch = await receive_many(local.channel, GROUP_BATCH)
@@ -144,6 +147,9 @@ class Fanout:
                 item = decode(data)
                 if item is None:
                     continue
+                span = (
+                    None if tracer is None else tracing.start_delivery(tracer, system, local, data)
+                )
                 kind, payload = item
                 if kind == SEND:
                     # send_eagerly never awaits, so the set cannot change under the loop.
@@ -159,6 +165,8 @@ class Fanout:
                         local.name,
                         type(payload).__name__,
                     )
+                if span is not None:
+                    span.end()
 
 
 def send_eagerly(conn: Connection, event: dict[str, Any]) -> None:

@@ -21,12 +21,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic_core import from_json
 
 from ..errors import ChannelFull, InvalidChannelName, SvcbusError
+from . import tracing
 from .contracts import (
     Accept,
     Close,
@@ -93,6 +95,7 @@ class Connection:
         "reply_channel",
         "route",
         "send",
+        "span",
         "subprotocols",
         "tokens",
     )
@@ -123,6 +126,8 @@ class Connection:
         self.closed = False
         self.tokens = float(edge.limits.burst)
         self.last = time.monotonic()
+        self.span: Any = None
+        """Tracing on: the open connect span, then its SpanContext (for links). Else None."""
 
     # replies from consumers -----------------------------------------------------------
 
@@ -250,12 +255,18 @@ class Connection:
                 return INVALID_DATA
         return 0
 
-    async def forward(self, text: str | None, binary: bytes | None) -> None:
-        """Send one frame to the route's receive channel."""
+    async def forward(
+        self,
+        text: str | None,
+        binary: bytes | None,
+        trace: dict[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> bool:
+        """Send one frame to the route's receive channel; False if it was dropped."""
         self.order += 1
         channel = self.route.receive
         if channel is None:
-            return
+            return True
         bus = self.edge.bus
         message = WebSocketReceive.model_construct(
             reply_channel=self.reply_channel,
@@ -266,12 +277,17 @@ class Connection:
             text=text,
             binary=binary,
         )
+        data = bus.encode(
+            channel, message, contract=WebSocketReceive, trace=trace, message_id=message_id
+        )
         try:
-            await bus.layer.send(channel, bus.encode(channel, message, contract=WebSocketReceive))
+            await bus.layer.send(channel, data)
         except ChannelFull:
             # At-most-once: a frame the consumers cannot take now is dropped, not queued.
             self.edge.stats.dropped += 1
             log.debug("frame from %s dropped: %s is full", self.path, channel)
+            return False
+        return True
 
 
 async def handle_websocket(
@@ -310,6 +326,8 @@ async def handle_websocket(
         edge, route, scope["path"], params, identity, send, list(scope.get("subprotocols", ()))
     )
     conn.reply_channel = await edge.bus.new_channel("edge")
+    if edge.bus.tracer is not None:
+        conn.span = tracing.start_connect(edge.bus.tracer, conn, scope)
     announce = [_announcement(conn, request)] if route.connect is not None else []
     # Headers and query travel once, on connect; a long-lived connection keeps none of it
     # (nor does any frame: _serve pops the encoded announcement and drops it once sent).
@@ -336,7 +354,10 @@ def _announcement(conn: Connection, request: Any) -> bytes:
         identity=conn.identity,
         order=0,
     )
-    return conn.edge.bus.encode(channel, message, contract=WebSocketConnect)
+    trace, message_id = tracing.outgoing(conn.span) if conn.span is not None else (None, None)
+    return conn.edge.bus.encode(
+        channel, message, contract=WebSocketConnect, trace=trace, message_id=message_id
+    )
 
 
 async def _serve(
@@ -361,6 +382,7 @@ async def _serve(
             announced = True
             if not await _await_verdict(conn):
                 return
+        tracing.end_connect(conn)
         if conn.closed:
             return
         conn.subprotocols = ()
@@ -372,6 +394,7 @@ async def _serve(
         if pump is not None:
             pump.cancel()
             await asyncio.wait([pump])
+        tracing.end_connect(conn)  # refused or failed before the verdict
         await _cleanup(conn, code, announced)
 
 
@@ -418,6 +441,7 @@ async def _await_verdict(conn: Connection) -> bool:
 
 async def _read_frames(conn: Connection, receive: Receive) -> int:
     """Client -> bus until the client disconnects or breaks a limit; returns the close code."""
+    forward = conn.forward if conn.span is None else partial(tracing.forward, conn)
     while True:
         message = await receive()
         kind = message["type"]
@@ -428,7 +452,7 @@ async def _read_frames(conn: Connection, receive: Receive) -> int:
             if code:
                 await _close_quietly(conn.send, code)
                 return code
-            await conn.forward(text, binary)
+            await forward(text, binary)
         elif kind == "websocket.disconnect":
             return int(message.get("code", 1000))
 
@@ -458,12 +482,17 @@ async def _cleanup(conn: Connection, code: int, announced: bool) -> None:
                 code=code,
             )
             channel = conn.route.disconnect
+            span = tracing.start_disconnect(conn, code) if conn.span is not None else None
+            trace, message_id = tracing.outgoing(span) if span is not None else (None, None)
+            data = bus.encode(
+                channel, message, contract=WebSocketDisconnect, trace=trace, message_id=message_id
+            )
             try:
-                await bus.layer.send(
-                    channel, bus.encode(channel, message, contract=WebSocketDisconnect)
-                )
+                await bus.layer.send(channel, data)
             except SvcbusError as exc:
                 log.warning("disconnect of %s not delivered to %s: %s", conn.path, channel, exc)
+            if span is not None:
+                span.end()
 
 
 async def deny(scope: dict[str, Any], send: AsgiSend, status: int, reason: str) -> None:

@@ -299,6 +299,7 @@ class Runtime:
                     len(data),
                     envelope.tc,
                 ) as span:
+                    span.set_attribute("svcbus.service", self.service.name)
                     outcome = self._call_sync(consumer, envelope, ctx)
                     if isinstance(outcome, Exception):
                         tracing.mark_failed(span, outcome)
@@ -371,6 +372,7 @@ class Runtime:
             len(data),
             envelope.tc,
         ) as span:
+            span.set_attribute("svcbus.service", self.service.name)
             error = await self._invoke(bound, envelope)
             if error is not None:
                 tracing.mark_failed(span, error)

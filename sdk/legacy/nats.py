@@ -5,10 +5,11 @@
 
 The mapping (subject root ``svcbus``), kept byte-compatible with the async layer:
 
-* named channel ``chat.receive``: JetStream work-queue stream ``svcbus_ch_chat:receive``
-  on subject ``svcbus.ch.chat.receive``, read through the shared durable pull consumer
-  ``receivers`` (``$JS.API.CONSUMER.MSG.NEXT.<stream>.receivers``); each pulled message
-  is acknowledged on arrival (at-most-once);
+* named channel ``chat.receive``: JetStream stream ``svcbus_ch_chat:receive`` (interest
+  retention) on subject ``svcbus.ch.chat.receive``, read through the shared durable pull
+  consumer ``receivers`` with ``ack_policy: none``
+  (``$JS.API.CONSUMER.MSG.NEXT.<stream>.receivers``): a message leaves the stream when it
+  is delivered (at-most-once). Senders create the consumer too, before publishing;
 * process channel ``inbox.<token>!<local>``: core subject ``svcbus.p.inbox.<token>.<local>``;
 * group ``room.lobby``: core subject ``svcbus.g.room.lobby``; ``group_add`` of another
   process's channel is a request to ``svcbus.ctl.<token>``; named-channel members are
@@ -267,8 +268,7 @@ class NatsTransport(object):
         # A restarted server has lost its memory streams and every pull request.
         for box in self._incoming.values():
             box.requested = 0
-            self._ensure_stream(box.channel, box.stream, for_send=False)
-            self._ensure_consumer(box)
+            self._ensure_channel(box.channel, box.stream, for_send=False)
 
     def _ensure_up(self):
         if self._closed:
@@ -484,7 +484,7 @@ class NatsTransport(object):
         return {
             "name": stream,
             "subjects": [self._ch_root + channel],
-            "retention": "workqueue",
+            "retention": "interest",
             "max_msgs": self.options.capacity_for(channel),
             "discard": "new",
             "discard_new_per_subject": False,
@@ -543,31 +543,39 @@ class NatsTransport(object):
             time.sleep(min(2.0, 0.1 * 2**attempt))
         raise error
 
-    def _ensure_consumer(self, box):
+    def _ensure_consumer(self, channel, stream):
+        # Exactly what nats-py sends for the async layer's ConsumerConfig.
         request = {
-            "stream_name": box.stream,
+            "stream_name": stream,
             "config": {
                 "durable_name": CONSUMER,
                 "deliver_policy": "all",
-                "ack_policy": "explicit",
-                "ack_wait": 30 * _NS,
-                "max_deliver": -1,
+                "ack_policy": "none",
                 "replay_policy": "instant",
                 "max_waiting": 512,
-                "max_ack_pending": -1,
-                "inactive_threshold": int(CONSUMER_INACTIVE * _NS),
+                "ack_wait": 0,
                 "idle_heartbeat": 0,
+                "inactive_threshold": 0,
             },
         }
-        subject = "$JS.API.CONSUMER.DURABLE.CREATE.{0}.{1}".format(box.stream, CONSUMER)
+        subject = "$JS.API.CONSUMER.DURABLE.CREATE.{0}.{1}".format(stream, CONSUMER)
         status, data = self._request(subject, to_bytes(json.dumps(request)), API_TIMEOUT)
         problem = json.loads(to_text(data)).get("error") if data else {"description": status}
         if problem and problem.get("err_code") not in _CONSUMER_EXISTS:
             raise LayerError(
                 "cannot create the consumer of {0!r}: {1}".format(
-                    box.channel, problem.get("description", problem)
+                    channel, problem.get("description", problem)
                 )
             )
+
+    def _ensure_channel(self, channel, stream, for_send):
+        """Stream and shared consumer of a named channel.
+
+        Interest retention keeps messages only for existing consumers, so senders
+        create the consumer too, before their first publish.
+        """
+        self._ensure_stream(channel, stream, for_send)
+        self._ensure_consumer(channel, stream)
 
     def send(self, channel, message):
         """Put ``message`` on ``channel``; ChannelFull reports an earlier refusal too."""
@@ -587,7 +595,7 @@ class NatsTransport(object):
         if refused is not None:
             raise LayerError("NATS refused a message for {0!r}: {1}".format(channel, refused))
         if channel not in self._streams_out:
-            self._ensure_stream(channel, self._stream_name(channel), for_send=True)
+            self._ensure_channel(channel, self._stream_name(channel), for_send=True)
             self._streams_out.add(channel)
         # Pipelined: the acknowledgement comes back on <root>.a.<seq>; a refusal is
         # raised by the next send to the channel (or by flush_acks).
@@ -642,8 +650,7 @@ class NatsTransport(object):
             self._stream_name(channel),
             "{0}.p{1}".format(self._root, len(self._incoming) + 1),
         )
-        self._ensure_stream(channel, box.stream, for_send=False)
-        self._ensure_consumer(box)
+        self._ensure_channel(channel, box.stream, for_send=False)
         box.sid = self._subscribe(box.inbox, self._pull_handler(box))
         self._incoming[channel] = box
         self.buffers.setdefault(channel, deque())
@@ -677,10 +684,8 @@ class NatsTransport(object):
                 if status not in ("404", "408", "409"):
                     log.debug("pull status %s on %s", status, box.channel)
                 return
+            # No acknowledgement: the consumer is ack-none (delivered is done).
             box.requested = max(0, box.requested - 1)
-            if reply:
-                # Acknowledge on arrival: the message is ours now (at-most-once).
-                self._write(b"PUB " + reply + b" 0\r\n\r\n")
             buffer.append(payload)
 
         return on_message
@@ -842,7 +847,7 @@ class NatsTransport(object):
             self._held[key] = (held[0], until)
             return
         if channel not in self._streams_out:
-            self._ensure_stream(channel, self._stream_name(channel), for_send=True)
+            self._ensure_channel(channel, self._stream_name(channel), for_send=True)
             self._streams_out.add(channel)
         subject = self._ch_root + channel
 

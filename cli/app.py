@@ -117,6 +117,16 @@ def run(
         str | None, typer.Option(help="Channel that receives messages no consumer could take.")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    trace: Annotated[
+        str,
+        typer.Option(
+            "--trace",
+            envvar="SVCBUS_TRACE",
+            metavar="[off|console|otlp]",
+            help="Trace spans: print them to stderr (console) or export them over OTLP/HTTP "
+            "(OTEL_EXPORTER_OTLP_* variables). Needs the tracing extra.",
+        ),
+    ] = "off",
 ) -> None:
     """Run a service's consumers until SIGINT/SIGTERM (in-flight messages finish)."""
     from svcbus import Runtime, load_service, open_layer
@@ -125,6 +135,10 @@ def run(
     url = layer_url(layer)
     try:
         svc = load_service(service)
+        if trace != "off":
+            from svcbus.telemetry import setup_tracing
+
+            setup_tracing(trace, svc.name)
         runtime = Runtime(svc, open_layer(url), concurrency=concurrency, dead_letter=dead_letter)
     except SvcbusError as exc:
         fail(str(exc))

@@ -42,6 +42,16 @@ def demo(
     ] = None,
     layer: LayerOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "warning",
+    trace: Annotated[
+        str,
+        typer.Option(
+            "--trace",
+            envvar="SVCBUS_TRACE",
+            metavar="[off|console|otlp]",
+            help="Trace the example (service svcbus-demo; spans name edge, chat or stats): "
+            "console prints each trace to stderr, otlp exports it. Needs the tracing extra.",
+        ),
+    ] = "off",
 ) -> None:
     """Run the example chat: the edge, the chat and the stats services in one process.
 
@@ -52,10 +62,15 @@ def demo(
     host, bind_port = parse_bind(bind)
     port = bind_port if port is None else port
     url = layer_url(layer)
-    # Process-wide setup (logging; tracing options would go here too) comes
+    # Process-wide setup (logging, tracing) comes
     # before the app is built, so the services start with it in place.
     setup_logging(log_level)
     try:
+        if trace != "off":
+            from svcbus.telemetry import setup_tracing
+
+            # One provider for the process; spans carry svcbus.service (edge, chat, stats).
+            setup_tracing(trace, "svcbus-demo")
         app = demo_app(url)
     except SvcbusError as exc:
         fail(str(exc))

@@ -28,6 +28,16 @@ def edge(
         int, typer.Option(min=1, help="Worker processes (each holds its own connections).")
     ] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    trace: Annotated[
+        str,
+        typer.Option(
+            "--trace",
+            envvar="SVCBUS_TRACE",
+            metavar="[off|console|otlp]",
+            help="Trace requests and frames (service svcbus-edge): console prints spans to "
+            "stderr, otlp exports them (OTEL_EXPORTER_OTLP_*). Needs the tracing extra.",
+        ),
+    ] = "off",
 ) -> None:
     """Serve ROUTES as an edge: WebSockets and HTTP in, channel messages out.
 
@@ -40,7 +50,7 @@ def edge(
     except ImportError:
         fail("svc edge needs uvicorn: pip install 'svcbus[edge]'")
     from svcbus.edge import load_edge, uvicorn_options
-    from svcbus.edge.server import LAYER_ENV, ROUTES_ENV
+    from svcbus.edge.server import EDGE_SERVICE_NAME, LAYER_ENV, ROUTES_ENV, TRACE_ENV
 
     host, sep, port_text = bind.rpartition(":")
     if not sep or not port_text.isdigit():
@@ -54,6 +64,10 @@ def edge(
             highlight=False,
         )
     try:
+        if trace != "off" and workers == 1:
+            from svcbus.telemetry import setup_tracing
+
+            setup_tracing(trace, EDGE_SERVICE_NAME)
         app = load_edge(routes, url)
     except SvcbusError as exc:
         fail(str(exc))
@@ -71,6 +85,7 @@ def edge(
     # by name in each process, so it cannot be passed as an object).
     os.environ[ROUTES_ENV] = routes
     os.environ[LAYER_ENV] = url
+    os.environ[TRACE_ENV] = trace  # each worker sets up its own tracer provider
     uvicorn.run("svcbus.edge.server:app_from_env", factory=True, workers=workers, **common)
 
 

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 ROUTES_ENV = "SVCBUS_EDGE_ROUTES"
 LAYER_ENV = "SVCBUS_LAYER"
+TRACE_ENV = "SVCBUS_TRACE"
+EDGE_SERVICE_NAME = "svcbus-edge"
+"""The ``service.name`` of a traced edge process."""
 
 
 def load_edge(ref: str, layer: str | Layer | Bus | None = None) -> EdgeApp:
@@ -63,6 +66,11 @@ def app_from_env() -> EdgeApp:
     ref = os.environ.get(ROUTES_ENV)
     if not ref:
         raise ConfigurationError(f"set {ROUTES_ENV}=module:attribute to name the edge's routes")
+    trace = os.environ.get(TRACE_ENV, "off")
+    if trace != "off":
+        from ..telemetry import setup_tracing
+
+        setup_tracing(trace, EDGE_SERVICE_NAME)
     return load_edge(ref, os.environ.get(LAYER_ENV) or None)
 
 

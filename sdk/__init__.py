@@ -15,6 +15,7 @@ Run it with ``svc run mymodule --layer nats://localhost:4222``.
 """
 
 from . import tracing
+from .blocking import BlockingBus, connect_blocking
 from .bus import Bus, connect
 from .consumer import Consumer, consumes
 from .context import Context
@@ -39,6 +40,7 @@ from .service import Service, load_service
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockingBus",
     "Bus",
     "ChannelFull",
     "ConfigurationError",
@@ -62,6 +64,7 @@ __all__ = [
     "SvcbusError",
     "__version__",
     "connect",
+    "connect_blocking",
     "consumes",
     "load_service",
     "open_layer",

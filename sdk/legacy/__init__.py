@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: UP009, UP010
 """svcbus for old interpreters: a blocking worker and client, standard library only.
 
 This package runs on Python 2.7 and any Python 3 (CPython or PyPy) and imports

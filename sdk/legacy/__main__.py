@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: UP009, UP010, UP030, UP032
 """``python -m svcbus_legacy URL MODULE [MODULE...] [--schemas FILE]``: run a legacy worker.
 
 Imports the modules (their ``@consumes`` functions register themselves) and runs

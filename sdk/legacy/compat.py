@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: UP003, UP009, UP010
 """Python 2 / 3 differences, in one place (standard library only)."""
 
 from __future__ import absolute_import, division, print_function, unicode_literals

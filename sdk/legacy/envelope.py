@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: B904, UP004, UP009, UP010, UP030, UP031, UP032
 """The envelope of docs/protocol.md: encode byte for byte, decode and check.
 
 One message is one UTF-8 JSON object, metadata first in a fixed key order, the

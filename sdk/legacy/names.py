@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: UP009, UP010, UP030, UP032
 """Channel and group names: the rules of docs/protocol.md (same as ``svcbus.names``)."""
 
 from __future__ import absolute_import, division, print_function, unicode_literals

@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: B904, SIM105, UP004, UP009, UP010, UP024, UP030, UP032
 """NATS over a plain socket: the text protocol and the svcbus mapping of ``layers/nats.py``.
 
 The mapping (subject root ``svcbus``), kept byte-compatible with the async layer:

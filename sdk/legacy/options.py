@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: B904, RUF005, UP004, UP009, UP010, UP030, UP032
 """Layer options and layer URLs, as the main SDK reads them (``svcbus.layer``)."""
 
 from __future__ import absolute_import, division, print_function, unicode_literals

@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: B904, RUF005, SIM105, UP004, UP009, UP010, UP024, UP030, UP031, UP032
 """Redis (RESP2) over plain sockets: the svcbus mapping of ``layers/redis.py``.
 
 Same keys, scripts and pub/sub channels as the async layer (prefix ``svcbus``):

@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: B904, RUF005, UP004, UP009, UP010, UP020, UP024, UP030, UP032
 """Contracts for the legacy runtime: JSON Schema from the main SDK, and a small validator.
 
 The main SDK writes the contracts' schemas to a JSON file

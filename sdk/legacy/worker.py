@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: B904, RUF005, UP004, UP009, UP010, UP030, UP032
 """The blocking client and worker of the legacy runtime.
 
 ::

@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: UP009, UP010, UP030
 """A legacy worker for the interop tests: standard library and svcbus_legacy only.
 
 Run as ``python legacy_app.py URL SCHEMAS`` with a copy of sdk/legacy importable

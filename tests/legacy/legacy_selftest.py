@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-# ruff: noqa: UP009, UP010, UP020, UP030, UP032
 """The legacy package's own tests: standard library only (unittest), any interpreter.
 
 Run with the package importable as ``svcbus_legacy`` (a copy of sdk/legacy)::

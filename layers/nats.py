@@ -3,24 +3,27 @@
 ``nats://host:4222`` (or ``tls://``) selects it; ``docs/protocol.md`` writes the
 mapping out for other runtimes. In short, with the subject root ``svcbus``:
 
-* **Named channel** ``chat.receive``: a JetStream work-queue stream of its own,
+* **Named channel** ``chat.receive``: a JetStream stream of its own,
   ``svcbus_ch_chat:receive`` (memory storage, subject ``svcbus.ch.chat.receive``,
   ``max_msgs`` = capacity with discard-new, ``max_age`` = expiry), read through
-  one shared durable pull consumer ``receivers``. A message waits in the stream
-  until some process pulls it, and the work queue hands each message to exactly
-  one pull request: load balancing across processes with no coordination.
-  One stream per channel (not one stream for all) because capacity and expiry
-  differ per channel (``channel_capacity`` patterns) and a stream-wide per-subject
-  limit cannot express that.
+  one shared durable pull consumer ``receivers`` with no acknowledgements and
+  interest retention: a message waits in the stream until some process pulls
+  it, each pull request gets different messages (load balancing across
+  processes with no coordination), and a delivered message leaves the stream,
+  so the stream holds exactly the waiting messages that capacity counts. One
+  stream per channel (not one for all) because capacity and expiry differ per
+  channel (``channel_capacity`` patterns), which a stream-wide per-subject limit
+  cannot express. (A work-queue stream requires an acknowledgement publish per
+  received message; profiled, that cost the consumer more than validating it.)
 * **Sending** is pipelined: every publish carries a reply subject for its
   JetStream acknowledgement, and ``send`` returns without waiting for it. A
   refused message ("maximum messages exceeded") makes the next ``send`` to that
   channel raise :class:`ChannelFull`; ``flush()`` waits for every outstanding
   acknowledgement, so a send, flush, send sequence surfaces it at once.
-* **Receiving** is demand-driven: a process pulls only as many messages as its
-  waiting receivers asked for (plus one batch ahead), acknowledges each on
-  arrival (at-most-once) and keeps them in a local buffer that a cancelled
-  receive leaves intact.
+* **Receiving** is demand-driven: a process pulls what its waiting receivers
+  asked for plus a prefetch window (:data:`PREFETCH`), topping up in chunks,
+  and keeps the messages in a local buffer that a cancelled receive leaves
+  intact (delivered means taken: at-most-once).
 * **Process channel** ``inbox.k3f9a1!c7d2``: core NATS subject
   ``svcbus.p.inbox.k3f9a1.c7d2``; the owner holds one subscription per head
   (``svcbus.p.inbox.k3f9a1.>``) and demuxes into bounded per-channel buffers.
@@ -1194,8 +1197,10 @@ class NatsLayer(Layer):
 
     async def _sweep(self) -> None:
         now = time.monotonic()
+        connected = self._nc is not None and self._nc.is_connected
         # Pull requests the server never answered (a restarted server forgot them).
-        for box in list(self._incoming.values()):
+        # While disconnected there is nothing to ask: the reconnect handler resumes.
+        for box in list(self._incoming.values()) if connected else ():
             if box.recovering:
                 continue
             if box.requested > 0 and now > box.pull_deadline:
@@ -1221,7 +1226,7 @@ class NatsLayer(Layer):
             await self._drop_named(*key)
         # Publishes never acknowledged (written just before the connection broke).
         # Time only counts while connected: during an outage they wait in the buffer.
-        if self._nc is None or not self._nc.is_connected:
+        if not connected:
             self._seq_marks.clear()
             return
         marks = self._seq_marks

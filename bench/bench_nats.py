@@ -363,7 +363,7 @@ def main() -> None:
                     _ratio(ours, raw),
                 ],
                 [
-                    "svcbus (JetStream work queue, Runtime)",
+                    "svcbus (JetStream stream + pull consumer, Runtime)",
                     f"{ours:,.0f}",
                     _ratio(ours, raw),
                     "1.00x",

@@ -334,6 +334,8 @@ class Worker:
         """This round's broadcast latencies, once every live socket got it (or at timeout)."""
         expect = sum(1 for c in self.clients if not c.lost)
         self.expect = expect
+        # Arrivals before this command saw a stale expectation: judge them afresh.
+        self.round_done.clear()
         if len(self.latencies) < expect:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.round_done.wait(), timeout)

@@ -31,8 +31,10 @@ from .service import Service, run_hooks
 log = logging.getLogger("svcbus.runtime")
 
 DEFAULT_CONCURRENCY = 10
+FAST_CALL = 0.0001
+"""Seconds per message under which an ``async def`` consumer's batches grow."""
 FAST_SYNC_CALL = 0.0005
-"""Seconds per message under which a sync consumer's batches grow."""
+"""Seconds per message under which a plain ``def`` consumer's batches grow."""
 DEFAULT_THREADS = 10
 """Worker threads shared by a runtime's plain ``def`` consumers."""
 BATCH_SIZE = 32
@@ -202,14 +204,20 @@ class Runtime:
         workers.cancel()
 
     async def _work(self, bound: _Bound) -> None:
-        if not bound.consumer.is_async:
-            await self._work_sync(bound)
-            return
+        """One worker: take messages from the channel and handle them, until stopped.
+
+        Batches adapt: while handling is quick (a handler that never waits),
+        the worker takes up to BATCH_SIZE messages per receive, saving a
+        wake-up (and, for plain ``def`` consumers, a thread hop) per message;
+        as soon as handling is slow it takes one at a time, so no batch holds
+        messages that idle sibling workers could be handling.
+        """
         receive_many = self.bus.layer.receive_many
         channel = bound.consumer.channel
-        # One worker alone takes whole batches (fewer wake-ups); with several,
-        # each takes one message so a slow handler never holds back others'
-        # messages while its siblings sit idle.
+        if bound.consumer.is_async:
+            handle_batch, fast = self._handle_batch, FAST_CALL
+        else:
+            handle_batch, fast = self._handle_batch_in_thread, FAST_SYNC_CALL
         batch_size = BATCH_SIZE if bound.concurrency == 1 else 1
         worker = _Worker()
         self._workers.add(worker)
@@ -224,9 +232,12 @@ class Runtime:
                     worker.receiving = False
                     # Messages already taken are handled even while stopping.
                     bound.stats.received += len(batch)
-                    now = now_ms()
-                    for data in batch:
-                        await self._handle(bound, data, now)
+                    busy = await handle_batch(bound, batch)
+                    if bound.concurrency > 1:
+                        if busy / len(batch) < fast:
+                            batch_size = min(BATCH_SIZE, batch_size * 2)
+                        else:
+                            batch_size = 1
                     # Handlers that never suspend on a channel that is never empty
                     # must not starve other tasks: yield every BATCH_SIZE messages.
                     unyielded += len(batch)
@@ -236,42 +247,27 @@ class Runtime:
         finally:
             self._workers.discard(worker)
 
-    async def _work_sync(self, bound: _Bound) -> None:
-        """A worker for a plain ``def`` consumer: handles batches in a worker thread.
+    async def _handle_batch(self, bound: _Bound, batch: list[bytes]) -> float:
+        """Handle messages with an ``async def`` consumer; returns the seconds it took."""
+        started = time.perf_counter()
+        now = now_ms()
+        for data in batch:
+            await self._handle(bound, data, now)
+        return time.perf_counter() - started
 
-        One thread hop per batch, not per message. Busy threads stop this
-        worker from taking more messages: backpressure, not a growing queue.
+    async def _handle_batch_in_thread(self, bound: _Bound, batch: list[bytes]) -> float:
+        """Handle messages with a plain ``def`` consumer in one worker-thread hop.
+
+        Busy threads stop the worker from taking more messages: backpressure,
+        not a growing queue. Returns the seconds spent in the thread (waiting
+        for a thread or for the GIL is not the handler being slow).
         """
-        receive_many = self.bus.layer.receive_many
-        channel = bound.consumer.channel
-        # Adaptive batches: one thread hop per message costs more than a fast
-        # handler, so while handlers are quick a worker takes up to BATCH_SIZE
-        # at once; a slow handler drops it back to one message per hop, so no
-        # batch holds messages that idle threads could be handling.
-        batch_size = 1
-        worker = _Worker()
-        self._workers.add(worker)
-        try:
-            with worker.scope:
-                while not self._stopping:
-                    worker.receiving = True
-                    batch = await receive_many(channel, batch_size)
-                    worker.receiving = False
-                    bound.stats.received += len(batch)
-                    outcomes, busy = await anyio.to_thread.run_sync(
-                        self._handle_in_thread, bound, batch, now_ms(), limiter=self._threads
-                    )
-                    # Time measured inside the thread: waiting for a thread or
-                    # for the GIL is not the handler being slow.
-                    per_message = busy / len(batch)
-                    if per_message < FAST_SYNC_CALL:
-                        batch_size = min(BATCH_SIZE, batch_size * 2)
-                    else:
-                        batch_size = 1
-                    for outcome in outcomes:
-                        await self._finish(bound, *outcome)
-        finally:
-            self._workers.discard(worker)
+        outcomes, busy = await anyio.to_thread.run_sync(
+            self._handle_in_thread, bound, batch, now_ms(), limiter=self._threads
+        )
+        for outcome in outcomes:
+            await self._finish(bound, *outcome)
+        return busy
 
     def _handle_in_thread(
         self, bound: _Bound, batch: list[bytes], now: int

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -615,20 +616,23 @@ class NatsLayer(Layer):
         While the connection is down this waits for the reconnection, up to
         ``ack_timeout`` seconds in all, then raises :class:`LayerError`.
         """
+        await self._flush(self.ack_timeout)
+
+    async def _flush(self, timeout: float) -> None:
         nc = await self._client()
-        deadline = time.monotonic() + self.ack_timeout
+        deadline = time.monotonic() + timeout
         while not nc.is_connected:
             if nc.is_closed:
                 raise LayerError("the NATS connection is closed; open a new layer")
             if time.monotonic() >= deadline:
                 raise LayerError(
-                    f"the NATS connection has been down for over {self.ack_timeout:g}s; "
+                    f"the NATS connection has been down for over {timeout:g}s; "
                     f"{len(self._in_flight)} messages wait in the reconnect buffer and go out "
                     "when the server is back (is nats-server running?)"
                 )
             await asyncio.sleep(0.05)
         try:
-            await asyncio.wait_for(_round_trip(nc), max(0.1, deadline - time.monotonic()))
+            await _round_trip(nc, max(0.1, deadline - time.monotonic()))
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise _connection_error(exc) from None
         mark = self._seq
@@ -641,7 +645,7 @@ class NatsLayer(Layer):
             if left <= 0:
                 raise LayerError(
                     f"NATS did not acknowledge {len(self._in_flight)} messages within "
-                    f"{self.ack_timeout:g}s: the server is down or overloaded"
+                    f"{timeout:g}s: the server is down or overloaded"
                 )
             self._acked = acked = asyncio.Event()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -689,20 +693,26 @@ class NatsLayer(Layer):
             ack_policy=api.AckPolicy.NONE,  # at-most-once: delivered is done
             max_waiting=512,
         )
+        # Born without its subject: an interest-retention stream drops what is
+        # published while it has no consumer, so the subject is set only once the
+        # consumer exists (by whoever sets it).
+        newborn = dataclasses.replace(config, subjects=[f"{self.prefix}.newch.{channel}"])
         for attempt in range(8):
             try:
                 try:
-                    await js.add_stream(config)
+                    await js.add_stream(newborn)
+                    created = True
                 except APIError as exc:
                     if exc.err_code != _STREAM_CONFIG_DIFFERS:
                         raise
-                    if for_send:
-                        await js.update_stream(config)
+                    created = False  # it exists (or another process is making it)
                 try:
                     await js.add_consumer(stream, consumer)
                 except APIError as exc:
                     if exc.err_code not in _CONSUMER_EXISTS:  # made with other settings: fine
                         raise
+                if created or for_send:
+                    await js.update_stream(config)
                 return
             except nats.errors.NoRespondersError:
                 error: BaseException = LayerError(
@@ -1266,7 +1276,7 @@ class NatsLayer(Layer):
                             await nc.publish(subject, data)
                         box.items.clear()
                 with contextlib.suppress(LayerError):
-                    await asyncio.wait_for(self.flush(), 3.0)
+                    await self._flush(3.0)
         except (nats.errors.Error, asyncio.TimeoutError):
             pass
         finally:
@@ -1284,7 +1294,7 @@ class NatsLayer(Layer):
 # helpers -----------------------------------------------------------------------------------
 
 
-async def _round_trip(nc: Client) -> None:
+async def _round_trip(nc: Client, timeout: float = 5.0) -> None:
     """Return once the server has processed everything written so far.
 
     nats-py 2.16's ``flush()`` writes its PING straight to the socket, ahead of
@@ -1296,8 +1306,8 @@ async def _round_trip(nc: Client) -> None:
     if flush_pending is not None:
         await flush_pending(force_flush=True)
     else:  # a future nats-py without the private hook: a second PING orders after the first
-        await nc.flush()
-    await nc.flush()
+        await nc.flush(timeout)  # type: ignore[arg-type]
+    await nc.flush(timeout)  # type: ignore[arg-type]
 
 
 def _connection_error(exc: BaseException) -> LayerError:

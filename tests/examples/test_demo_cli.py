@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SVC, Processes, isolated, read_url
+from example_support import SVC, Processes, isolated, read_url
 from websockets.sync.client import connect
 
 

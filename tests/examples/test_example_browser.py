@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Processes, read_url
+from example_support import ROOT, Processes, read_url
 
 pytestmark = pytest.mark.browser
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from conftest import FakeSocket
+from example_support import FakeSocket
 
 from contracts.chat import MAX_HISTORY, ChatPosted, HistoryQuery, HistoryReply, RoomLeft
 from services.example_chat import consumers

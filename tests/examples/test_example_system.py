@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Processes, free_port, isolated, wait_for_http
+from example_support import Processes, free_port, isolated, wait_for_http
 from websockets.sync.client import ClientConnection, connect
 
 LAYERS = [

@@ -17,9 +17,9 @@ import anyio
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import BenchChat, Timer, chat, chat_dict, print_table
+from common import Timer, chat, chat_dict, print_table, typed_throughput
 
-from svcbus import Bus, LayerOptions, Runtime, Service
+from svcbus import LayerOptions
 from svcbus.layers.memory import MemoryHub, MemoryLayer
 
 
@@ -27,25 +27,7 @@ async def svcbus_typed(count: int, concurrency: int) -> float:
     """Bus.send (validate + encode) -> Runtime consumer (decode + validate) of BenchChat."""
     options = LayerOptions(capacity=count + 1)
     hub = MemoryHub()
-    service = Service("bench")
-    done = anyio.Event()
-    received = 0
-
-    @service.consumes("bench.chat")
-    async def consume(message: BenchChat) -> None:
-        nonlocal received
-        received += 1
-        if received == count:
-            done.set()
-
-    messages = [chat(i) for i in range(count)]
-    runtime = Runtime(service, MemoryLayer(options, hub=hub), concurrency=concurrency)
-    async with runtime.running(), Bus(MemoryLayer(options, hub=hub)) as bus:
-        with Timer() as timer:
-            for message in messages:
-                await bus.send("bench.chat", message)
-            await done.wait()
-    return count / timer.seconds
+    return await typed_throughput(lambda: MemoryLayer(options, hub=hub), count, concurrency)
 
 
 async def svcbus_raw(count: int) -> float:

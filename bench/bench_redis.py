@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 import redis.asyncio as redis_client  # noqa: E402 - after the sys.path lines
-from common import BenchChat, Timer, chat, chat_dict, percentiles, print_table  # noqa: E402 - after the sys.path lines
+from common import BenchChat, Timer, chat, chat_dict, percentiles, print_table, typed_throughput  # noqa: E402 - after the sys.path lines
 from servers import RedisServer  # noqa: E402 - after the sys.path lines
 
 from svcbus import Bus, Runtime, Service, open_layer  # noqa: E402 - after the sys.path lines
@@ -42,26 +42,7 @@ Row = tuple[str, ...]
 
 async def svcbus_throughput(url: str, count: int, concurrency: int) -> float:
     """Bus.send(BenchChat) in a loop -> Runtime consumer typed as BenchChat."""
-    service = Service("bench")
-    done = asyncio.Event()
-    received = 0
-
-    @service.consumes("bench.chat")
-    async def consume(message: BenchChat) -> None:
-        nonlocal received
-        received += 1
-        if received == count:
-            done.set()
-
-    messages = [chat(i) for i in range(count)]
-    options = {"capacity": count + 1}
-    runtime = Runtime(service, open_layer(url, **options), concurrency=concurrency)
-    async with runtime.running(), Bus(open_layer(url, **options)) as bus:
-        with Timer() as timer:
-            for message in messages:
-                await bus.send("bench.chat", message)
-            await done.wait()
-    return count / timer.seconds
+    return await typed_throughput(lambda: open_layer(url, capacity=count + 1), count, concurrency)
 
 
 async def channels_throughput(layer: Any, count: int, settle: float = 0.0) -> float:

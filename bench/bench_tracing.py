@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 # In a child for the "before" row, PYTHONPATH makes this the old svcbus.
-from common import BenchChat, Timer, chat, print_table  # noqa: E402
+from common import print_table, typed_throughput  # noqa: E402
 
 ROOT = HERE.parent
 BEFORE = "10dcfae^"
@@ -73,7 +73,7 @@ def child(variant: str, count: int) -> None:
     import anyio
 
     import svcbus
-    from svcbus import Bus, LayerOptions, Runtime, Service
+    from svcbus import LayerOptions
     from svcbus.layers.memory import MemoryHub, MemoryLayer
 
     expected = str(WORKTREE if variant == "before" else ROOT)
@@ -84,25 +84,7 @@ def child(variant: str, count: int) -> None:
         # The same code as bench_memory.py's typed row, concurrency 1.
         options = LayerOptions(capacity=count + 1)
         hub = MemoryHub()
-        service = Service("bench")
-        done = anyio.Event()
-        received = 0
-
-        @service.consumes("bench.chat")
-        async def consume(message: BenchChat) -> None:
-            nonlocal received
-            received += 1
-            if received == count:
-                done.set()
-
-        messages = [chat(i) for i in range(count)]
-        runtime = Runtime(service, MemoryLayer(options, hub=hub), concurrency=1)
-        async with runtime.running(), Bus(MemoryLayer(options, hub=hub)) as bus:
-            with Timer() as timer:
-                for message in messages:
-                    await bus.send("bench.chat", message)
-                await done.wait()
-        return count / timer.seconds
+        return await typed_throughput(lambda: MemoryLayer(options, hub=hub), count, 1)
 
     print(f"{anyio.run(run):.1f}")
 

@@ -19,7 +19,9 @@ measured). Measured, for each server:
   request -> consumer -> reply), requests/s and p50/p99.
 
 svcbus runs with its default security and limits (origin check, rate limit,
-header sanitising) except ``max_connections``, raised for 10,000 sockets.
+header sanitising) except ``max_connections``, raised for 10,000 sockets; its
+edge channels get a capacity of 2,000 (the layer default, 100, is sized for
+service channels, not 1,000 clients' frames in flight).
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ def svcbus_app() -> Any:
     )
     return EdgeApp(
         routes,
-        layer="memory://bench",
+        # Room for 1,000 clients' frames in flight: the layer's default capacity
+        # (100 per channel) is meant for service channels, not a busy edge.
+        layer="memory://bench?channel_capacity=bench.ws.*:2000",
         services=[service],
         limits=Limits(max_connections=20_000),
     )

@@ -400,7 +400,7 @@ async def _serve(
 
 async def _send_patiently(bus: Any, channel: str, data: bytes, patience: float) -> bool:
     """Send, retrying while the channel is full: a handshake can wait, a frame cannot."""
-    delay = 0.01
+    delay = 0.002  # short: consumers drain a full channel in milliseconds
     with anyio.move_on_after(patience):
         while True:
             try:
@@ -408,7 +408,7 @@ async def _send_patiently(bus: Any, channel: str, data: bytes, patience: float) 
                 return True
             except ChannelFull:
                 await anyio.sleep(delay)
-                delay = min(delay * 2, 0.2)
+                delay = min(delay * 2, 0.02)
     return False
 
 

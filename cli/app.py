@@ -40,6 +40,19 @@ LayerOption = Annotated[
     ),
 ]
 
+LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning, error.")]
+
+TraceOption = Annotated[
+    str,
+    typer.Option(
+        "--trace",
+        envvar="SVCBUS_TRACE",
+        metavar="[off|console|otlp]",
+        help="Trace spans: print them to stderr (console) or export them over OTLP/HTTP "
+        "(OTEL_EXPORTER_OTLP_* variables). Needs the tracing extra.",
+    ),
+]
+
 
 def layer_url(given: str | None, *, across_processes: bool = False) -> str:
     """The layer URL from the option, else ``SVCBUS_LAYER``, else the embedded default."""
@@ -116,17 +129,8 @@ def run(
     dead_letter: Annotated[
         str | None, typer.Option(help="Channel that receives messages no consumer could take.")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
-    trace: Annotated[
-        str,
-        typer.Option(
-            "--trace",
-            envvar="SVCBUS_TRACE",
-            metavar="[off|console|otlp]",
-            help="Trace spans: print them to stderr (console) or export them over OTLP/HTTP "
-            "(OTEL_EXPORTER_OTLP_* variables). Needs the tracing extra.",
-        ),
-    ] = "off",
+    log_level: LogLevelOption = "info",
+    trace: TraceOption = "off",
 ) -> None:
     """Run a service's consumers until SIGINT/SIGTERM (in-flight messages finish)."""
     from svcbus import Runtime, load_service, open_layer

@@ -19,7 +19,7 @@ import typer
 
 from svcbus.errors import ConfigurationError, SvcbusError
 
-from .app import LayerOption, err, fail, layer_url, setup_logging
+from .app import LayerOption, LogLevelOption, TraceOption, err, fail, layer_url, setup_logging
 
 if TYPE_CHECKING:
     import uvicorn
@@ -41,17 +41,8 @@ def demo(
         ),
     ] = None,
     layer: LayerOption = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "warning",
-    trace: Annotated[
-        str,
-        typer.Option(
-            "--trace",
-            envvar="SVCBUS_TRACE",
-            metavar="[off|console|otlp]",
-            help="Trace the example (service svcbus-demo; spans name edge, chat or stats): "
-            "console prints each trace to stderr, otlp exports it. Needs the tracing extra.",
-        ),
-    ] = "off",
+    log_level: LogLevelOption = "warning",
+    trace: TraceOption = "off",
 ) -> None:
     """Run the example chat: the edge, the chat and the stats services in one process.
 

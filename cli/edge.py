@@ -9,7 +9,7 @@ import typer
 
 from svcbus.errors import SvcbusError
 
-from .app import LayerOption, err, fail, layer_url
+from .app import LayerOption, LogLevelOption, TraceOption, err, fail, layer_url
 
 
 def edge(
@@ -27,17 +27,8 @@ def edge(
     workers: Annotated[
         int, typer.Option(min=1, help="Worker processes (each holds its own connections).")
     ] = 1,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
-    trace: Annotated[
-        str,
-        typer.Option(
-            "--trace",
-            envvar="SVCBUS_TRACE",
-            metavar="[off|console|otlp]",
-            help="Trace requests and frames (service svcbus-edge): console prints spans to "
-            "stderr, otlp exports them (OTEL_EXPORTER_OTLP_*). Needs the tracing extra.",
-        ),
-    ] = "off",
+    log_level: LogLevelOption = "info",
+    trace: TraceOption = "off",
 ) -> None:
     """Serve ROUTES as an edge: WebSockets and HTTP in, channel messages out.
 

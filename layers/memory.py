@@ -22,6 +22,9 @@ from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, S
 from svcbus.layer import Layer, LayerOptions
 from svcbus.names import validate_channel, validate_group
 
+SWEEP_INTERVAL = 10.0
+"""Longest time between two sweeps of expired messages and abandoned queues."""
+
 
 class _Queue:
     """One channel's messages (deadline, bytes) and its waiting receivers, longest-waiting first."""
@@ -51,6 +54,20 @@ class MemoryHub:
     def __init__(self) -> None:
         self.queues: dict[str, _Queue] = {}
         self.groups: dict[str, dict[str, float]] = {}
+        self.next_sweep = 0.0
+
+    def sweep(self, now: float) -> None:
+        """Drop expired messages everywhere, and queues left empty with nobody waiting.
+
+        Channels nobody will ever read (the reply channel of a closed socket, a
+        request whose requester gave up) would otherwise keep their queue
+        forever. Called from ``send`` at most every SWEEP_INTERVAL seconds, so
+        its cost is independent of the message rate.
+        """
+        for channel, queue in list(self.queues.items()):
+            queue.drop_expired(now)
+            if not queue.items and not queue.waiters:
+                del self.queues[channel]
 
     def clear(self) -> None:
         """Drop every message and group (tests)."""
@@ -108,6 +125,10 @@ class MemoryLayer(Layer):
             queue = queues[channel] = _Queue()
         capacity = options.capacity_for(channel)
         now = time.monotonic()
+        if now >= self.hub.next_sweep:
+            self.hub.next_sweep = now + min(SWEEP_INTERVAL, options.expiry)
+            self.hub.sweep(now)
+            queue = queues.setdefault(channel, queue)
         if len(queue.items) >= capacity:
             queue.drop_expired(now)
             if len(queue.items) >= capacity:

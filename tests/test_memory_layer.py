@@ -1,0 +1,63 @@
+"""Memory-layer specifics beyond the conformance suite: sharing, sweeping, closing."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from svcbus import LayerOptions, open_layer
+from svcbus.layers import memory
+from svcbus.layers.memory import MemoryHub, MemoryLayer
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_abandoned_channels_are_swept(monkeypatch):
+    monkeypatch.setattr(memory, "SWEEP_INTERVAL", 0.2)
+    hub = MemoryHub()
+    sender = MemoryLayer(LayerOptions(expiry=0.3), hub=hub)
+    owner = MemoryLayer(LayerOptions(expiry=0.3), hub=hub)
+    abandoned = [await owner.new_channel() for _ in range(20)]
+    for channel in abandoned:
+        await sender.send(channel, b"late reply")  # its requester gave up long ago
+    await sender.send("mtest.unread", b"x")
+    assert len(hub.queues) == 21
+    await anyio.sleep(0.5)
+    await sender.send("mtest.other", b"y")  # any send may sweep once the interval passed
+    assert set(hub.queues) == {"mtest.other"}
+
+
+async def test_waiting_receivers_keep_their_queue_through_a_sweep(monkeypatch):
+    monkeypatch.setattr(memory, "SWEEP_INTERVAL", 0.0)
+    layer = MemoryLayer(LayerOptions(expiry=0.1))
+    got = []
+
+    async def receive() -> None:
+        got.append(await layer.receive("mtest.wait"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(receive)
+        await anyio.sleep(0.05)
+        await layer.send("mtest.elsewhere", b"sweeps")  # sweep runs: the waiter stays
+        await layer.send("mtest.wait", b"delivered")
+    assert got == [b"delivered"]
+
+
+async def test_memory_urls_share_a_hub_by_name():
+    a, b = open_layer("memory://mtest-shared"), open_layer("memory://mtest-shared")
+    other = open_layer("memory://mtest-other")
+    assert a.hub is b.hub and a.hub is not other.hub
+    await a.send("mtest.x", b"1")
+    assert await b.receive("mtest.x") == b"1"
+
+
+async def test_closing_drops_the_layers_process_channels_and_memberships():
+    hub = MemoryHub()
+    layer, other = MemoryLayer(hub=hub), MemoryLayer(hub=hub)
+    mine = await layer.new_channel()
+    await other.send(mine, b"unread")
+    await other.group_add("mtest.group", mine)
+    await layer.close()
+    assert mine not in hub.queues and "mtest.group" not in hub.groups
+    with pytest.raises(Exception, match="closed"):
+        await layer.send("mtest.x", b"1")

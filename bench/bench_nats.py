@@ -39,6 +39,22 @@ from common import BenchChat, chat, percentiles, print_table  # noqa: E402
 from servers import NatsServer  # noqa: E402
 
 FLOOD_SUBJECT = "bench.flood"
+JS_SUBJECT = "bench.js"
+
+
+async def _raw_stream(js: Any, count: int) -> None:
+    """The stream raw nats-py's JetStream row uses: memory storage, like svcbus's."""
+    from nats.js import api
+
+    await js.add_stream(
+        name="BENCHJS",
+        subjects=[JS_SUBJECT],
+        storage=api.StorageType.MEMORY,
+        retention=api.RetentionPolicy.INTEREST,
+        max_msgs=count * 2,
+    )
+
+
 CHANNEL = "bench.chat"
 
 
@@ -77,6 +93,26 @@ async def _flood_consumer(kind: str, url: str, count: int, ready: Any, result: A
         await nc.flush()
         ready.set()
         await done.wait()
+        result.value = time.monotonic()
+        await nc.close()
+    elif kind == "raw-js":
+        import nats
+        from nats.js import api
+
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        await _raw_stream(js, count)
+        sub = await js.pull_subscribe(
+            JS_SUBJECT, durable="bench", config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE)
+        )
+        ready.set()
+        while received < count:
+            try:
+                for msg in await sub.fetch(256, timeout=1):
+                    BenchChat.model_validate_json(msg.data)
+                    got_one()
+            except nats.errors.TimeoutError:
+                pass
         result.value = time.monotonic()
         await nc.close()
     elif kind == "faststream":
@@ -126,6 +162,15 @@ async def _flood_publish(kind: str, url: str, count: int) -> float:
     import nats
 
     nc = await nats.connect(url)
+    if kind == "raw-js":
+        js = nc.jetstream()
+        started = time.monotonic()
+        for i in range(count):
+            # Pipelined publishes with asynchronous acknowledgements: the fastest nats-py way.
+            await js.publish_async(JS_SUBJECT, chat(i).model_dump_json().encode())
+        await js.publish_async_completed()
+        await nc.close()
+        return started
     started = time.monotonic()
     for i in range(count):
         # Same work as Bus.send: validate and encode each message.
@@ -348,6 +393,8 @@ def main() -> None:
 
         step(f"flood {flood_n:,}: raw nats-py")
         raw = flood("raw", base, flood_n)
+        step(f"flood {flood_n:,}: raw nats-py JetStream")
+        raw_js = flood("raw-js", base, flood_n)
         step(f"flood {flood_n:,}: svcbus")
         ours = flood("svcbus", svc_url, flood_n)
         step(f"flood {flood_n:,}: FastStream")
@@ -361,6 +408,12 @@ def main() -> None:
                     f"{raw:,.0f}",
                     "1.00x",
                     _ratio(ours, raw),
+                ],
+                [
+                    "raw nats-py JetStream (publish_async + pull fetch + validate)",
+                    f"{raw_js:,.0f}",
+                    _ratio(raw_js, raw),
+                    _ratio(ours, raw_js),
                 ],
                 [
                     "svcbus (JetStream stream + pull consumer, Runtime)",

@@ -12,17 +12,43 @@ from svcbus.errors import ConfigurationError, InvalidChannelName, MessageInvalid
 
 from .app import LayerOption, check_channel, err, fail, layer_url, out, parse_json
 
+ImportOption = Annotated[
+    list[str],
+    typer.Option(
+        "--import",
+        "-i",
+        help="Module whose contracts to load (repeatable), e.g. contracts.chat: the message "
+        "is then validated here, before it is sent.",
+    ),
+]
+
+
+def import_contracts(modules: list[str]) -> None:
+    """Import modules so their contracts register; fail in one line if one is missing."""
+    import importlib
+    import sys
+
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: the current directory is importable
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            fail(f"--import {module}: {exc}")
+
 
 def send(
     channel: Annotated[str, typer.Argument(help="Channel to send on, e.g. chat.posted")],
     message: Annotated[str, typer.Argument(help='The message as JSON, e.g. \'{"room": "a"}\'')],
     layer: LayerOption = None,
+    imports: ImportOption = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
-    """Send one message and print its id (validated against the channel's contract if one is imported)."""
+    """Send one message and print its id (validated first if its contract is imported)."""
     from svcbus import connect
 
     body = parse_json(message)
     check_channel(channel)
+    import_contracts(imports)
 
     async def go() -> str:
         async with connect(layer_url(layer, across_processes=True)) as bus:
@@ -41,6 +67,7 @@ def request(
     message: Annotated[str, typer.Argument(help="The request as JSON")],
     layer: LayerOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 5.0,
+    imports: ImportOption = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Send a request and print the reply as JSON (exit 1 on timeout or remote failure)."""
     from pydantic_core import to_json
@@ -49,6 +76,7 @@ def request(
 
     body = parse_json(message)
     check_channel(channel)
+    import_contracts(imports)
 
     async def go() -> Any:
         async with connect(layer_url(layer, across_processes=True)) as bus:

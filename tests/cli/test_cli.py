@@ -48,6 +48,8 @@ def test_version():
         (("send", "bad name", "{}"), "contains whitespace"),
         (("request", "clitest.say", "[]", "--layer", "ftp://x"), "unknown layer URL"),
         (("run", "cli.echo_service", "--layer", "memory://?capacity=lots"), "not a number"),
+        (("send", "clitest.say", '{"wrong": 1}', "-i", "cli.echo_service"), "text: Field required"),
+        (("request", "clitest.say", "{}", "--import", "no_such_contracts"), "--import"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_code_2(args, message):

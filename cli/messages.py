@@ -37,6 +37,16 @@ def import_contracts(modules: list[str]) -> None:
             fail(f"--import {module}: {exc}")
 
 
+def check_message(channel: str, body: Any) -> None:
+    """Validate ``body`` against the channel's contract (if imported) before connecting."""
+    from svcbus.contract import coerce, registry
+
+    try:
+        coerce(channel, body, registry.get(channel))
+    except MessageInvalid as exc:
+        fail(str(exc))
+
+
 def send(
     channel: Annotated[str, typer.Argument(help="Channel to send on, e.g. chat.posted")],
     message: Annotated[str, typer.Argument(help='The message as JSON, e.g. \'{"room": "a"}\'')],
@@ -49,6 +59,7 @@ def send(
     body = parse_json(message)
     check_channel(channel)
     import_contracts(imports)
+    check_message(channel, body)
 
     async def go() -> str:
         async with connect(layer_url(layer, across_processes=True)) as bus:
@@ -77,6 +88,7 @@ def request(
     body = parse_json(message)
     check_channel(channel)
     import_contracts(imports)
+    check_message(channel, body)
 
     async def go() -> Any:
         async with connect(layer_url(layer, across_processes=True)) as bus:

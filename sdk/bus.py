@@ -11,7 +11,6 @@ import logging
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 from pydantic import ValidationError
 
 from . import tracing
@@ -19,14 +18,13 @@ from .contract import Contract, ContractRegistry, coerce, describe_errors, regis
 from .envelope import (
     Envelope,
     ErrorInfo,
-    ReplyPeek,
     body_json,
     encode,
     envelope_type,
     new_message_id,
     now_ms,
 )
-from .errors import MessageInvalid, RemoteError, RequestTimeout, SvcbusError
+from .errors import MessageInvalid, RemoteError, RequestTimeout
 from .layer import Layer, open_layer
 from .names import validate_channel
 
@@ -38,7 +36,7 @@ DEFAULT_REQUEST_TIMEOUT = 5.0
 class Bus:
     """A connection to the message bus through one layer.
 
-    Use it as an async context manager (it owns a task group for replies)::
+    Use it as an async context manager (it connects and closes the layer)::
 
         async with Bus("nats://localhost:4222") as bus:
             reply = await bus.request("stats.get", StatsQuery(room="lobby"))
@@ -54,9 +52,6 @@ class Bus:
         self.layer = open_layer(layer) if isinstance(layer, str) else layer
         self.contracts = contracts
         self._expiry_ms = int(self.layer.options.expiry * 1000)
-        self._inbox: str | None = None
-        self._pending: dict[str, _ReplySlot] = {}
-        self._task_group: TaskGroup | None = None
         self._given_tracer = tracer
         self.tracer = tracer or tracing.tracer()
         """OpenTelemetry tracer, or None when tracing is off (then nothing is traced)."""
@@ -67,14 +62,9 @@ class Bus:
         await self.layer.connect()
         # A tracer provider installed after construction still takes effect.
         self.tracer = self._given_tracer or tracing.tracer()
-        self._task_group = await anyio.create_task_group().__aenter__()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        task_group, self._task_group = self._task_group, None
-        if task_group is not None:
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(None, None, None)
         await self.layer.close()
 
     # encoding ------------------------------------------------------------
@@ -277,63 +267,44 @@ class Bus:
         if reply_type is None:
             contract = self.contracts.get(channel)
             reply_type = contract.__reply__ if contract is not None else None
-        inbox = await self._ensure_inbox()
+        # A reply channel per request: the reply wakes this task directly (no
+        # reader task in between), and a late reply lands on a channel nobody
+        # reads, which the layer expires.
+        reply_channel = await self.layer.new_channel("reply")
         message_id = new_message_id()
         data = self.encode(
-            channel, message, reply_channel=inbox, message_id=message_id, trace=trace
+            channel, message, reply_channel=reply_channel, message_id=message_id, trace=trace
         )
-        slot = self._pending[message_id] = _ReplySlot()
+        reply_model = envelope_type(reply_type | None if reply_type is not None else Any)
         try:
             await self.layer.send(channel, data)
             with anyio.fail_after(timeout):
-                await slot.ready.wait()
+                while True:
+                    (raw,) = await self.layer.receive_many(reply_channel, 1)
+                    try:
+                        envelope = reply_model.model_validate_json(raw)
+                    except ValidationError as exc:
+                        raise _invalid(reply_channel, exc, reply_type) from None
+                    if envelope.re == message_id:
+                        break
+                    log.debug("stray message on %s dropped", reply_channel)
         except TimeoutError:
             raise RequestTimeout(
                 f"no reply on {channel!r} within {timeout:g}s: is a service consuming "
                 f"{channel!r} running on this layer?"
             ) from None
-        finally:
-            del self._pending[message_id]
-        if slot.error is not None:
+        if envelope.er is not None:
             raise RemoteError(
-                f"{channel!r} consumer failed: {slot.error.type}: {slot.error.message}",
-                error_type=slot.error.type,
+                f"{channel!r} consumer failed: {envelope.er.type}: {envelope.er.message}",
+                error_type=envelope.er.type,
             )
-        return self.decode(inbox, slot.data, reply_type).b
-
-    async def _ensure_inbox(self) -> str:
-        if self._inbox is None:
-            if self._task_group is None:
-                raise SvcbusError("use the Bus as `async with Bus(...) as bus:` to make requests")
-            self._inbox = await self.layer.new_channel("inbox")
-            self._task_group.start_soon(self._read_replies, self._inbox)
-        return self._inbox
-
-    async def _read_replies(self, inbox: str) -> None:
-        pending = self._pending
-        while True:
-            for data in await self.layer.receive_many(inbox, 64):
-                try:
-                    peek = ReplyPeek.model_validate_json(data)
-                except ValidationError:
-                    log.warning("undecodable reply on %s dropped", inbox)
-                    continue
-                slot = pending.get(peek.re) if peek.re else None
-                if slot is None:
-                    log.debug("late or unknown reply %s on %s dropped", peek.re, inbox)
-                    continue
-                slot.data = data
-                slot.error = peek.er
-                slot.ready.set()
-
-
-class _ReplySlot:
-    __slots__ = ("data", "error", "ready")
-
-    def __init__(self) -> None:
-        self.ready = anyio.Event()
-        self.data = b""
-        self.error: ErrorInfo | None = None
+        if envelope.b is None and reply_type is not None:
+            raise MessageInvalid(
+                f"the reply on {channel!r} has no body; {getattr(reply_type, '__name__', reply_type)} "
+                "was expected (did the consumer return None?)",
+                channel=channel,
+            )
+        return envelope.b
 
 
 def _contract_of(body: Any) -> tuple[str | None, int]:

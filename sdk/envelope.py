@@ -72,15 +72,6 @@ class Envelope(BaseModel, Generic[B]):
         return self.b
 
 
-class ReplyPeek(BaseModel):
-    """Just enough of an envelope to route a reply to its waiting request."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    re: str | None = None
-    er: ErrorInfo | None = None
-
-
 _envelope_types: dict[Any, type[Envelope[Any]]] = {}
 
 

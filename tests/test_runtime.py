@@ -209,7 +209,7 @@ async def test_ctx_reply_and_metadata():
 
     async with harness(service) as h:
         assert await h.request("rtest.meta", {"x": 1}) == {"early": True}
-    assert seen["channel"] == "rtest.meta" and seen["rc"].startswith("inbox.")
+    assert seen["channel"] == "rtest.meta" and seen["rc"].startswith("reply.")
     assert seen["id"] and seen["at"] > 0
 
 

@@ -6,12 +6,14 @@ this module while it is being built, so a top-level import would be circular.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from svcbus.errors import ConfigurationError
+from svcbus.references import resolve
 
 FORMATS = ("asyncapi", "html", "markdown")
 
@@ -153,17 +155,10 @@ def _load_object(ref: str) -> Any:
     """Import ``module:attr`` (calling it if it is a factory without ``routes``)."""
     from .app import fail
 
-    module_name, sep, attribute = ref.partition(":")
-    if not sep or not attribute:
-        fail(f"--routes {ref!r}: write MODULE:ATTR, e.g. services.example_chat.routing:routes")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        fail(f"--routes {ref!r}: cannot import {module_name!r} ({exc})")
-    try:
-        found = getattr(module, attribute)
-    except AttributeError:
-        fail(f"--routes {ref!r}: module {module_name!r} has no attribute {attribute!r}")
+        found = resolve(ref, example="services.example_chat.routing:routes")
+    except ConfigurationError as exc:
+        fail(f"--routes {ref!r}: {exc}")
     if callable(found) and not hasattr(found, "routes") and not isinstance(found, type):
         found = found()
     return found

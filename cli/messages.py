@@ -25,26 +25,31 @@ ImportOption = Annotated[
 
 def import_contracts(modules: list[str]) -> None:
     """Import modules so their contracts register; fail in one line if one is missing."""
-    import importlib
-    import sys
+    from svcbus.references import import_user_module
 
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`: the current directory is importable
     for module in modules:
         try:
-            importlib.import_module(module)
-        except ImportError as exc:
+            import_user_module(module)
+        except (ConfigurationError, ImportError) as exc:
             fail(f"--import {module}: {exc}")
 
 
-def check_message(channel: str, body: Any) -> None:
-    """Validate ``body`` against the channel's contract (if imported) before connecting."""
+def checked_message(channel: str, message: str, imports: list[str]) -> Any:
+    """Parse the JSON argument and check it (and the channel) before connecting.
+
+    With ``--import``, the channel's contract validates the message here, so a
+    mistake is a one-line error instead of a message some consumer rejects.
+    """
     from svcbus.contract import coerce, registry
 
+    body = parse_json(message)
+    check_channel(channel)
+    import_contracts(imports)
     try:
         coerce(channel, body, registry.get(channel))
     except MessageInvalid as exc:
         fail(str(exc))
+    return body
 
 
 def send(
@@ -56,10 +61,7 @@ def send(
     """Send one message and print its id (validated first if its contract is imported)."""
     from svcbus import connect
 
-    body = parse_json(message)
-    check_channel(channel)
-    import_contracts(imports)
-    check_message(channel, body)
+    body = checked_message(channel, message, imports)
 
     async def go() -> str:
         async with connect(layer_url(layer, across_processes=True)) as bus:
@@ -85,10 +87,7 @@ def request(
 
     from svcbus import connect
 
-    body = parse_json(message)
-    check_channel(channel)
-    import_contracts(imports)
-    check_message(channel, body)
+    body = checked_message(channel, message, imports)
 
     async def go() -> Any:
         async with connect(layer_url(layer, across_processes=True)) as bus:

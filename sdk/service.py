@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import sys
 import types
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -12,6 +10,7 @@ from typing import Any, TypeVar
 from .consumer import Consumer, consumers_of, make_consumer
 from .errors import ConfigurationError, ContractError
 from .names import validate_channel
+from .references import import_user_module
 
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[..., Awaitable[None] | None]
@@ -111,17 +110,7 @@ def load_service(ref: str) -> Service:
     importable, as with ``python -m``.
     """
     module_name, _, attribute = ref.partition(":")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise ConfigurationError(
-                f"cannot import {module_name!r}: no module named {exc.name!r} "
-                "(run from the directory that contains it, or install it)"
-            ) from None
-        raise
+    module = import_user_module(module_name)
     if attribute:
         try:
             found = getattr(module, attribute)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from typing import TYPE_CHECKING, Any
 
 from ..bus import Bus
 from ..errors import ConfigurationError
 from ..layer import Layer
+from ..references import resolve
 from .app import EdgeApp
 from .routing import Routes
 
@@ -29,25 +28,7 @@ def load_edge(ref: str, layer: str | Layer | Bus | None = None) -> EdgeApp:
     A Routes table gets an :class:`EdgeApp` with default security and limits;
     ``layer`` (if given) replaces the app's layer.
     """
-    module_name, sep, attribute = ref.partition(":")
-    if not sep or not attribute:
-        raise ConfigurationError(
-            f"ROUTES {ref!r} must be module:attribute, e.g. myapp.routing:routes"
-        )
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`: the current directory is importable
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise ConfigurationError(
-                f"cannot import {module_name!r} (run from the directory that contains it)"
-            ) from None
-        raise
-    try:
-        found: Any = getattr(module, attribute)
-    except AttributeError:
-        raise ConfigurationError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    found: Any = resolve(ref, example="myapp.routing:routes")
     if callable(found) and not isinstance(found, EdgeApp | Routes):
         found = found()
     if isinstance(found, Routes):

@@ -9,6 +9,7 @@ so isolation costs nothing beyond the encoding every layer needs anyway.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import deque
@@ -26,6 +27,34 @@ SWEEP_INTERVAL = 10.0
 """Longest time between two sweeps of expired messages and abandoned queues."""
 
 
+class _FutureWaiter:
+    """A one-shot wake-up on a bare asyncio future: what anyio.Event does, in ~200 bytes.
+
+    An idle edge socket has one receiver waiting on its reply channel; with
+    anyio.Event (which wraps an asyncio.Event and its deque) that costs ~1.5 KB
+    per socket. Other backends (trio) use anyio.Event.
+    """
+
+    __slots__ = ("future",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def set(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    async def wait(self) -> None:
+        await self.future
+
+
+def _new_waiter() -> _FutureWaiter | anyio.Event:
+    try:
+        return _FutureWaiter(asyncio.get_running_loop())
+    except RuntimeError:  # not on asyncio
+        return anyio.Event()
+
+
 class _Queue:
     """One channel's messages (deadline, bytes) and its waiting receivers, longest-waiting first."""
 
@@ -33,14 +62,16 @@ class _Queue:
 
     def __init__(self) -> None:
         self.items: deque[tuple[float, bytes]] = deque()
-        self.waiters: deque[anyio.Event] = deque()
+        # A list, not a deque: usually empty or one long (an edge socket's reader),
+        # and an empty deque costs ~600 bytes, which 10,000 idle sockets notice.
+        self.waiters: list[_FutureWaiter | anyio.Event] = []
 
     def put(self, item: tuple[float, bytes]) -> None:
         self.items.append(item)
         if self.waiters:
             # Wake one receiver per message, in arrival order: fair load balancing
             # between the receivers of a named channel, and no thundering herd.
-            self.waiters.popleft().set()
+            self.waiters.pop(0).set()
 
     def drop_expired(self, now: float) -> None:
         items = self.items
@@ -170,19 +201,20 @@ class MemoryLayer(Layer):
                 if not items and not queue.waiters:
                     del queues[channel]  # empty channels cost nothing
                 elif items and queue.waiters:
-                    queue.waiters.popleft().set()  # more left than we took: pass it on
+                    queue.waiters.pop(0).set()  # more left than we took: pass it on
                 return batch
-            ready = anyio.Event()
+            ready = _new_waiter()
             queue.waiters.append(ready)
             try:
                 # A cancelled wait has popped nothing, so it loses nothing.
                 await ready.wait()
             except BaseException:
-                if ready.is_set():
-                    if queue.items and queue.waiters:
-                        queue.waiters.popleft().set()  # hand our wake-up to the next receiver
-                else:
+                if ready in queue.waiters:
                     queue.waiters.remove(ready)
+                elif queue.items and queue.waiters:
+                    # A sender popped us to take a message we will not take now:
+                    # hand that wake-up to the next receiver.
+                    queue.waiters.pop(0).set()
                 raise
             finally:
                 if not queue.items and not queue.waiters and queues.get(channel) is queue:

@@ -112,52 +112,10 @@ _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # --- scripts (docs/protocol.md shows them with their arguments) ---------------------
 
-SEND_SCRIPT = b"""\
-local key = KEYS[1]
-local capacity = tonumber(ARGV[1])
-local n = redis.call('LLEN', key)
-if n >= capacity then
-  local now = tonumber(ARGV[3])
-  while n > 0 do
-    local head = redis.call('LINDEX', key, 0)
-    if tonumber(string.sub(head, 1, 13)) > now then break end
-    redis.call('LPOP', key)
-    n = n - 1
-  end
-  if n >= capacity then return -1 end
-end
-redis.call('RPUSH', key, ARGV[4] .. ARGV[5])
-redis.call('PEXPIRE', key, ARGV[2])
-return capacity - n - 1
-"""
-
-POP_SCRIPT = b"""\
-local now = tonumber(ARGV[1])
-local want = tonumber(ARGV[2])
-local split = ARGV[3] == '1'
-local out = {}
-local got = 0
-while got < want do
-  local asked = want - got
-  local items = redis.call('LPOP', KEYS[1], asked)
-  if not items then break end
-  for i = 1, #items do
-    local item = items[i]
-    if tonumber(string.sub(item, 1, 13)) > now then
-      got = got + 1
-      if split then
-        local sep = string.find(item, ':', 15, true)
-        out[#out + 1] = string.sub(item, 15, sep - 1)
-        out[#out + 1] = string.sub(item, sep + 1)
-      else
-        out[#out + 1] = string.sub(item, 15)
-      end
-    end
-  end
-  if #items < asked then break end
-end
-return out
-"""
+# The scripts are part of the wire protocol: the legacy runtime, which must stand
+# alone, holds the one copy and this layer uses it, so both load byte-identical
+# scripts (the same SHA1 for EVALSHA) and cannot drift apart.
+from svcbus.legacy.redis import POP_SCRIPT, SEND_SCRIPT  # noqa: E402
 
 SEND_SHA = hashlib.sha1(SEND_SCRIPT).hexdigest().encode()
 POP_SHA = hashlib.sha1(POP_SCRIPT).hexdigest().encode()

@@ -41,7 +41,7 @@ ACK_TIMEOUT = 5.0
 MAX_BACKOFF = 2.0
 _SOCKET_ERRORS = (socket.error, OSError, IOError)
 
-# Copied byte for byte from layers/redis.py: the SHA1 must match the async layer's.
+# The one copy of the scripts: layers/redis.py imports them, so the SHA1s match.
 SEND_SCRIPT = b"""\
 local key = KEYS[1]
 local capacity = tonumber(ARGV[1])

@@ -42,7 +42,10 @@ def test_svc_demo_serves_the_page_and_stops_on_sigterm(
         "seq": 0,
     }
     with connect(url.replace("http", "ws") + "chat/lobby?nick=ada", open_timeout=10) as ws:
-        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        # Over NATS and Redis the room's "joined" (a group message) may overtake the
+        # welcome (a direct one); the page copes, and so does this check.
+        first_frames = [json.loads(ws.recv(timeout=10))["type"] for _ in range(2)]
+        assert "welcome" in first_frames, first_frames
 
     assert processes.stop(demo) == 0, processes.log("demo")
     assert "svc demo" in processes.log("demo")

@@ -82,7 +82,9 @@ async def test_websocket_post_is_one_trace_through_chat_and_stats(url: str, span
         async with websockets.connect(
             f"ws://{address}/chat/{name}?nick=ada", additional_headers={"traceparent": TRACEPARENT}
         ) as ws:
-            assert json.loads(await ws.recv())["type"] == "welcome"
+            # On NATS the room's "joined" (a group message) may overtake the welcome.
+            first_frames = [json.loads(await ws.recv())["type"] for _ in range(2)]
+            assert "welcome" in first_frames, first_frames
             await ws.send(json.dumps({"text": "hello"}))
             with anyio.fail_after(5):
                 while True:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import sample_services
+from browser_support import launch, sync_api_or_skip
 
 from svcbus.docs import collect
 from svcbus.docs.asyncapi import build_document
@@ -13,17 +14,7 @@ from svcbus.docs.html import render_site
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +30,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_index_opens_offline_and_shows_the_diagram(site: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_api = sync_api_or_skip()
     blocked: list[str] = []
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch(pw)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
 

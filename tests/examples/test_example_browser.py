@@ -12,23 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import launch, sync_api_or_skip
 from example_support import ROOT, Processes, read_url
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACT = ROOT / "test-artifacts" / "demo.png"
 README_IMAGE = ROOT / "docs" / "images" / "demo.png"
 TIMEOUT_MS = 10_000
@@ -36,10 +27,7 @@ TIMEOUT_MS = 10_000
 
 @pytest.fixture(scope="module")
 def sync_api() -> Any:
-    api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    return api
+    return sync_api_or_skip()
 
 
 @pytest.fixture
@@ -81,9 +69,7 @@ class Browser:
 @pytest.fixture
 def browser(sync_api: Any, demo_url: str) -> Iterator[Browser]:
     with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
+        chromium = launch(pw)
         try:
             yield Browser(chromium, demo_url)
         finally:

@@ -91,10 +91,6 @@ class ContractRegistry:
             )
         self._by_channel[channel] = contract
 
-    def unregister(self, channel: str) -> None:
-        """Forget the contract of ``channel`` (for tests)."""
-        self._by_channel.pop(channel, None)
-
     def get(self, channel: str) -> type[Contract] | None:
         """The contract bound to ``channel``, or None for an untyped channel."""
         return self._by_channel.get(channel)

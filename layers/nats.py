@@ -71,8 +71,9 @@ log = logging.getLogger("svcbus.layers.nats")
 CONSUMER = "receivers"
 """Durable name of the one pull consumer every process shares on a channel stream."""
 
-PULL_EXPIRES = 5.0
-"""Seconds a pull request waits at the server; idle receivers renew it."""
+PULL_EXPIRES = 1.0
+"""Seconds a pull request waits at the server; waiting receivers renew it. Short, so
+that a process whose receivers left stops taking messages from the stream soon."""
 _PULL_EXPIRES_NS = int(PULL_EXPIRES * 1e9)
 
 MAX_IN_FLIGHT = 4096
@@ -92,6 +93,16 @@ CONNECT_TIMEOUT = 5.0
 
 RECONNECT_WAIT = 0.5
 """Seconds between reconnection attempts to one server."""
+
+LINGER = 2.0
+"""Seconds a process stays subscribed to a named channel's live subject after its
+last receiver left; then it unsubscribes and returns what it buffered to the stream."""
+
+MARK_EVERY = 256
+"""Live publishes between two markers (see :meth:`NatsLayer._mark`)."""
+
+MAX_UNCONFIRMED = 16_384
+"""Live publishes kept for a possible bounce until a marker confirms them, per layer."""
 
 PREFETCH = 64
 """Messages a process pulls ahead of its waiting receivers, per named channel.
@@ -121,6 +132,7 @@ _URL_PARAMS = (
     "connect_timeout",
     "pending_msgs",
     "pending_bytes",
+    "live",
 )
 
 
@@ -128,10 +140,15 @@ class _Incoming:
     """This process's receiving side of one named channel: pulled messages and waiters."""
 
     __slots__ = (
+        "capacity",
         "channel",
         "demand",
+        "idle_since",
         "inbox",
         "items",
+        "listening",
+        "live",
+        "live_subject",
         "next_subject",
         "prefetch",
         "pull_deadline",
@@ -140,13 +157,22 @@ class _Incoming:
         "requested",
         "stream",
         "sub",
+        "subject",
         "waiters",
     )
 
-    def __init__(self, channel: str, stream: str, inbox: str) -> None:
+    def __init__(
+        self, channel: str, stream: str, inbox: str, subject: str, live_subject: str, capacity: int
+    ) -> None:
         self.channel = channel
         self.stream = stream
         self.inbox = inbox
+        self.subject = subject  # the stream's subject: spilled and returned messages go there
+        self.live_subject = live_subject
+        self.capacity = capacity  # of the live buffer; beyond it, arrivals spill to the stream
+        self.live: Subscription | None = None  # queue subscription while receivers are around
+        self.listening = False  # subscribing or subscribed to the live subject
+        self.idle_since = time.monotonic()  # when the last waiting receiver left
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{CONSUMER}"
         self.items: deque[bytes] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
@@ -162,12 +188,26 @@ class _Incoming:
 class _Outgoing:
     """The sending side of one named channel: its stream and refusals to report."""
 
-    __slots__ = ("channel", "error", "recovering", "rejected", "retry", "stream", "subject")
+    __slots__ = (
+        "channel",
+        "error",
+        "live_reply",
+        "live_subject",
+        "recovering",
+        "rejected",
+        "retry",
+        "stream",
+        "subject",
+    )
 
-    def __init__(self, channel: str, stream: str, subject: str) -> None:
+    def __init__(
+        self, channel: str, stream: str, subject: str, live_subject: str, live_reply: str
+    ) -> None:
         self.channel = channel
         self.stream = stream
         self.subject = subject
+        self.live_subject = live_subject
+        self.live_reply = live_reply  # + sequence: where bounces and spill-over acks come back
         self.rejected = 0  # refused as full since the last ChannelFull raised
         self.error: str | None = None  # another refusal to report on the next send
         self.retry: list[bytes] = []  # published while the stream was missing
@@ -228,6 +268,7 @@ class NatsLayer(Layer):
         connect_timeout: float = CONNECT_TIMEOUT,
         pending_msgs_limit: int = DEFAULT_PENDING_MSGS,
         pending_bytes_limit: int = DEFAULT_PENDING_BYTES,
+        live: bool = True,
     ) -> None:
         super().__init__(options)
         self.servers = [servers] if isinstance(servers, str) else list(servers)
@@ -243,6 +284,9 @@ class NatsLayer(Layer):
         self.connect_timeout = connect_timeout
         self.pending_msgs_limit = pending_msgs_limit
         self.pending_bytes_limit = pending_bytes_limit
+        self.live = live
+        """Deliver named-channel messages straight to live receivers (core NATS queue group),
+        using the stream only when none listens or they fall behind. ``False``: always the stream."""
         self._auth = {"user": user, "password": password, "token": token}
         self._tls = tls
         self._tls_hostname = tls_hostname
@@ -256,6 +300,7 @@ class NatsLayer(Layer):
         self._tasks: set[asyncio.Task[Any]] = set()
         # Subject roots.
         self._ch_root = f"{prefix}.ch."
+        self._live_root = f"{prefix}.live."
         self._p_root = f"{prefix}.p."
         self._g_root = f"{prefix}.g."
         self._control_subject = f"{prefix}.ctl.{self.token}"
@@ -264,18 +309,27 @@ class NatsLayer(Layer):
         self._ack_prefix = ""
         # Sending: per-message acknowledgements, matched by the sequence in the reply subject.
         self._outgoing: dict[str, _Outgoing] = {}
+        self._outgoing_by_id: list[_Outgoing] = []
         self._opening_out: dict[str, asyncio.Future[_Outgoing]] = {}
         self._in_flight: dict[int, tuple[_Outgoing, bytes]] = {}
         self._seq = 0
         self._window: asyncio.Event | None = None  # set when the window has room
         self._acked: asyncio.Event | None = None  # set on each ack while someone flushes
         self._seq_marks: deque[tuple[float, int]] = deque()
+        # Live publishes not yet confirmed by a marker, oldest first: the newest has
+        # sequence ``_live_seq``. A bounce (no receiver listens) republishes from here.
+        self._unconfirmed: deque[bytes] = deque()
+        self._live_seq = 0
+        self._marked = 0  # sequence of the newest marker published
+        self._confirmed = 0  # sequence of the newest marker returned
         self._recovering = 0  # streams being recreated for bounced messages
         self._recoveries = 0
         self.ack_timeout = ACK_TIMEOUT
         """Seconds ``flush`` waits for acknowledgements; unacknowledged publishes are lost after it."""
         self.send_timeout = SEND_TIMEOUT
         """Seconds ``send`` waits for room in the in-flight window."""
+        self.linger = LINGER
+        """Seconds a named channel's live subscription outlives its last waiting receiver."""
         # Receiving.
         self._incoming: dict[str, _Incoming] = {}
         self._locals: dict[str, _Local] = {}
@@ -291,6 +345,8 @@ class NatsLayer(Layer):
         """Published messages never acknowledged by JetStream (lost in a disconnect)."""
         self.slow_consumer_drops = 0
         """Messages nats-py dropped because a subscription exceeded its pending limits."""
+        self.spilled = 0
+        """Live messages this process passed on to the stream because its buffer was full."""
         self._disconnected = False
 
     # construction -----------------------------------------------------------
@@ -351,6 +407,7 @@ class NatsLayer(Layer):
             connect_timeout=_positive(params, "connect_timeout", CONNECT_TIMEOUT, float),
             pending_msgs_limit=_positive(params, "pending_msgs", DEFAULT_PENDING_MSGS, int),
             pending_bytes_limit=_positive(params, "pending_bytes", DEFAULT_PENDING_BYTES, int),
+            live=_flag(params, "live", True),
         )
 
     # connection -------------------------------------------------------------
@@ -440,7 +497,7 @@ class NatsLayer(Layer):
         self._ack_prefix = f"{self._reply_root}.a."
         self._window = asyncio.Event()
         self._window.set()
-        await nc.subscribe(f"{self._reply_root}.a.*", cb=self._on_ack, **self._limits())
+        await nc.subscribe(f"{self._reply_root}.a.>", cb=self._on_ack, **self._limits())
         await nc.subscribe(self._control_subject, cb=self._on_control)
         await nc.subscribe(self._named_control, cb=self._on_named_control)
         await _round_trip(nc)
@@ -498,20 +555,70 @@ class NatsLayer(Layer):
                 await self._send_process(channel, message)
                 return
             out = await self._open_outgoing(channel)
-        else:
+        elif len(message) > self.options.max_message_size:
             self.options.check_size(channel, message)
+        if out.rejected or out.error is not None:
+            raise self._refusal(out)
+        if len(self._in_flight) >= MAX_IN_FLIGHT or len(self._unconfirmed) >= MAX_UNCONFIRMED:
+            await self._wait_for_window()
+        if not self.live:
+            await self._publish(out, message)
+            return
+        # Live: publish to the channel's live subject, where listening receivers share
+        # it in a queue group. The message stays in ``_unconfirmed`` until a later
+        # marker returns: a publish that reached no subscriber is answered with a 503
+        # status on its reply subject, and the server relays that before the marker.
+        nc = self._nc or await self._client()
+        self._live_seq = seq = self._live_seq + 1
+        self._unconfirmed.append(message)
+        try:
+            await nc.publish(out.live_subject, message, reply=out.live_reply + str(seq))
+        except nats.errors.MaxPayloadError:
+            raise _too_large(out.channel, message, nc) from None
+        except nats.errors.Error as exc:
+            raise _connection_error(exc) from None
+        if seq - self._marked >= MARK_EVERY:
+            await self._mark()
+
+    def _refusal(self, out: _Outgoing) -> Exception:
         if out.rejected:
             out.rejected = 0
-            raise ChannelFull(
+            return ChannelFull(
                 f"channel {out.channel!r} holds {self.options.capacity_for(out.channel)} messages "
                 "(its capacity); its consumers are behind: retry later or raise channel_capacity"
             )
-        if out.error is not None:
-            error, out.error = out.error, None
-            raise LayerError(f"NATS refused a message for {out.channel!r}: {error}")
-        if len(self._in_flight) >= MAX_IN_FLIGHT:
-            await self._wait_for_window()
-        await self._publish(out, message)
+        error, out.error = out.error, None
+        return LayerError(f"NATS refused a message for {out.channel!r}: {error}")
+
+    async def _mark(self) -> None:
+        """Publish a marker to ourselves: when it returns, earlier live publishes are settled."""
+        if self._nc is None or self._marked == self._live_seq:
+            return
+        self._marked = self._live_seq
+        with contextlib.suppress(nats.errors.Error):
+            await self._nc.publish(f"{self._ack_prefix}m.{self._marked}", b"")
+
+    def _confirm(self, seq: int) -> None:
+        unconfirmed = self._unconfirmed
+        settled = seq - (self._live_seq - len(unconfirmed))
+        for _ in range(min(settled, len(unconfirmed))):
+            unconfirmed.popleft()
+        if seq > self._confirmed:
+            self._confirmed = seq
+
+    async def _on_live_reply(self, out: _Outgoing, seq: int, msg: Msg) -> None:
+        data = msg.data
+        if not data and msg.headers and msg.headers.get("Status") == "503":
+            # No live receiver (or, for a spilled message, no stream): the message
+            # waits in the stream instead. Bounces arrive in publish order.
+            index = seq - (self._live_seq - len(self._unconfirmed) + 1)
+            if 0 <= index < len(self._unconfirmed):
+                await self._publish(out, self._unconfirmed[index])
+            else:
+                self.lost += 1
+                log.warning("a message for %s was lost: its stream is gone", out.channel)
+        elif data[:9] == b'{"error":':
+            self._refused(out, data)  # a receiver spilled it over and the stream is full
 
     async def _publish(self, out: _Outgoing, message: bytes) -> None:
         nc = await self._client()
@@ -521,11 +628,7 @@ class NatsLayer(Layer):
             await nc.publish(out.subject, message, reply=f"{self._ack_prefix}{seq}")
         except nats.errors.MaxPayloadError:
             del self._in_flight[seq]
-            raise MessageTooLarge(
-                f"message for {out.channel!r} is {len(message)} bytes, more than the NATS "
-                f"server's max_payload ({nc.max_payload}); lower max_message_size or raise "
-                "max_payload in the server configuration"
-            ) from None
+            raise _too_large(out.channel, message, nc) from None
         except nats.errors.Error as exc:
             del self._in_flight[seq]
             raise _connection_error(exc) from None
@@ -536,10 +639,7 @@ class NatsLayer(Layer):
         try:
             await nc.publish(f"{self._p_root}{head}.{local}", message)
         except nats.errors.MaxPayloadError:
-            raise MessageTooLarge(
-                f"message for {channel!r} is {len(message)} bytes, more than the NATS server's "
-                f"max_payload ({nc.max_payload})"
-            ) from None
+            raise _too_large(channel, message, nc) from None
         except nats.errors.Error as exc:
             raise _connection_error(exc) from None
 
@@ -547,6 +647,7 @@ class NatsLayer(Layer):
         window = self._window
         assert window is not None
         window.clear()
+        await self._mark()  # what is unconfirmed gets a marker that will settle it
         try:
             await asyncio.wait_for(window.wait(), self.send_timeout)
         except asyncio.TimeoutError:
@@ -557,7 +658,16 @@ class NatsLayer(Layer):
             ) from None
 
     async def _on_ack(self, msg: Msg) -> None:
-        seq = int(msg.subject[len(self._ack_prefix) :])
+        tail = msg.subject[len(self._ack_prefix) :]
+        if not tail.isdigit():
+            head, _, number = tail.partition(".")
+            if head == "m":
+                self._confirm(int(number))
+            else:
+                await self._on_live_reply(self._outgoing_by_id[int(head)], int(number), msg)
+            self._settled()
+            return
+        seq = int(tail)
         entry = self._in_flight.pop(seq, None)
         if entry is not None:
             data = msg.data
@@ -571,10 +681,18 @@ class NatsLayer(Layer):
                     out.recovering = True
                     self._recovering += 1  # counted now, so a flush in progress waits for it
                     self._spawn(self._recover_outgoing(out))
+        self._settled()
+
+    def _settled(self) -> None:
         if self._acked is not None:
             self._acked.set()
         window = self._window
-        if window is not None and not window.is_set() and len(self._in_flight) < MAX_IN_FLIGHT // 2:
+        if (
+            window is not None
+            and not window.is_set()
+            and len(self._in_flight) < MAX_IN_FLIGHT // 2
+            and len(self._unconfirmed) < MAX_UNCONFIRMED // 2
+        ):
             window.set()
 
     def _refused(self, out: _Outgoing, data: bytes) -> None:
@@ -635,21 +753,30 @@ class NatsLayer(Layer):
             await _round_trip(nc, max(0.1, deadline - time.monotonic()))
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise _connection_error(exc) from None
+        # Live publishes first: their bounces become stream publishes, waited for below.
+        if self._unconfirmed:
+            await self._mark()
+            live_mark = self._marked
+            while self._confirmed < live_mark and self._unconfirmed:
+                await self._wait_settled(deadline, timeout, len(self._unconfirmed))
         mark = self._seq
         recoveries = self._recoveries
         while self._recovering or (self._in_flight and next(iter(self._in_flight)) <= mark):
             if recoveries != self._recoveries:
                 # Bounced messages were published again: wait for those too.
                 recoveries, mark = self._recoveries, self._seq
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise LayerError(
-                    f"NATS did not acknowledge {len(self._in_flight)} messages within "
-                    f"{timeout:g}s: the server is down or overloaded"
-                )
-            self._acked = acked = asyncio.Event()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(acked.wait(), min(left, 0.1))
+            await self._wait_settled(deadline, timeout, len(self._in_flight))
+
+    async def _wait_settled(self, deadline: float, timeout: float, pending: int) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LayerError(
+                f"NATS did not acknowledge {pending} messages within "
+                f"{timeout:g}s: the server is down or overloaded"
+            )
+        self._acked = acked = asyncio.Event()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(acked.wait(), min(left, 0.1))
 
     # named channels: streams and consumers --------------------------------------
 
@@ -736,7 +863,10 @@ class NatsLayer(Layer):
         try:
             stream, subject = self._stream_name(channel), f"{self._ch_root}{channel}"
             await self._ensure_channel(channel, stream, subject, for_send=True)
-            out = self._outgoing[channel] = _Outgoing(channel, stream, subject)
+            live_reply = f"{self._ack_prefix}{len(self._outgoing_by_id)}."
+            out = _Outgoing(channel, stream, subject, self._live_root + channel, live_reply)
+            self._outgoing[channel] = out
+            self._outgoing_by_id.append(out)
             future.set_result(out)
             return out
         except BaseException as exc:
@@ -753,7 +883,12 @@ class NatsLayer(Layer):
             nc = await self._client()
             self._next_inbox += 1
             box = _Incoming(
-                channel, self._stream_name(channel), f"{self._reply_root}.p{self._next_inbox}"
+                channel,
+                self._stream_name(channel),
+                f"{self._reply_root}.p{self._next_inbox}",
+                f"{self._ch_root}{channel}",
+                self._live_root + channel,
+                self.options.capacity_for(channel),
             )
             self._incoming[channel] = box
             box.ready = asyncio.get_running_loop().create_future()
@@ -761,8 +896,7 @@ class NatsLayer(Layer):
                 box.sub = await nc.subscribe(
                     box.inbox, cb=self._pull_handler(box), **self._limits()
                 )
-                subject = f"{self._ch_root}{channel}"
-                await self._ensure_channel(channel, box.stream, subject, for_send=False)
+                await self._ensure_channel(channel, box.stream, box.subject, for_send=False)
             except BaseException as exc:
                 del self._incoming[channel]
                 if box.sub is not None:
@@ -800,6 +934,74 @@ class NatsLayer(Layer):
             await self._pull(box)
 
     # named channels: receiving ----------------------------------------------------
+
+    async def _listen(self, box: _Incoming) -> None:
+        """Join the channel's live queue group: senders' messages then come straight here."""
+        box.listening = True
+        try:
+            nc = await self._client()
+            box.live = await nc.subscribe(
+                box.live_subject, queue=CONSUMER, cb=self._live_handler(box), **self._limits()
+            )
+        except BaseException:
+            box.listening = False
+            raise
+
+    def _live_handler(self, box: _Incoming) -> Callable[[Msg], Awaitable[None]]:
+        items = box.items
+        waiters = box.waiters
+        capacity = box.capacity
+
+        async def on_message(msg: Msg) -> None:
+            if len(items) < capacity:
+                items.append(msg.data)
+                if waiters:
+                    _wake(waiters)
+                return
+            # Full: the stream is the waiting room, where any process can pull it.
+            # Its acknowledgement goes to the sender (ChannelFull if that is full too).
+            self.spilled += 1
+            with contextlib.suppress(nats.errors.Error):
+                await self._nc.publish(box.subject, msg.data, reply=msg.reply)  # type: ignore[union-attr]
+
+        return on_message
+
+    async def _unlisten(self, box: _Incoming) -> None:
+        """Leave the live queue group without losing what the server already sent us.
+
+        Unsubscribe, then a round trip: every message routed to us before the server
+        processed the unsubscribe has then arrived and sits in the subscription's queue,
+        which ``drain`` empties into the buffer. A buffer no receiver will read goes
+        back to the stream.
+        """
+        sub, box.live = box.live, None
+        box.listening = False
+        nc = self._nc
+        if sub is None or nc is None:
+            return
+        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            send_unsubscribe = getattr(nc, "_send_unsubscribe", None)
+            if send_unsubscribe is not None and nc.is_connected:
+                await send_unsubscribe(sub._id)
+                await _round_trip(nc, 2.0)
+            await sub.drain()
+        await self._give_back(box)
+
+    async def _give_back(self, box: _Incoming) -> None:
+        """Return the buffer of a channel nobody here receives from to its stream.
+
+        Only once no pull is outstanding: the stream would hand them straight back.
+        """
+        nc = self._nc
+        if box.listening or box.waiters or box.requested or not box.items or nc is None:
+            return
+        if not nc.is_connected:
+            return
+        returned = list(box.items)
+        box.items.clear()  # the same deque: the handlers hold it
+        for data in returned:
+            with contextlib.suppress(nats.errors.Error):
+                await nc.publish(box.subject, data)
 
     def _pull_handler(self, box: _Incoming) -> Callable[[Msg], Awaitable[None]]:
         items = box.items
@@ -843,7 +1045,8 @@ class NatsLayer(Layer):
         """
         target = box.demand + box.prefetch
         have = len(box.items) - taking + box.requested
-        want = target - have
+        # A process holds at most the channel's capacity, live deliveries included.
+        want = min(target, box.capacity) - have
         if want <= 0 or box.recovering:
             return
         if have > 0 and want * 2 < target:
@@ -905,8 +1108,11 @@ class NatsLayer(Layer):
         if named is not None:
             named.demand += limit
         try:
-            if named is not None and pull:
-                await self._pull(named)
+            if named is not None:
+                if not named.listening and self.live:
+                    await self._listen(named)
+                if pull:
+                    await self._pull(named)
             await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
@@ -919,6 +1125,8 @@ class NatsLayer(Layer):
         finally:
             if named is not None:
                 named.demand -= limit
+                if not named.demand:
+                    named.idle_since = time.monotonic()
 
     # process-specific channels ------------------------------------------------------
 
@@ -1039,10 +1247,7 @@ class NatsLayer(Layer):
         try:
             await nc.publish(self._g_root + group, message)
         except nats.errors.MaxPayloadError:
-            raise MessageTooLarge(
-                f"message for group {group!r} is {len(message)} bytes, more than the NATS "
-                f"server's max_payload ({nc.max_payload})"
-            ) from None
+            raise _too_large(f"group {group}", message, nc) from None
         except nats.errors.Error as exc:
             raise _connection_error(exc) from None
 
@@ -1211,6 +1416,12 @@ class NatsLayer(Layer):
         # Pull requests the server never answered (a restarted server forgot them).
         # While disconnected there is nothing to ask: the reconnect handler resumes.
         for box in list(self._incoming.values()) if connected else ():
+            if not box.demand and now - box.idle_since > self.linger:
+                # Its receivers are gone: others should get the messages.
+                if box.live is not None:
+                    await self._unlisten(box)
+                else:
+                    await self._give_back(box)
             if box.recovering:
                 continue
             if box.requested > 0 and now > box.pull_deadline:
@@ -1239,6 +1450,10 @@ class NatsLayer(Layer):
         if not connected:
             self._seq_marks.clear()
             return
+        if self._unconfirmed:
+            # A quiet sender's last live publishes, or a marker lost in a disconnect.
+            self._marked = 0
+            await self._mark()
         marks = self._seq_marks
         marks.append((now, self._seq))
         stale = 0
@@ -1266,6 +1481,12 @@ class NatsLayer(Layer):
             return
         try:
             if nc.is_connected:
+                for box in self._incoming.values():
+                    for waiter in box.waiters:
+                        waiter.cancel()
+                    box.waiters.clear()
+                    if box.live is not None:
+                        await self._unlisten(box)
                 # Messages pulled (and acknowledged) but never received go back to their
                 # channel, so closing a receiver loses nothing it had taken.
                 for box in self._incoming.values():
@@ -1310,6 +1531,14 @@ async def _round_trip(nc: Client, timeout: float = 5.0) -> None:
     await nc.flush(timeout)  # type: ignore[arg-type]
 
 
+def _too_large(target: str, message: bytes, nc: Client) -> MessageTooLarge:
+    return MessageTooLarge(
+        f"message for {target!r} is {len(message)} bytes, more than the NATS server's "
+        f"max_payload ({nc.max_payload}); lower max_message_size or raise max_payload in "
+        "the server configuration"
+    )
+
+
 def _connection_error(exc: BaseException) -> LayerError:
     if isinstance(exc, nats.errors.OutboundBufferLimitError):
         return LayerError(
@@ -1343,6 +1572,20 @@ def _positive(params: Mapping[str, Any], key: str, default: Any, kind: type) -> 
     if number <= 0:
         raise ConfigurationError(f"nats:// option {key}={value!r} must be positive")
     return number
+
+
+def _flag(params: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = params.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"nats:// option {key}={value!r}: write {key}=true or {key}=false")
 
 
 def _tls_context(params: Mapping[str, Any]) -> ssl.SSLContext:

@@ -385,3 +385,171 @@ async def test_two_worker_processes_share_a_channel_exactly_once(nats_url: str) 
     assert all(len(pids) == 1 for pids in done.values())
     share = {pid: sum(1 for pids in done.values() if pids == [pid]) for pid in ready}
     assert all(count > 0 for count in share.values()), f"one worker did nothing: {share}"
+
+
+# live delivery: core NATS while receivers listen, the stream as the waiting room ---------
+
+
+async def _stream_state(layer: NatsLayer, channel: str):
+    info = await layer.connection.jetstream().stream_info(layer._stream_name(channel))
+    return info.state
+
+
+async def _receive(layer: NatsLayer, channel: str, count: int) -> list[bytes]:
+    got: list[bytes] = []
+    with anyio.fail_after(10):
+        while len(got) < count:
+            got += await layer.receive_many(channel, count - len(got))
+    return got
+
+
+async def test_listening_receiver_gets_messages_without_the_stream(nats_url: str) -> None:
+    url = isolated(nats_url)
+    sender, receiver = await connected(url, capacity=1000), await connected(url, capacity=1000)
+    try:
+        async with anyio.create_task_group() as tg:
+            got: list[bytes] = []
+
+            async def drain() -> None:
+                got.extend(await _receive(receiver, "live", 300))
+
+            tg.start_soon(drain)
+            with anyio.fail_after(5):
+                while receiver._incoming.get("live") is None or not receiver._incoming["live"].live:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.1)  # the server knows the subscription
+            for i in range(300):
+                await sender.send("live", str(i).encode())
+            await sender.flush()
+        assert got == [str(i).encode() for i in range(300)]
+        assert not sender._unconfirmed  # every live publish was settled by a marker
+        state = await _stream_state(sender, "live")
+        assert state.last_seq == 0  # JetStream never stored one of them
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
+async def test_without_a_listening_receiver_messages_wait_in_the_stream(nats_url: str) -> None:
+    url = isolated(nats_url)
+    sender = await connected(url, capacity=1000)
+    receiver = await connected(url)
+    try:
+        for i in range(40):
+            await sender.send("later", str(i).encode())
+        await sender.flush()  # the bounces are republished to the stream and acknowledged
+        assert not sender._unconfirmed and not sender._in_flight
+        assert (await _stream_state(sender, "later")).messages == 40
+        assert await _receive(receiver, "later", 40) == [str(i).encode() for i in range(40)]
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
+async def test_a_full_receiver_spills_into_the_stream_and_nothing_is_lost(nats_url: str) -> None:
+    url = isolated(nats_url)
+    sender = await connected(url, capacity=1000)
+    busy = await connected(url, capacity=10)  # its live buffer holds 10
+    idle = await connected(url)
+    busy.linger = 60  # it stays in the queue group while this test runs
+    try:
+        with anyio.move_on_after(0.3):
+            await busy.receive("spill")  # now listening, but nobody reads any more
+        for i in range(100):
+            await sender.send("spill", str(i).encode())
+        await sender.flush()
+        box = busy._incoming["spill"]
+        with anyio.fail_after(5):
+            while busy.spilled < 90:
+                await anyio.sleep(0.02)
+        # Its buffer holds its capacity of live messages plus at most one pull.
+        assert len(box.items) <= 20
+        # The spilled ones wait in the stream for any process: both drain, nothing is lost.
+        got: dict[str, list[bytes]] = {"busy": [], "idle": []}
+
+        async def drain(name: str, layer: NatsLayer) -> None:
+            while True:
+                got[name] += await layer.receive_many("spill", 100)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain, "busy", busy)
+            tg.start_soon(drain, "idle", idle)
+            with anyio.fail_after(10):
+                while len(got["busy"]) + len(got["idle"]) < 100:
+                    await anyio.sleep(0.02)
+            await anyio.sleep(0.2)  # and no duplicate turns up
+            tg.cancel_scope.cancel()
+        assert sorted(got["busy"] + got["idle"], key=int) == [str(i).encode() for i in range(100)]
+        assert got["idle"], "spilled messages should reach the other process"
+    finally:
+        for layer in (sender, busy, idle):
+            await layer.close()
+
+
+async def test_spill_into_a_full_stream_raises_channel_full_at_the_sender(nats_url: str) -> None:
+    url = isolated(nats_url)
+    sender = await connected(url, capacity=5)  # the stream holds 5
+    busy = await connected(url, capacity=5)  # and so does the receiver's buffer
+    try:
+        with anyio.move_on_after(0.3):
+            await busy.receive("full")
+        with pytest.raises(ChannelFull, match="capacity"):
+            with anyio.fail_after(5):
+                for i in range(1000):
+                    await sender.send("full", str(i).encode())
+                    if i % 10 == 9:
+                        await sender.flush()
+                        await anyio.sleep(0.02)  # the refusal comes back after the spill
+        assert len(busy._incoming["full"].items) <= 10
+        assert (await _stream_state(sender, "full")).messages <= 5
+    finally:
+        await sender.close()
+        await busy.close()
+
+
+async def test_an_idle_receiver_leaves_and_returns_what_it_buffered(nats_url: str) -> None:
+    url = isolated(nats_url)
+    sender, first, second = [await connected(url) for _ in range(3)]
+    try:
+        first.linger = 0.2
+        with anyio.move_on_after(0.3):
+            await first.receive("linger")
+        for i in range(5):
+            await sender.send("linger", str(i).encode())
+        await sender.flush()
+        box = first._incoming["linger"]
+        assert len(box.items) == 5  # delivered live to the only listener
+        with anyio.fail_after(8):  # linger, then the outstanding pull expires
+            while box.live is not None or box.items:
+                await anyio.sleep(0.05)
+        # Back in the stream, in order, for whoever receives next.
+        assert await _receive(second, "linger", 5) == [str(i).encode() for i in range(5)]
+    finally:
+        for layer in (sender, first, second):
+            await layer.close()
+
+
+async def test_live_false_sends_everything_through_the_stream(nats_url: str) -> None:
+    url = isolated(nats_url, live="false")
+    sender, receiver = await connected(url), await connected(url)
+    assert not sender.live
+    try:
+        async with anyio.create_task_group() as tg:
+            got: list[bytes] = []
+
+            async def drain() -> None:
+                got.extend(await _receive(receiver, "stored", 20))
+
+            tg.start_soon(drain)
+            await anyio.sleep(0.2)
+            for i in range(20):
+                await sender.send("stored", str(i).encode())
+            await sender.flush()
+        assert got == [str(i).encode() for i in range(20)]
+        assert receiver._incoming["stored"].live is None
+        assert (await _stream_state(sender, "stored")).last_seq == 20
+    finally:
+        await sender.close()
+        await receiver.close()
+    with pytest.raises(ConfigurationError, match="live=true or live=false"):
+        open_layer(isolated(nats_url, live="maybe"))

@@ -7,13 +7,15 @@ Starts its own ``nats-server -js`` on a free loopback port and measures:
 1. **Flood**: N chat messages, publisher and consumer in separate processes,
    from the publisher's first send to the consumer's last message. Every
    consumer validates each message with the same pydantic contract
-   (``BenchChat``). svcbus goes through JetStream (the messages wait in a
-   stream until a receiver pulls them); raw nats-py and FastStream use core
-   NATS pub/sub (a message with no subscriber is gone), published by raw nats-py.
+   (``BenchChat``). svcbus delivers live over core NATS to its listening
+   receiver (a message nobody listens to would wait in the channel's JetStream
+   stream); the "stream only" row (``?live=false``) sends every message through
+   JetStream. Raw nats-py and FastStream use core NATS pub/sub (a message with no
+   subscriber is gone), published by raw nats-py.
 2. **Request/reply**: sequential requests to a responder process; per-request
    latency p50/p99. svcbus: ``Bus.request`` to a ``Runtime`` consumer (request on
-   a JetStream channel, reply on a process channel); raw: ``nc.request`` to a
-   subscription callback that validates and answers.
+   a named channel, delivered live; reply on a process channel); raw:
+   ``nc.request`` to a subscription callback that validates and answers.
 3. **Group fan-out**: ``group_send`` to M member channels spread over 4
    processes, one receiving task per member channel (as an edge has one per
    connection); time until every member has received it (each process validates
@@ -397,6 +399,9 @@ def main() -> None:
         raw_js = flood("raw-js", base, flood_n)
         step(f"flood {flood_n:,}: svcbus")
         ours = flood("svcbus", svc_url, flood_n)
+        step(f"flood {flood_n:,}: svcbus, stream only")
+        stream_url = f"{base}?prefix=bstream&capacity={flood_n * 2}&live=false"
+        stream_only = flood("svcbus", stream_url, flood_n)
         step(f"flood {flood_n:,}: FastStream")
         fast = flood("faststream", base, flood_n)
         print_table(
@@ -416,10 +421,16 @@ def main() -> None:
                     _ratio(ours, raw_js),
                 ],
                 [
-                    "svcbus (JetStream stream + pull consumer, Runtime)",
+                    "svcbus (live to the listening Runtime)",
                     f"{ours:,.0f}",
                     _ratio(ours, raw),
                     "1.00x",
+                ],
+                [
+                    "svcbus, stream only (?live=false: JetStream + pull, Runtime)",
+                    f"{stream_only:,.0f}",
+                    _ratio(stream_only, raw),
+                    _ratio(ours, stream_only),
                 ],
                 [
                     "FastStream NATS subscriber",

@@ -1,9 +1,18 @@
-"""The NATS layer: named channels on JetStream, process channels and groups on core NATS.
+"""The NATS layer: named channels live over core NATS with JetStream as the waiting
+room, process channels and groups on core NATS.
 
 ``nats://host:4222`` (or ``tls://``) selects it; ``docs/protocol.md`` writes the
 mapping out for other runtimes. In short, with the subject root ``svcbus``:
 
-* **Named channel** ``chat.receive``: a JetStream stream of its own,
+* **Named channel** ``chat.receive``, live: ``send`` publishes to
+  ``svcbus.live.chat.receive``, where every process with waiting receivers
+  listens in queue group ``receivers`` (each message reaches one of them). This
+  is core NATS routing, no store and no acknowledgement, so it runs at close to
+  raw pub/sub speed. The publish carries a reply subject: if nobody listens the
+  server answers 503 (no responders) and the sender republishes the message to
+  the channel's stream. Markers the sender publishes to itself tell it when no
+  such answer can still come (:meth:`NatsLayer._mark`).
+* **Named channel**, waiting room: a JetStream stream of its own,
   ``svcbus_ch_chat:receive`` (memory storage, subject ``svcbus.ch.chat.receive``,
   ``max_msgs`` = capacity with discard-new, ``max_age`` = expiry), read through
   one shared durable pull consumer ``receivers`` with no acknowledgements and
@@ -15,14 +24,17 @@ mapping out for other runtimes. In short, with the subject root ``svcbus``:
   channel (``channel_capacity`` patterns), which a stream-wide per-subject limit
   cannot express. (A work-queue stream requires an acknowledgement publish per
   received message; profiled, that cost the consumer more than validating it.)
-* **Sending** is pipelined: every publish carries a reply subject for its
-  JetStream acknowledgement, and ``send`` returns without waiting for it. A
-  refused message ("maximum messages exceeded") makes the next ``send`` to that
-  channel raise :class:`ChannelFull`; ``flush()`` waits for every outstanding
-  acknowledgement, so a send, flush, send sequence surfaces it at once.
-* **Receiving** is demand-driven: a process pulls what its waiting receivers
-  asked for plus a prefetch window (:data:`PREFETCH`), topping up in chunks,
-  and keeps the messages in a local buffer that a cancelled receive leaves
+  A listening process whose buffer holds the channel's capacity spills further
+  arrivals into the stream; one whose receivers left returns its buffer there.
+* **Sending to the stream** is pipelined: every publish carries a reply subject
+  for its JetStream acknowledgement, and ``send`` returns without waiting for
+  it. A refused message ("maximum messages exceeded") makes the next ``send`` to
+  that channel raise :class:`ChannelFull`; ``flush()`` waits for every
+  outstanding acknowledgement, so a send, flush, send sequence surfaces it at once.
+* **Receiving** is demand-driven: a process listens live while it has waiting
+  receivers (and :attr:`NatsLayer.linger` seconds after), and pulls from the
+  stream what they asked for plus a prefetch window (:data:`PREFETCH`), topping
+  up in chunks; messages wait in a local buffer that a cancelled receive leaves
   intact (delivered means taken: at-most-once).
 * **Process channel** ``inbox.k3f9a1!c7d2``: core NATS subject
   ``svcbus.p.inbox.k3f9a1.c7d2``; the owner holds one subscription per head
@@ -97,6 +109,10 @@ RECONNECT_WAIT = 0.5
 LINGER = 2.0
 """Seconds a process stays subscribed to a named channel's live subject after its
 last receiver left; then it unsubscribes and returns what it buffered to the stream."""
+
+DIRECT_FOR = 1.0
+"""Seconds a sender publishes straight to a channel's stream after a bounce (nobody
+listened), before it tries the live subject again: a backlog costs one bounce a second."""
 
 MARK_EVERY = 256
 """Live publishes between two markers (see :meth:`NatsLayer._mark`)."""
@@ -190,7 +206,9 @@ class _Outgoing:
 
     __slots__ = (
         "channel",
+        "direct_until",
         "error",
+        "last_live",
         "live_reply",
         "live_subject",
         "recovering",
@@ -208,6 +226,8 @@ class _Outgoing:
         self.subject = subject
         self.live_subject = live_subject
         self.live_reply = live_reply  # + sequence: where bounces and spill-over acks come back
+        self.last_live = 0  # sequence of the newest live publish
+        self.direct_until = 0.0  # after a bounce: use the stream until then
         self.rejected = 0  # refused as full since the last ChannelFull raised
         self.error: str | None = None  # another refusal to report on the next send
         self.retry: list[bytes] = []  # published while the stream was missing
@@ -345,6 +365,8 @@ class NatsLayer(Layer):
         """Published messages never acknowledged by JetStream (lost in a disconnect)."""
         self.slow_consumer_drops = 0
         """Messages nats-py dropped because a subscription exceeded its pending limits."""
+        self.bounced = 0
+        """Live messages that found no listening receiver and went to the stream instead."""
         self.spilled = 0
         """Live messages this process passed on to the stream because its buffer was full."""
         self._disconnected = False
@@ -564,6 +586,16 @@ class NatsLayer(Layer):
         if not self.live:
             await self._publish(out, message)
             return
+        if out.direct_until:
+            if time.monotonic() < out.direct_until:
+                # Nobody listened a moment ago. Once every earlier live publish is
+                # settled (its bounce, if any, already republished), publishing to
+                # the stream keeps the order.
+                if self._confirmed < out.last_live:
+                    await self._settle(out.last_live)
+                await self._publish(out, message)
+                return
+            out.direct_until = 0.0
         # Live: publish to the channel's live subject, where listening receivers share
         # it in a queue group. The message stays in ``_unconfirmed`` until a later
         # marker returns: a publish that reached no subscriber is answered with a 503
@@ -571,6 +603,7 @@ class NatsLayer(Layer):
         nc = self._nc or await self._client()
         self._live_seq = seq = self._live_seq + 1
         self._unconfirmed.append(message)
+        out.last_live = seq
         try:
             await nc.publish(out.live_subject, message, reply=out.live_reply + str(seq))
         except nats.errors.MaxPayloadError:
@@ -611,8 +644,10 @@ class NatsLayer(Layer):
         if not data and msg.headers and msg.headers.get("Status") == "503":
             # No live receiver (or, for a spilled message, no stream): the message
             # waits in the stream instead. Bounces arrive in publish order.
+            out.direct_until = time.monotonic() + DIRECT_FOR
             index = seq - (self._live_seq - len(self._unconfirmed) + 1)
             if 0 <= index < len(self._unconfirmed):
+                self.bounced += 1
                 await self._publish(out, self._unconfirmed[index])
             else:
                 self.lost += 1
@@ -755,10 +790,7 @@ class NatsLayer(Layer):
             raise _connection_error(exc) from None
         # Live publishes first: their bounces become stream publishes, waited for below.
         if self._unconfirmed:
-            await self._mark()
-            live_mark = self._marked
-            while self._confirmed < live_mark and self._unconfirmed:
-                await self._wait_settled(deadline, timeout, len(self._unconfirmed))
+            await self._settle(self._live_seq, deadline, timeout)
         mark = self._seq
         recoveries = self._recoveries
         while self._recovering or (self._in_flight and next(iter(self._in_flight)) <= mark):
@@ -766,6 +798,18 @@ class NatsLayer(Layer):
                 # Bounced messages were published again: wait for those too.
                 recoveries, mark = self._recoveries, self._seq
             await self._wait_settled(deadline, timeout, len(self._in_flight))
+
+    async def _settle(
+        self, seq: int, deadline: float | None = None, timeout: float | None = None
+    ) -> None:
+        """Wait until a marker has confirmed the live publishes up to ``seq``."""
+        if timeout is None or deadline is None:
+            timeout = self.ack_timeout
+            deadline = time.monotonic() + timeout
+        if self._marked < seq:
+            await self._mark()
+        while self._confirmed < seq and self._unconfirmed:
+            await self._wait_settled(deadline, timeout, len(self._unconfirmed))
 
     async def _wait_settled(self, deadline: float, timeout: float, pending: int) -> None:
         left = deadline - time.monotonic()
@@ -943,6 +987,10 @@ class NatsLayer(Layer):
             box.live = await nc.subscribe(
                 box.live_subject, queue=CONSUMER, cb=self._live_handler(box), **self._limits()
             )
+        except nats.errors.Error as exc:
+            # Pulling from the stream still works; the next receive tries again.
+            box.listening = False
+            log.debug("cannot listen on %s yet: %r", box.live_subject, exc)
         except BaseException:
             box.listening = False
             raise

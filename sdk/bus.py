@@ -20,6 +20,7 @@ from .envelope import (
     ErrorInfo,
     body_json,
     encode,
+    encode_plain,
     envelope_type,
     new_message_id,
     now_ms,
@@ -91,6 +92,15 @@ class Bus:
             body = coerce(channel, message, contract)
             name, version = _contract_of(body)
         sent_at = now_ms()
+        if reply_channel is None and reply_to is None and not trace and not headers:
+            return encode_plain(
+                body_json(body),
+                message_id or new_message_id(),
+                name,
+                version,
+                sent_at,
+                sent_at + self._expiry_ms,
+            )
         return encode(
             body_json(body),
             id=message_id or new_message_id(),

@@ -138,6 +138,25 @@ def _contract_part(contract: str, version: int) -> bytes:
     return part
 
 
+def encode_plain(
+    body: bytes, id: str, contract: str | None, version: int, sent_at: int, expires_at: int | None
+) -> bytes:
+    """:func:`encode` for the common message: no reply channel, trace, headers or error.
+
+    The send path calls it directly: one formatting step, no keyword handling.
+    """
+    part = _contract_part(contract, version) if contract is not None else b""
+    if expires_at is None:
+        return b'{"v":1,"id":%s%s,"at":%d,"b":%s}' % (_str(id), part, sent_at, body)
+    return b'{"v":1,"id":%s%s,"at":%d,"ex":%d,"b":%s}' % (
+        _str(id),
+        part,
+        sent_at,
+        expires_at,
+        body,
+    )
+
+
 def encode(
     body: bytes,
     *,
@@ -156,14 +175,11 @@ def encode(
 
     Field order is fixed (see docs/protocol.md) so encodings are byte-exact.
     """
+    if reply_channel is None and reply_to is None and not trace and not headers and error is None:
+        return encode_plain(body, id, contract, version, sent_at, expires_at)
     head = b'{"v":1,"id":' + _str(id)
     if contract is not None:
         head += _contract_part(contract, version)
-    if reply_channel is None and reply_to is None and not trace and not headers and error is None:
-        # The common case, in one formatting step.
-        if expires_at is None:
-            return b'%s,"at":%d,"b":%s}' % (head, sent_at, body)
-        return b'%s,"at":%d,"ex":%d,"b":%s}' % (head, sent_at, expires_at, body)
     parts = [head]
     if reply_channel is not None:
         parts += [b',"rc":', _str(reply_channel)]

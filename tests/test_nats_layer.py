@@ -33,7 +33,7 @@ from svcbus import (
 )
 
 nats = pytest.importorskip("nats")
-from svcbus.layers.nats import PREFETCH, NatsLayer  # noqa: E402
+from svcbus.layers.nats import DIRECT_FOR, PREFETCH, NatsLayer  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
@@ -439,8 +439,30 @@ async def test_without_a_listening_receiver_messages_wait_in_the_stream(nats_url
             await sender.send("later", str(i).encode())
         await sender.flush()  # the bounces are republished to the stream and acknowledged
         assert not sender._unconfirmed and not sender._in_flight
-        assert (await _stream_state(sender, "later")).messages == 40
-        assert await _receive(receiver, "later", 40) == [str(i).encode() for i in range(40)]
+        bounced = sender.bounced
+        assert 1 <= bounced <= 40
+        # Right after a bounce the sender publishes straight to the stream: no more bounces.
+        for i in range(40, 80):
+            await sender.send("later", str(i).encode())
+        await sender.flush()
+        assert sender.bounced == bounced
+        assert (await _stream_state(sender, "later")).messages == 80
+        assert await _receive(receiver, "later", 80) == [str(i).encode() for i in range(80)]
+        # A moment later, with a receiver listening, messages go live again.
+        await anyio.sleep(DIRECT_FOR + 0.1)
+        async with anyio.create_task_group() as tg:
+            got: list[bytes] = []
+
+            async def drain() -> None:
+                got.extend(await _receive(receiver, "later", 10))
+
+            tg.start_soon(drain)
+            await anyio.sleep(0.1)
+            for i in range(10):
+                await sender.send("later", str(i).encode())
+            await sender.flush()
+        assert got == [str(i).encode() for i in range(10)]
+        assert (await _stream_state(sender, "later")).last_seq == 80
     finally:
         await sender.close()
         await receiver.close()

@@ -285,14 +285,16 @@ class Bus:
         data = self.encode(
             channel, message, reply_channel=reply_channel, message_id=message_id, trace=trace
         )
-        reply_model = envelope_type(reply_type | None if reply_type is not None else Any)
+        decode_reply = envelope_type(
+            reply_type | None if reply_type is not None else Any
+        ).__pydantic_validator__.validate_json
         try:
             await self.layer.send(channel, data)
             with anyio.fail_after(timeout):
                 while True:
                     (raw,) = await self.layer.receive_many(reply_channel, 1)
                     try:
-                        envelope = reply_model.model_validate_json(raw)
+                        envelope = decode_reply(raw)
                     except ValidationError as exc:
                         raise _invalid(reply_channel, exc, reply_type) from None
                     if envelope.re == message_id:

@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -384,28 +385,37 @@ def _ratio(value: float, base: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts (a quick look)")
+    parser.add_argument("--rounds", type=int, default=5, help="flood rounds (median reported)")
     args = parser.parse_args()
     flood_n, requests_n = (10_000, 1_000) if args.quick else (100_000, 5_000)
     groups = [(100, 20), (1_000, 20)] if args.quick else [(1_000, 50), (10_000, 20)]
 
     with NatsServer() as server:
         base = server.url
-        svc_url = f"{base}?prefix=bflood&capacity={flood_n * 2}"
         step: Callable[[str], None] = lambda what: print(f"... {what}", file=sys.stderr)  # noqa: E731
 
-        step(f"flood {flood_n:,}: raw nats-py")
-        raw = flood("raw", base, flood_n)
-        step(f"flood {flood_n:,}: raw nats-py JetStream")
-        raw_js = flood("raw-js", base, flood_n)
-        step(f"flood {flood_n:,}: svcbus")
-        ours = flood("svcbus", svc_url, flood_n)
-        step(f"flood {flood_n:,}: svcbus, stream only")
-        stream_url = f"{base}?prefix=bstream&capacity={flood_n * 2}&live=false"
-        stream_only = flood("svcbus", stream_url, flood_n)
-        step(f"flood {flood_n:,}: FastStream")
-        fast = flood("faststream", base, flood_n)
+        # Rounds, each system once per round, and the median: a single run of a
+        # second or so swings by 20% or more on a shared 2-core machine.
+        kinds = {
+            "raw nats-py": ("raw", lambda r: base),
+            "raw nats-py JetStream": ("raw-js", lambda r: base),
+            "svcbus": ("svcbus", lambda r: f"{base}?prefix=bflood{r}&capacity={flood_n * 2}"),
+            "svcbus, stream only": (
+                "svcbus",
+                lambda r: f"{base}?prefix=bstream{r}&capacity={flood_n * 2}&live=false",
+            ),
+            "FastStream": ("faststream", lambda r: base),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in kinds}
+        for r in range(args.rounds):
+            for name, (kind, url) in kinds.items():
+                step(f"flood {flood_n:,}, round {r + 1}/{args.rounds}: {name}")
+                rates[name].append(flood(kind, url(r), flood_n))
+                step(f"    {rates[name][-1]:,.0f} msg/s")
+        raw, raw_js, ours, stream_only, fast = (statistics.median(rates[name]) for name in kinds)
         print_table(
-            f"Flood: {flood_n:,} chat messages, publisher and consumer in separate processes",
+            f"Flood: {flood_n:,} chat messages, publisher and consumer in separate processes "
+            f"(median of {args.rounds} rounds)",
             ["system", "msg/s", "vs raw nats-py", "svcbus vs it"],
             [
                 [

@@ -171,6 +171,7 @@ class _Incoming:
         "ready",
         "recovering",
         "requested",
+        "returns",
         "stream",
         "sub",
         "subject",
@@ -189,6 +190,7 @@ class _Incoming:
         self.live: Subscription | None = None  # queue subscription while receivers are around
         self.listening = False  # subscribing or subscribed to the live subject
         self.idle_since = time.monotonic()  # when the last waiting receiver left
+        self.returns: _Outgoing | None = None  # publishes the buffer back to the stream
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{CONSUMER}"
         self.items: deque[bytes] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
@@ -214,12 +216,20 @@ class _Outgoing:
         "recovering",
         "rejected",
         "retry",
+        "returning",
         "stream",
         "subject",
     )
 
     def __init__(
-        self, channel: str, stream: str, subject: str, live_subject: str, live_reply: str
+        self,
+        channel: str,
+        stream: str,
+        subject: str,
+        live_subject: str,
+        live_reply: str,
+        *,
+        returning: bool = False,
     ) -> None:
         self.channel = channel
         self.stream = stream
@@ -232,6 +242,7 @@ class _Outgoing:
         self.error: str | None = None  # another refusal to report on the next send
         self.retry: list[bytes] = []  # published while the stream was missing
         self.recovering = False
+        self.returning = returning  # a receiver giving its buffer back, not a sender
 
 
 class _Local:
@@ -362,7 +373,8 @@ class NatsLayer(Layer):
         self.dropped = 0
         """Messages dropped because a process channel's buffer was at capacity."""
         self.lost = 0
-        """Published messages never acknowledged by JetStream (lost in a disconnect)."""
+        """Messages known lost: published but never acknowledged (a disconnect), or given
+        back by this process to a channel whose stream was full."""
         self.slow_consumer_drops = 0
         """Messages nats-py dropped because a subscription exceeded its pending limits."""
         self.bounced = 0
@@ -735,7 +747,17 @@ class NatsLayer(Layer):
             error = json.loads(data)["error"]
         except (ValueError, KeyError, TypeError):
             error = {"description": data[:200].decode("utf-8", "replace")}
-        if error.get("err_code") in _STREAM_FULL_CODES:
+        if out.returning:
+            # Given back by a receiver, refused by the stream (full): nobody gets it.
+            self.lost += 1
+            if self.lost % 1000 == 1:
+                log.warning(
+                    "messages this process gave back to %s were refused (%s); %d lost so far",
+                    out.channel,
+                    error.get("description", error),
+                    self.lost,
+                )
+        elif error.get("err_code") in _STREAM_FULL_CODES:
             out.rejected += 1
         else:
             out.error = str(error.get("description", error))
@@ -1043,13 +1065,26 @@ class NatsLayer(Layer):
         nc = self._nc
         if box.listening or box.waiters or box.requested or not box.items or nc is None:
             return
-        if not nc.is_connected:
-            return
+        if nc.is_connected:
+            await self._return_items(box)
+
+    async def _return_items(self, box: _Incoming) -> None:
+        """Publish the buffer back to the stream, acknowledged like any send.
+
+        A refusal (the stream is full) is counted in ``lost`` and logged.
+        """
+        out = box.returns
+        if out is None:
+            out = box.returns = _Outgoing(
+                box.channel, box.stream, box.subject, box.live_subject, "", returning=True
+            )
         returned = list(box.items)
         box.items.clear()  # the same deque: the handlers hold it
         for data in returned:
-            with contextlib.suppress(nats.errors.Error):
-                await nc.publish(box.subject, data)
+            try:
+                await self._publish(out, data)
+            except LayerError:
+                self.lost += 1
 
     def _pull_handler(self, box: _Incoming) -> Callable[[Msg], Awaitable[None]]:
         items = box.items
@@ -1535,15 +1570,11 @@ class NatsLayer(Layer):
                     box.waiters.clear()
                     if box.live is not None:
                         await self._unlisten(box)
-                # Messages pulled (and acknowledged) but never received go back to their
-                # channel, so closing a receiver loses nothing it had taken.
+                # Messages taken from the channel but never received go back to it,
+                # so closing a receiver loses nothing it had taken.
                 for box in self._incoming.values():
                     if box.items:
-                        out = self._outgoing.get(box.channel)
-                        subject = out.subject if out else f"{self._ch_root}{box.channel}"
-                        for data in box.items:
-                            await nc.publish(subject, data)
-                        box.items.clear()
+                        await self._return_items(box)
                 with contextlib.suppress(LayerError):
                     await self._flush(3.0)
         except (nats.errors.Error, asyncio.TimeoutError):

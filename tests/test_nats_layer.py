@@ -575,3 +575,35 @@ async def test_live_false_sends_everything_through_the_stream(nats_url: str) -> 
         await receiver.close()
     with pytest.raises(ConfigurationError, match="live=true or live=false"):
         open_layer(isolated(nats_url, live="maybe"))
+
+
+async def test_giving_back_to_a_full_channel_counts_and_logs_the_loss(
+    nats_url: str, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="svcbus.layers.nats")
+    url = isolated(nats_url)
+    sender = await connected(url, capacity=2)  # the stream holds 2
+    receiver = await connected(url, capacity=5)  # the live buffer holds 5
+    try:
+        receiver.linger = 0.2
+        with anyio.move_on_after(0.3):
+            await receiver.receive("giveback")
+        for i in range(5):
+            await sender.send("giveback", str(i).encode())
+        await sender.flush()
+        box = receiver._incoming["giveback"]
+        assert len(box.items) == 5
+        for i in range(5, 7):  # spilled: the stream is now full
+            await sender.send("giveback", str(i).encode())
+        await sender.flush()
+        with anyio.fail_after(8):  # linger, the pull expires, the buffer goes back
+            while box.live is not None or box.items:
+                await anyio.sleep(0.05)
+            await receiver.flush()
+        stored = (await _stream_state(sender, "giveback")).messages
+        assert stored == 2
+        assert receiver.lost == 5  # what did not fit was counted, not silently dropped
+        assert any("gave back" in r.getMessage() for r in caplog.records)
+    finally:
+        await sender.close()
+        await receiver.close()

@@ -1,6 +1,6 @@
 """NATS layer: svcbus vs raw nats-py vs FastStream, one server, one run.
 
-    python bench/bench_nats.py [--quick]
+    python bench/bench_nats.py [--quick] [--rounds N]
 
 Starts its own ``nats-server -js`` on a free loopback port and measures:
 
@@ -12,6 +12,9 @@ Starts its own ``nats-server -js`` on a free loopback port and measures:
    stream); the "stream only" row (``?live=false``) sends every message through
    JetStream. Raw nats-py and FastStream use core NATS pub/sub (a message with no
    subscriber is gone), published by raw nats-py.
+   **Backlog**: the same messages sent while nobody listens, until JetStream has
+   stored them all, with live delivery on (one bounce, then a second straight to
+   the stream, repeated) and off.
 2. **Request/reply**: sequential requests to a responder process; per-request
    latency p50/p99. svcbus: ``Bus.request`` to a ``Runtime`` consumer (request on
    a named channel, delivered live; reply on a process channel); raw:
@@ -203,6 +206,21 @@ def flood(kind: str, url: str, count: int) -> float:
             consumer.terminate()
             consumer.join()
     return count / (result.value - started)
+
+
+async def _backlog(url: str, count: int) -> float:
+    """Messages per second sent into a channel nobody listens to, until all are stored."""
+    from svcbus import Bus
+
+    messages = [chat(i) for i in range(count)]
+    async with Bus(url) as bus:
+        await bus.send(CHANNEL, chat(-1))  # warm: the stream exists
+        await bus.layer.flush()
+        started = time.monotonic()
+        for message in messages:
+            await bus.send(CHANNEL, message)
+        await bus.layer.flush()  # every message acknowledged by JetStream
+        return count / (time.monotonic() - started)
 
 
 # 2. request/reply ----------------------------------------------------------------------------
@@ -448,6 +466,28 @@ def main() -> None:
                     _ratio(fast, raw),
                     _ratio(ours, fast),
                 ],
+            ],
+        )
+
+        backlog_n = flood_n // 2
+        step(f"backlog {backlog_n:,}: svcbus, live and stream only")
+        backlog_rates: dict[str, list[float]] = {"true": [], "false": []}
+        for r in range(3):
+            for live, rates_ in backlog_rates.items():
+                url = f"{base}?prefix=bbacklog{live}{r}&capacity={backlog_n * 2}&live={live}"
+                rates_.append(asyncio.run(_backlog(url, backlog_n)))
+        backlog = {live: statistics.median(rates_) for live, rates_ in backlog_rates.items()}
+        print_table(
+            f"Backlog: {backlog_n:,} sends with no consumer listening, until JetStream stored "
+            "them all (median of 3)",
+            ["svcbus", "msg/s", "vs stream only"],
+            [
+                [
+                    "live (the default: a bounce, then straight to the stream)",
+                    f"{backlog['true']:,.0f}",
+                    _ratio(backlog["true"], backlog["false"]),
+                ],
+                ["stream only (?live=false)", f"{backlog['false']:,.0f}", "1.00x"],
             ],
         )
 

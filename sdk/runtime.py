@@ -291,24 +291,20 @@ class Runtime:
             if envelope.ex is not None and envelope.ex <= now:
                 bound.stats.expired += 1
                 continue
+            # Without a context parameter the consumer cannot reply itself: no Context.
+            ctx = (
+                Context(self.bus, consumer.channel, envelope, self.service)
+                if consumer.takes_context
+                else None
+            )
             tracer = self.bus.tracer
-            if tracer is None and quiet and envelope.rc is None:
-                # The common case: no reply, no span, no observer. Report the
-                # envelope alone and count it on the loop.
-                try:
-                    if consumer.takes_context:
-                        ctx = Context(self.bus, consumer.channel, envelope, self.service)
-                        consumer.func(envelope.b, BlockingContext(ctx))
-                    else:
-                        consumer.func(envelope.b)
-                except Exception as exc:
-                    outcomes.append((data, None, envelope, None, exc))
-                    continue
-                outcomes.append(envelope)
-                continue
-            ctx = Context(self.bus, consumer.channel, envelope, self.service)
             if tracer is None:
                 outcome = self._call_sync(consumer, envelope, ctx)
+                if quiet and envelope.rc is None and type(outcome) is _Returned:
+                    # The common case: no reply, no span, no observer. Report the
+                    # envelope alone and count it on the loop.
+                    outcomes.append(envelope)
+                    continue
             else:
                 with tracing.process_span(
                     tracer,
@@ -326,9 +322,9 @@ class Runtime:
         return outcomes, time.perf_counter() - started
 
     @staticmethod
-    def _call_sync(consumer: Consumer, envelope: Envelope[Any], ctx: Context) -> Any:
+    def _call_sync(consumer: Consumer, envelope: Envelope[Any], ctx: Context | None) -> Any:
         try:
-            if consumer.takes_context:
+            if ctx is not None:
                 return _Returned(consumer.func(envelope.b, BlockingContext(ctx)))
             return _Returned(consumer.func(envelope.b))
         except Exception as exc:

@@ -635,9 +635,12 @@ class NatsLayer(Layer):
         error, out.error = out.error, None
         return LayerError(f"NATS refused a message for {out.channel!r}: {error}")
 
-    async def _mark(self) -> None:
-        """Publish a marker to ourselves: when it returns, earlier live publishes are settled."""
-        if self._nc is None or self._marked == self._live_seq:
+    async def _mark(self, *, again: bool = False) -> None:
+        """Publish a marker to ourselves: when it returns, earlier live publishes are settled.
+
+        ``again``: even if one for the newest publish is out (it may have been lost).
+        """
+        if self._nc is None or (self._marked == self._live_seq and not again):
             return
         self._marked = self._live_seq
         with contextlib.suppress(nats.errors.Error):
@@ -1535,8 +1538,7 @@ class NatsLayer(Layer):
             return
         if self._unconfirmed:
             # A quiet sender's last live publishes, or a marker lost in a disconnect.
-            self._marked = 0
-            await self._mark()
+            await self._mark(again=True)
         marks = self._seq_marks
         marks.append((now, self._seq))
         stale = 0

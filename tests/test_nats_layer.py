@@ -403,24 +403,36 @@ async def _receive(layer: NatsLayer, channel: str, count: int) -> list[bytes]:
     return got
 
 
+async def _sent_to_a_waiting_receiver(
+    sender: NatsLayer, receiver: NatsLayer, channel: str, count: int
+) -> list[bytes]:
+    """Send ``count`` numbered messages while ``receiver`` waits for them; what it got."""
+    got: list[bytes] = []
+
+    async def drain() -> None:
+        got.extend(await _receive(receiver, channel, count))
+
+    def waiting() -> bool:
+        box = receiver._incoming.get(channel)
+        return box is not None and bool(box.waiters) and (box.live is not None or not receiver.live)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain)
+        with anyio.fail_after(5):
+            while not waiting():
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)  # the server knows its subscription and pull request
+        for i in range(count):
+            await sender.send(channel, str(i).encode())
+        await sender.flush()
+    return got
+
+
 async def test_listening_receiver_gets_messages_without_the_stream(nats_url: str) -> None:
     url = isolated(nats_url)
     sender, receiver = await connected(url, capacity=1000), await connected(url, capacity=1000)
     try:
-        async with anyio.create_task_group() as tg:
-            got: list[bytes] = []
-
-            async def drain() -> None:
-                got.extend(await _receive(receiver, "live", 300))
-
-            tg.start_soon(drain)
-            with anyio.fail_after(5):
-                while receiver._incoming.get("live") is None or not receiver._incoming["live"].live:
-                    await anyio.sleep(0.01)
-            await anyio.sleep(0.1)  # the server knows the subscription
-            for i in range(300):
-                await sender.send("live", str(i).encode())
-            await sender.flush()
+        got = await _sent_to_a_waiting_receiver(sender, receiver, "live", 300)
         assert got == [str(i).encode() for i in range(300)]
         assert not sender._unconfirmed  # every live publish was settled by a marker
         state = await _stream_state(sender, "live")
@@ -450,17 +462,7 @@ async def test_without_a_listening_receiver_messages_wait_in_the_stream(nats_url
         assert await _receive(receiver, "later", 80) == [str(i).encode() for i in range(80)]
         # A moment later, with a receiver listening, messages go live again.
         await anyio.sleep(DIRECT_FOR + 0.1)
-        async with anyio.create_task_group() as tg:
-            got: list[bytes] = []
-
-            async def drain() -> None:
-                got.extend(await _receive(receiver, "later", 10))
-
-            tg.start_soon(drain)
-            await anyio.sleep(0.1)
-            for i in range(10):
-                await sender.send("later", str(i).encode())
-            await sender.flush()
+        got = await _sent_to_a_waiting_receiver(sender, receiver, "later", 10)
         assert got == [str(i).encode() for i in range(10)]
         assert (await _stream_state(sender, "later")).last_seq == 80
     finally:
@@ -556,17 +558,7 @@ async def test_live_false_sends_everything_through_the_stream(nats_url: str) -> 
     sender, receiver = await connected(url), await connected(url)
     assert not sender.live
     try:
-        async with anyio.create_task_group() as tg:
-            got: list[bytes] = []
-
-            async def drain() -> None:
-                got.extend(await _receive(receiver, "stored", 20))
-
-            tg.start_soon(drain)
-            await anyio.sleep(0.2)
-            for i in range(20):
-                await sender.send("stored", str(i).encode())
-            await sender.flush()
+        got = await _sent_to_a_waiting_receiver(sender, receiver, "stored", 20)
         assert got == [str(i).encode() for i in range(20)]
         assert receiver._incoming["stored"].live is None
         assert (await _stream_state(sender, "stored")).last_seq == 20

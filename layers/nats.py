@@ -137,6 +137,10 @@ _STREAM_CONFIG_DIFFERS = 10058
 _CONSUMER_EXISTS = (10013, 10148)
 _STREAM_FULL_CODES = (10077, 10078)  # maximum messages / bytes exceeded
 _OK = b'{"ok":true}'
+_FULL = b"F"  # a listener's answer: kept over capacity, store the next ones in the stream
+
+LOST_LOG_EVERY = 10.0
+"""Seconds between two log lines about lost messages (the count covers the period)."""
 
 _URL_PARAMS = (
     "prefix",
@@ -172,6 +176,7 @@ class _Incoming:
         "recovering",
         "requested",
         "returns",
+        "spill",
         "stream",
         "sub",
         "subject",
@@ -191,6 +196,7 @@ class _Incoming:
         self.listening = False  # subscribing or subscribed to the live subject
         self.idle_since = time.monotonic()  # when the last waiting receiver left
         self.returns: _Outgoing | None = None  # publishes the buffer back to the stream
+        self.spill: _Outgoing | None = None  # publishes live arrivals beyond capacity there
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{CONSUMER}"
         self.items: deque[bytes] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
@@ -209,12 +215,12 @@ class _Outgoing:
     __slots__ = (
         "channel",
         "direct_until",
-        "error",
+        "full",
+        "keeps",
         "last_live",
         "live_reply",
         "live_subject",
         "recovering",
-        "rejected",
         "retry",
         "returning",
         "stream",
@@ -230,6 +236,7 @@ class _Outgoing:
         live_reply: str,
         *,
         returning: bool = False,
+        keeps: _Incoming | None = None,
     ) -> None:
         self.channel = channel
         self.stream = stream
@@ -237,12 +244,12 @@ class _Outgoing:
         self.live_subject = live_subject
         self.live_reply = live_reply  # + sequence: where bounces and spill-over acks come back
         self.last_live = 0  # sequence of the newest live publish
-        self.direct_until = 0.0  # after a bounce: use the stream until then
-        self.rejected = 0  # refused as full since the last ChannelFull raised
-        self.error: str | None = None  # another refusal to report on the next send
+        self.direct_until = 0.0  # after a bounce or a full listener: use the stream until then
+        self.full = False  # the stream refused the last send: stay on it until one fits
         self.retry: list[bytes] = []  # published while the stream was missing
         self.recovering = False
         self.returning = returning  # a receiver giving its buffer back, not a sender
+        self.keeps = keeps  # a listener spilling: a refused message goes back into its buffer
 
 
 class _Local:
@@ -343,6 +350,8 @@ class NatsLayer(Layer):
         self._outgoing_by_id: list[_Outgoing] = []
         self._opening_out: dict[str, asyncio.Future[_Outgoing]] = {}
         self._in_flight: dict[int, tuple[_Outgoing, bytes]] = {}
+        self._spill_replies: dict[int, str] = {}  # in-flight spills -> the sender's reply
+        self._dropped_reply = ""  # where owners of process channels report drops
         self._seq = 0
         self._window: asyncio.Event | None = None  # set when the window has room
         self._acked: asyncio.Event | None = None  # set on each ack while someone flushes
@@ -373,8 +382,12 @@ class NatsLayer(Layer):
         self.dropped = 0
         """Messages dropped because a process channel's buffer was at capacity."""
         self.lost = 0
-        """Messages known lost: published but never acknowledged (a disconnect), or given
-        back by this process to a channel whose stream was full."""
+        """Messages lost after their ``send`` returned, each logged (rate-limited) with its
+        reason: never acknowledged (a disconnect), bounced or given back into a full
+        stream, dropped by a full process channel's owner (counted at the sender), or
+        dropped by nats-py's pending limits (counted at the receiver)."""
+        self._unlogged_lost = 0
+        self._lost_logged_at = -LOST_LOG_EVERY
         self.slow_consumer_drops = 0
         """Messages nats-py dropped because a subscription exceeded its pending limits."""
         self.bounced = 0
@@ -473,6 +486,7 @@ class NatsLayer(Layer):
             if isinstance(exc, nats.errors.SlowConsumerError):
                 # The pending limits bound memory; say so once in a while, not per message.
                 self.slow_consumer_drops += 1
+                self.lost += 1
                 if self.slow_consumer_drops % 10_000 == 1:
                     log.warning(
                         "NATS slow consumer: dropping messages on %s (pending limits %d msgs, "
@@ -529,6 +543,7 @@ class NatsLayer(Layer):
         nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever
         self._reply_root = nc.new_inbox()
         self._ack_prefix = f"{self._reply_root}.a."
+        self._dropped_reply = f"{self._ack_prefix}d.0"
         self._window = asyncio.Event()
         self._window.set()
         await nc.subscribe(f"{self._reply_root}.a.>", cb=self._on_ack, **self._limits())
@@ -591,21 +606,19 @@ class NatsLayer(Layer):
             out = await self._open_outgoing(channel)
         elif len(message) > self.options.max_message_size:
             self.options.check_size(channel, message)
-        if out.rejected or out.error is not None:
-            raise self._refusal(out)
         if len(self._in_flight) >= MAX_IN_FLIGHT or len(self._unconfirmed) >= MAX_UNCONFIRMED:
             await self._wait_for_window()
         if not self.live:
-            await self._publish(out, message)
+            await self._store(out, message)
             return
         if out.direct_until:
-            if time.monotonic() < out.direct_until:
-                # Nobody listened a moment ago. Once every earlier live publish is
-                # settled (its bounce, if any, already republished), publishing to
-                # the stream keeps the order.
+            if out.full or time.monotonic() < out.direct_until:
+                # Nobody listened, or a listener was full, a moment ago. Once every
+                # earlier live publish is settled (its bounce, if any, already
+                # republished), storing in the stream keeps the order.
                 if self._confirmed < out.last_live:
                     await self._settle(out.last_live)
-                await self._publish(out, message)
+                await self._store(out, message)
                 return
             out.direct_until = 0.0
         # Live: publish to the channel's live subject, where listening receivers share
@@ -625,15 +638,56 @@ class NatsLayer(Layer):
         if seq - self._marked >= MARK_EVERY:
             await self._mark()
 
-    def _refusal(self, out: _Outgoing) -> Exception:
-        if out.rejected:
-            out.rejected = 0
-            return ChannelFull(
-                f"channel {out.channel!r} holds {self.options.capacity_for(out.channel)} messages "
-                "(its capacity); its consumers are behind: retry later or raise channel_capacity"
+    async def _store(self, out: _Outgoing, message: bytes) -> None:
+        """Publish to the channel's stream and wait for its acknowledgement.
+
+        A message the stream refuses (full) raises :class:`ChannelFull` here, at its
+        own ``send``: a send that returns has been stored. The sender stays on the
+        stream until a message fits again, so a full channel never takes a live
+        message it might have to refuse later.
+        """
+        nc = self._nc or await self._client()
+        if not nc.is_connected:
+            # Not into nats-py's reconnect buffer: a send that fails must not be sent.
+            await self._connected(self.ack_timeout)
+        for attempt in range(2):
+            try:
+                answer = await nc.request(out.subject, message, timeout=self.ack_timeout)
+            except nats.errors.NoRespondersError:
+                if attempt:
+                    raise LayerError(
+                        f"the NATS stream of {out.channel!r} is missing and could not be "
+                        "made again; is JetStream enabled (nats-server -js)?"
+                    ) from None
+                # A restarted server lost the (memory-storage) stream: make it again.
+                await self._ensure_channel(out.channel, out.stream, out.subject, for_send=True)
+                continue
+            except nats.errors.TimeoutError:
+                raise LayerError(
+                    f"NATS did not confirm a message for {out.channel!r} within "
+                    f"{self.ack_timeout:g}s (server down or overloaded); it may not be "
+                    "stored: send it again if it matters"
+                ) from None
+            except nats.errors.MaxPayloadError:
+                raise _too_large(out.channel, message, nc) from None
+            except nats.errors.Error as exc:
+                raise _connection_error(exc) from None
+            data = answer.data
+            if data[:9] != b'{"error":':
+                out.full = False
+                return
+            error = _api_error(data)
+            if error.get("err_code") in _STREAM_FULL_CODES:
+                out.full = True
+                out.direct_until = time.monotonic() + DIRECT_FOR
+                raise ChannelFull(
+                    f"channel {out.channel!r} holds {self.options.capacity_for(out.channel)} "
+                    "messages (its capacity); its consumers are behind: retry later or raise "
+                    "channel_capacity"
+                )
+            raise LayerError(
+                f"NATS refused a message for {out.channel!r}: {error.get('description', error)}"
             )
-        error, out.error = out.error, None
-        return LayerError(f"NATS refused a message for {out.channel!r}: {error}")
 
     async def _mark(self, *, again: bool = False) -> None:
         """Publish a marker to ourselves: when it returns, earlier live publishes are settled.
@@ -656,24 +710,30 @@ class NatsLayer(Layer):
 
     async def _on_live_reply(self, out: _Outgoing, seq: int, msg: Msg) -> None:
         data = msg.data
-        if not data and msg.headers and msg.headers.get("Status") == "503":
-            # No live receiver (or, for a spilled message, no stream): the message
-            # waits in the stream instead. Bounces arrive in publish order.
+        if data == _FULL:
+            # A listener kept the message over its capacity because the stream was
+            # full too: store the next ones in the stream, where ChannelFull can say so.
+            out.direct_until = time.monotonic() + DIRECT_FOR
+            out.full = True
+        elif not data and msg.headers and msg.headers.get("Status") == "503":
+            # No live receiver: the message waits in the stream instead. Bounces
+            # arrive in publish order.
             out.direct_until = time.monotonic() + DIRECT_FOR
             index = seq - (self._live_seq - len(self._unconfirmed) + 1)
             if 0 <= index < len(self._unconfirmed):
                 self.bounced += 1
                 await self._publish(out, self._unconfirmed[index])
             else:
-                self.lost += 1
-                log.warning("a message for %s was lost: its stream is gone", out.channel)
-        elif data[:9] == b'{"error":':
-            self._refused(out, data)  # a receiver spilled it over and the stream is full
+                self._count_lost(1, out.channel, "its live publish was no longer held")
 
-    async def _publish(self, out: _Outgoing, message: bytes) -> None:
+    async def _publish(self, out: _Outgoing, message: bytes, spilled_from: str = "") -> None:
+        """Publish to the stream without waiting: for messages whose ``send`` returned
+        (bounced, spilled or given back). ``_on_ack`` settles them."""
         nc = await self._client()
         self._seq = seq = self._seq + 1
         self._in_flight[seq] = (out, message)
+        if spilled_from:
+            self._spill_replies[seq] = spilled_from
         try:
             await nc.publish(out.subject, message, reply=f"{self._ack_prefix}{seq}")
         except nats.errors.MaxPayloadError:
@@ -687,7 +747,8 @@ class NatsLayer(Layer):
         nc = await self._client()
         head, _, local = channel.partition("!")
         try:
-            await nc.publish(f"{self._p_root}{head}.{local}", message)
+            # The owner answers on the reply subject only if its buffer was full.
+            await nc.publish(f"{self._p_root}{head}.{local}", message, reply=self._dropped_reply)
         except nats.errors.MaxPayloadError:
             raise _too_large(channel, message, nc) from None
         except nats.errors.Error as exc:
@@ -713,16 +774,21 @@ class NatsLayer(Layer):
             head, _, number = tail.partition(".")
             if head == "m":
                 self._confirm(int(number))
+            elif head == "d":
+                # A process channel's owner dropped one of our messages: it was full.
+                channel = msg.data[:200].decode("utf-8", "replace")
+                self._count_lost(1, channel, "the process channel was full")
             else:
                 await self._on_live_reply(self._outgoing_by_id[int(head)], int(number), msg)
             self._settled()
             return
         seq = int(tail)
         entry = self._in_flight.pop(seq, None)
+        spilled_from = self._spill_replies.pop(seq, None) if self._spill_replies else None
         if entry is not None:
             data = msg.data
             if data[:9] == b'{"error":':
-                self._refused(entry[0], data)
+                await self._refused(entry[0], entry[1], data, spilled_from)
             elif not data and msg.headers and msg.headers.get("Status") == "503":
                 # No stream listens on the subject: a restarted server lost it.
                 out = entry[0]
@@ -745,26 +811,47 @@ class NatsLayer(Layer):
         ):
             window.set()
 
-    def _refused(self, out: _Outgoing, data: bytes) -> None:
-        try:
-            error = json.loads(data)["error"]
-        except (ValueError, KeyError, TypeError):
-            error = {"description": data[:200].decode("utf-8", "replace")}
-        if out.returning:
-            # Given back by a receiver, refused by the stream (full): nobody gets it.
-            self.lost += 1
-            if self.lost % 1000 == 1:
-                log.warning(
-                    "messages this process gave back to %s were refused (%s); %d lost so far",
-                    out.channel,
-                    error.get("description", error),
-                    self.lost,
-                )
-        elif error.get("err_code") in _STREAM_FULL_CODES:
-            out.rejected += 1
-        else:
-            out.error = str(error.get("description", error))
-            log.error("NATS refused a message for %s: %s", out.channel, out.error)
+    async def _refused(
+        self, out: _Outgoing, message: bytes, data: bytes, spilled_from: str | None
+    ) -> None:
+        """The stream refused a message whose ``send`` had already returned."""
+        error = _api_error(data)
+        box = out.keeps
+        if box is not None:
+            # Spilled by a full listener, or given back by a leaving receiver, and the
+            # stream is full: keep it here (it was accepted; a later give-back or a
+            # receiver takes it) and tell the sender to use the stream, which says
+            # ChannelFull at the send it refuses.
+            box.items.append(message)
+            if box.waiters:
+                _wake(box.waiters)
+            if spilled_from and self._nc is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await self._nc.publish(spilled_from, _FULL)
+            return
+        # A bounced message (nobody listened) and the stream is full as well.
+        out.full = True
+        out.direct_until = time.monotonic() + DIRECT_FOR
+        reason = str(error.get("description", error))
+        self._count_lost(
+            1, out.channel, f"no receiver listened and the stream refused it: {reason}"
+        )
+
+    def _count_lost(self, count: int, channel: str, reason: str) -> None:
+        """Count messages lost after their ``send`` returned, and say so (rate-limited)."""
+        self.lost += count
+        now = time.monotonic()
+        self._unlogged_lost += count
+        if now - self._lost_logged_at >= LOST_LOG_EVERY:
+            log.warning(
+                "%d message(s) for %s lost: %s (%d lost by this process so far)",
+                self._unlogged_lost,
+                channel,
+                reason,
+                self.lost,
+            )
+            self._unlogged_lost = 0
+            self._lost_logged_at = now
 
     async def _recover_outgoing(self, out: _Outgoing) -> None:
         """Recreate a lost stream, then publish what the server bounced, in order.
@@ -780,9 +867,7 @@ class NatsLayer(Layer):
                     await self._publish(out, message)
         except LayerError as exc:
             lost, out.retry = out.retry, []
-            self.lost += len(lost)
-            out.error = str(exc)
-            log.error("%d messages for %s lost: %s", len(lost), out.channel, exc)
+            self._count_lost(len(lost), out.channel, f"its stream could not be made again: {exc}")
         finally:
             out.recovering = False
             self._recovering -= 1
@@ -796,7 +881,8 @@ class NatsLayer(Layer):
         """
         await self._flush(self.ack_timeout)
 
-    async def _flush(self, timeout: float) -> None:
+    async def _connected(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the connection to be up."""
         nc = await self._client()
         deadline = time.monotonic() + timeout
         while not nc.is_connected:
@@ -809,6 +895,11 @@ class NatsLayer(Layer):
                     "when the server is back (is nats-server running?)"
                 )
             await asyncio.sleep(0.05)
+
+    async def _flush(self, timeout: float) -> None:
+        nc = await self._client()
+        deadline = time.monotonic() + timeout
+        await self._connected(timeout)
         try:
             await _round_trip(nc, max(0.1, deadline - time.monotonic()))
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
@@ -1031,11 +1122,18 @@ class NatsLayer(Layer):
                 if waiters:
                     _wake(waiters)
                 return
-            # Full: the stream is the waiting room, where any process can pull it.
-            # Its acknowledgement goes to the sender (ChannelFull if that is full too).
+            # Full: the stream is the waiting room, where any process can pull it. If
+            # the stream refuses it too, ``_refused`` keeps it here and tells the sender.
             self.spilled += 1
-            with contextlib.suppress(nats.errors.Error):
-                await self._nc.publish(box.subject, msg.data, reply=msg.reply)  # type: ignore[union-attr]
+            spill = box.spill
+            if spill is None:
+                spill = box.spill = _Outgoing(
+                    box.channel, box.stream, box.subject, box.live_subject, "", keeps=box
+                )
+            try:
+                await self._publish(spill, msg.data, msg.reply or "")
+            except LayerError:
+                items.append(msg.data)  # no connection: keep it rather than lose it
 
         return on_message
 
@@ -1079,15 +1177,21 @@ class NatsLayer(Layer):
         out = box.returns
         if out is None:
             out = box.returns = _Outgoing(
-                box.channel, box.stream, box.subject, box.live_subject, "", returning=True
+                box.channel,
+                box.stream,
+                box.subject,
+                box.live_subject,
+                "",
+                returning=True,
+                keeps=box,
             )
         returned = list(box.items)
         box.items.clear()  # the same deque: the handlers hold it
         for data in returned:
             try:
                 await self._publish(out, data)
-            except LayerError:
-                self.lost += 1
+            except LayerError as exc:
+                self._count_lost(1, box.channel, f"giving it back failed: {exc}")
 
     def _pull_handler(self, box: _Incoming) -> Callable[[Msg], Awaitable[None]]:
         items = box.items
@@ -1184,6 +1288,9 @@ class NatsLayer(Layer):
                     batch = [items.popleft() for _ in range(limit)]
                     if box.waiters:
                         _wake(box.waiters)  # more left than we took: pass it on
+                # Receivers that never wait (the buffer is never empty) are active too:
+                # the sweep must not take them for gone and give their buffer away.
+                box.idle_since = time.monotonic()
                 return batch
             await self._wait(box, limit, pull=True)
 
@@ -1249,7 +1356,11 @@ class NatsLayer(Layer):
         bang = head + "!"
 
         async def on_message(msg: Msg) -> None:
-            self._deliver_local(bang + msg.subject[offset:], msg.data, time.monotonic())
+            channel = bang + msg.subject[offset:]
+            if not self._deliver_local(channel, msg.data, time.monotonic()) and msg.reply:
+                # Full: tell the sender, which counts it as lost and logs it.
+                with contextlib.suppress(nats.errors.Error):
+                    await self._nc.publish(msg.reply, channel.encode())  # type: ignore[union-attr]
 
         return on_message
 
@@ -1531,6 +1642,15 @@ class NatsLayer(Layer):
                 await self._unsubscribe_group(group, entry)
         for key in [k for k, (_, until) in self._held.items() if until <= now]:
             await self._drop_named(*key)
+        if self._unlogged_lost and now - self._lost_logged_at >= LOST_LOG_EVERY:
+            log.warning(
+                "%d more message(s) lost in the last %gs, for the reasons logged before "
+                "(%d lost by this process so far)",
+                self._unlogged_lost,
+                LOST_LOG_EVERY,
+                self.lost,
+            )
+            self._unlogged_lost, self._lost_logged_at = 0, now
         # Publishes never acknowledged (written just before the connection broke).
         # Time only counts while connected: during an outage they wait in the buffer.
         if not connected:
@@ -1549,10 +1669,9 @@ class NatsLayer(Layer):
             for seq in old:
                 del self._in_flight[seq]
             if old:
-                self.lost += len(old)
-                log.warning(
-                    "%d messages were never acknowledged by NATS (lost in a disconnect?)", len(old)
-                )
+                for seq in old:
+                    self._spill_replies.pop(seq, None)
+                self._count_lost(len(old), "named channels", "never acknowledged (a disconnect?)")
                 if self._window is not None:
                     self._window.set()
 
@@ -1579,6 +1698,11 @@ class NatsLayer(Layer):
                         await self._return_items(box)
                 with contextlib.suppress(LayerError):
                     await self._flush(3.0)
+                for box in self._incoming.values():
+                    if box.items:  # the stream refused them back: it is full
+                        self._count_lost(
+                            len(box.items), box.channel, "taken, then closed with the channel full"
+                        )
         except (nats.errors.Error, asyncio.TimeoutError):
             pass
         finally:
@@ -1618,6 +1742,17 @@ def _too_large(target: str, message: bytes, nc: Client) -> MessageTooLarge:
         f"max_payload ({nc.max_payload}); lower max_message_size or raise max_payload in "
         "the server configuration"
     )
+
+
+def _api_error(data: bytes) -> dict[str, Any]:
+    """The ``error`` object of a JetStream API answer."""
+    try:
+        error = json.loads(data)["error"]
+        if isinstance(error, dict):
+            return error
+    except (ValueError, KeyError, TypeError):
+        pass
+    return {"description": data[:200].decode("utf-8", "replace")}
 
 
 def _connection_error(exc: BaseException) -> LayerError:

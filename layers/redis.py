@@ -115,7 +115,12 @@ _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 # The scripts are part of the wire protocol: the legacy runtime, which must stand
 # alone, holds the one copy and this layer uses it, so both load byte-identical
 # scripts (the same SHA1 for EVALSHA) and cannot drift apart.
-from svcbus.legacy.redis import POP_SCRIPT, SEND_SCRIPT  # noqa: E402
+from svcbus.legacy.redis import (  # noqa: E402
+    POP_SCRIPT,
+    SEND_SCRIPT,
+    quarantine_key,
+    split_item,
+)
 
 SEND_SHA = hashlib.sha1(SEND_SCRIPT).hexdigest().encode()
 POP_SHA = hashlib.sha1(POP_SCRIPT).hexdigest().encode()
@@ -708,6 +713,15 @@ class RedisLayer(Layer):
         self._ack_ids = itertools.count(1)
         self._refused: dict[str, int] = {}
         self._lost_sends = 0
+        self.foreign = 0
+        """Items found in this layer's lists that svcbus did not write (moved aside)."""
+        self._foreign_logged_at = -10.0
+        self.lost = 0
+        """Messages lost after their ``send`` returned: a pipelined send the server
+        refused (full) or that a broken connection may have lost; each is logged."""
+        self.dropped = 0
+        """Messages for a full process channel of this process, dropped (and logged)."""
+        self._dropped_logged_at = -10.0
         self._tick = 0
         self._connected = False
         self._closed = False
@@ -945,6 +959,7 @@ class RedisLayer(Layer):
                 target.room = 0
                 if future is None:
                     self._lost_sends += 1
+                    self.lost += 1
             if future is not None and not future.done():
                 future.set_exception(error)
 
@@ -956,9 +971,11 @@ class RedisLayer(Layer):
                 channel,
             )
         self._refused[channel] = count + 1
+        self.lost += 1
 
     def _note_lost(self, reply: Any) -> None:
         self._lost_sends += 1
+        self.lost += 1
         log.error("redis refused a pipelined send: %s", reply)
 
     def _raise_late(self, channel: str | None) -> None:
@@ -996,6 +1013,11 @@ class RedisLayer(Layer):
         if source is None:
             head = channel.split("!", 1)[0] if "!" in channel else None
             source = self._sources[key] = _Source(key, self._shards[index], head)
+            if head is not None and not self._closed:
+                # A process head is popped all the time, not only while someone
+                # waits: direct messages then join group messages in the channel's
+                # one local buffer, in arrival order and under one capacity.
+                source.task = asyncio.ensure_future(self._fetch(source))
         box = self._boxes[channel] = _Box(source, self.options.capacity_for(channel), self._tick)
         if source.head is None:
             source.box = box
@@ -1082,8 +1104,8 @@ class RedisLayer(Layer):
         shard = source.shard
         backoff = 0.05
         try:
-            while not self._closed and source.wanted > 0:
-                want = min(source.wanted, MAX_FETCH)
+            while not self._closed and (source.wanted > 0 or source.head is not None):
+                want = MAX_FETCH if source.head is not None else min(source.wanted, MAX_FETCH)
                 epoch = shard.epoch
                 try:
                     conn = await shard.connection()
@@ -1102,16 +1124,34 @@ class RedisLayer(Layer):
                     backoff = min(backoff * 2, 2.0)
                     continue
                 except ResponseError as exc:
+                    # Not a list (WRONGTYPE), a script error...: the receivers keep
+                    # waiting and this loop keeps trying, slowly, saying what is wrong.
                     shard.release(conn, epoch)
-                    self._fail_waiters(
-                        source, LayerError(f"redis refused to pop {source.key!r}: {exc}")
+                    log.error(
+                        "redis refused to pop %s: %s; fix or delete that key (receivers "
+                        "keep waiting, retrying in %gs)",
+                        source.key.decode(errors="replace"),
+                        exc,
+                        5.0,
                     )
-                    return
+                    await asyncio.sleep(5.0)
+                    continue
                 except BaseException:
                     # Cancelled mid-command (close): the connection's state is unknown.
                     with contextlib.suppress(Exception):
                         await conn.disconnect(nowait=True)
                     raise
+                except Exception:
+                    # A bug or a reply of a shape we did not expect: never let the
+                    # receivers of this list hang on a dead task.
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
+                    log.exception(
+                        "popping %s failed; retrying", source.key.decode(errors="replace")
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
                 shard.release(conn, epoch)
                 shard.back()
                 backoff = 0.05
@@ -1125,25 +1165,60 @@ class RedisLayer(Layer):
         command = pack(b"EVALSHA", POP_SHA, b"1", source.key, now, want, source.split)
         await conn.send_packed_command(command, check_health=False)
         try:
-            items = await conn.read_response()
+            reply = await conn.read_response()
         except NoScriptError:
             await conn.send_packed_command(pack(b"SCRIPT", b"LOAD", POP_SCRIPT), False)
             await conn.read_response()
             await conn.send_packed_command(command, check_health=False)
-            items = await conn.read_response()
+            reply = await conn.read_response()
+        items, foreign = reply
+        if foreign:
+            self._count_foreign(source.key, foreign)
         if items:
             return items  # type: ignore[no-any-return]
         await conn.send_packed_command(pack(b"BLPOP", source.key, BLOCK_SECONDS), False)
         reply = await conn.read_response()
         if not reply:
             return []
-        item = reply[1]
-        if int(item[:13]) <= _now_ms():
+        parts = split_item(reply[1], source.head is not None)
+        if parts is None:
+            # Not written by svcbus: keep it where the scripts keep theirs.
+            await conn.send_packed_command(pack(b"RPUSH", quarantine_key(source.key), reply[1]))
+            await conn.read_response()
+            self._count_foreign(source.key, 1)
+            return []
+        deadline, local, message = parts
+        if deadline <= _now_ms():
             return []  # expired while queued
-        if source.head is None:
-            return [item[14:]]
-        local, _, message = item[14:].partition(b":")
-        return [local, message]
+        return [message] if local is None else [local, message]
+
+    def _drop(self, box: _Box, why: str) -> None:
+        """Count a message dropped for a full local buffer; log it at most every 10 s."""
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_logged_at >= 10.0:
+            self._dropped_logged_at = now
+            log.warning(
+                "dropped a message for %s (capacity %d); %d dropped so far: its receiver is behind",
+                why,
+                box.capacity,
+                self.dropped,
+            )
+
+    def _count_foreign(self, key: bytes, count: int) -> None:
+        """Count and log (at most every 10 s) items in our lists that svcbus did not write."""
+        self.foreign += count
+        now = time.monotonic()
+        if now - self._foreign_logged_at >= 10.0:
+            self._foreign_logged_at = now
+            log.warning(
+                "%d foreign item(s) in %s (not written by svcbus) were moved to %s; "
+                "%d so far. Inspect them with LRANGE; only svcbus should write to its keys",
+                count,
+                key.decode(errors="replace"),
+                quarantine_key(key).decode(errors="replace"),
+                self.foreign,
+            )
 
     def _deliver(self, source: _Source, items: list[bytes]) -> None:
         if source.head is None:
@@ -1161,27 +1236,21 @@ class RedisLayer(Layer):
             if box is None:
                 box = self._box(f"{source.head}!{local.decode()}")
             if len(box.items) >= box.capacity:
-                continue  # this process channel is full: the message is dropped
+                self._drop(box, "a full process channel")
+                continue
             box.items.append(items[i + 1])
             if box.waiters:
                 woken.add(local)
         for local in woken:
             self._wake(boxes[local])
 
-    def _fail_waiters(self, source: _Source, error: LayerError) -> None:
-        boxes = [source.box] if source.box is not None else list(source.boxes.values())
-        for box in boxes:
-            while box.waiters:
-                future, limit = box.waiters.popleft()
-                source.wanted -= limit
-                if not future.done():
-                    future.set_exception(error)
-
     async def new_channel(self, prefix: str = "specific") -> str:
         if self._closed:
             raise LayerError("this redis layer is closed; open a new one")
         validate_group(prefix)
-        return f"{prefix}.{self._token}!{os.urandom(5).hex()}"
+        name = f"{prefix}.{self._token}!{os.urandom(5).hex()}"
+        self._box(name)  # starts popping the head's list (see _box)
+        return name
 
     # groups -------------------------------------------------------------------------
 
@@ -1299,7 +1368,9 @@ class RedisLayer(Layer):
                 continue
             box = boxes.get(channel) or self._box(channel)
             if len(box.items) >= box.capacity:
-                continue  # group_send never raises ChannelFull: a full member misses it
+                # group_send never raises ChannelFull: a full member misses it.
+                self._drop(box, "a full group member")
+                continue
             box.items.append(message)
             if box.waiters:
                 self._wake(box)

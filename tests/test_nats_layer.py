@@ -104,19 +104,22 @@ async def test_unreachable_server_fails_fast_and_clearly() -> None:
 # ChannelFull and bounded memory ---------------------------------------------------------
 
 
-async def test_full_channel_raises_channel_full_by_the_next_send(nats_url: str) -> None:
+async def test_full_channel_raises_channel_full_at_the_refused_send(nats_url: str) -> None:
     url = isolated(nats_url)
     sender = await connected(url, capacity=5)
     try:
         for i in range(5):
             await sender.send("jobs", str(i).encode())
         await sender.flush()
-        await sender.send("jobs", b"refused")  # refused by the server, learned from its ack
-        await sender.flush()
+        # Nobody listens: the stream holds 5, and the sixth send itself is refused.
+        with pytest.raises(ChannelFull, match="capacity"):
+            await sender.send("jobs", b"refused")
         with pytest.raises(ChannelFull, match="capacity"):
             await sender.send("jobs", b"again")
+        assert sender.lost == 0  # refused at its own send: nothing to report later
         # The stored messages are intact and in order.
         assert [await sender.receive("jobs") for _ in range(5)] == [b"0", b"1", b"2", b"3", b"4"]
+        await sender.send("jobs", b"fits")  # room again: accepted
     finally:
         await sender.close()
 
@@ -134,6 +137,10 @@ async def test_process_channel_buffer_is_bounded_by_capacity(nats_url: str) -> N
                 await anyio.sleep(0.02)
         assert len(owner._locals[mine].items) == 10
         assert await owner.receive_many(mine, 100) == [str(i).encode() for i in range(10)]
+        with anyio.fail_after(5):  # the owner told the sender, which counts what it lost
+            while other.lost < 990:
+                await anyio.sleep(0.02)
+        assert other.lost == 990
     finally:
         await owner.close()
         await other.close()
@@ -320,24 +327,27 @@ async def test_service_keeps_consuming_across_a_server_restart(nats_server, capl
     assert sum("reconnected to NATS" in m for m in messages) == 2
 
 
-async def test_sends_during_an_outage_go_through_after_reconnect(nats_server) -> None:
+async def test_a_send_during_an_outage_waits_then_fails_clearly(nats_server) -> None:
     url = isolated(nats_server.url)
     layer = await connected(url)
     layer.ack_timeout = 1.0
     try:
-        await layer.send("outage", b"before")
+        await layer.send("outage", b"before")  # nobody listens: it bounces to the stream
         await layer.flush()
         await anyio.to_thread.run_sync(nats_server.stop)
-        await layer.send("outage", b"during")  # kept in nats-py's reconnect buffer
         started = time.monotonic()
+        # Stored sends wait for the server's acknowledgement: no server, a clear error
+        # within ack_timeout (the message was not sent), no hang.
         with pytest.raises(LayerError, match="down"):
-            await layer.flush()  # no server: a clear error within ack_timeout, no hang
+            await layer.send("outage", b"during")
         assert time.monotonic() - started < 3
         await anyio.to_thread.run_sync(nats_server.start)
         layer.ack_timeout = 10.0
-        await layer.flush()  # reconnected; the bounced message went into the new stream
+        await layer.send("outage", b"after")  # reconnected; the stream is made again
+        await layer.flush()
         with anyio.fail_after(5):
-            assert await layer.receive("outage") == b"during"
+            assert await layer.receive("outage") == b"after"
+        assert layer.lost == 0
     finally:
         await layer.close()
 
@@ -517,15 +527,25 @@ async def test_spill_into_a_full_stream_raises_channel_full_at_the_sender(nats_u
     try:
         with anyio.move_on_after(0.3):
             await busy.receive("full")
+        accepted: list[bytes] = []
         with pytest.raises(ChannelFull, match="capacity"):
             with anyio.fail_after(5):
                 for i in range(1000):
                     await sender.send("full", str(i).encode())
+                    accepted.append(str(i).encode())
                     if i % 10 == 9:
                         await sender.flush()
-                        await anyio.sleep(0.02)  # the refusal comes back after the spill
-        assert len(busy._incoming["full"].items) <= 10
-        assert (await _stream_state(sender, "full")).messages <= 5
+                        await anyio.sleep(0.02)  # the listener's answer comes back
+        await sender.flush()
+        await busy.flush()
+        # Every accepted message is in the listener's buffer or in the stream: the
+        # listener kept what the full stream refused (a few over its capacity).
+        box = busy._incoming["full"]
+        stored = (await _stream_state(sender, "full")).messages
+        assert stored <= 5
+        assert len(box.items) + stored == len(accepted)
+        assert len(box.items) <= 5 + 20
+        assert sender.lost == busy.lost == 0
     finally:
         await sender.close()
         await busy.close()
@@ -589,13 +609,17 @@ async def test_giving_back_to_a_full_channel_counts_and_logs_the_loss(
             await sender.send("giveback", str(i).encode())
         await sender.flush()
         with anyio.fail_after(8):  # linger, the pull expires, the buffer goes back
-            while box.live is not None or box.items:
+            while box.live is not None or box.returns is None:
                 await anyio.sleep(0.05)
             await receiver.flush()
         stored = (await _stream_state(sender, "giveback")).messages
         assert stored == 2
-        assert receiver.lost == 5  # what did not fit was counted, not silently dropped
-        assert any("gave back" in r.getMessage() for r in caplog.records)
+        # The full stream refused them back: the receiver keeps them (and tries again)...
+        assert len(box.items) == 5 and receiver.lost == 0
+        await receiver.close()
+        # ...and only what it still holds when it closes is lost: counted and logged.
+        assert receiver.lost == 5
+        assert any("closed with the channel full" in r.getMessage() for r in caplog.records)
     finally:
         await sender.close()
         await receiver.close()

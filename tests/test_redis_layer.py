@@ -443,3 +443,59 @@ async def test_sentinel_finds_the_master(sentinel, redis_server, uniq):
 def test_layer_options_are_the_common_ones():
     layer = RedisLayer(parse_url("redis://h/0", {})[0], LayerOptions(expiry=2))
     assert layer.options.expiry == 2
+
+
+# --- foreign items ------------------------------------------------------------------
+
+
+async def test_foreign_items_are_moved_aside_and_consumption_goes_on(redis_url, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="svcbus.layers.redis")
+    prefix = f"f{time.monotonic_ns() % 10**9}"
+    url = f"{redis_url}?prefix={prefix}"
+    async with opened(url) as sender, opened(url) as receiver, raw(redis_url) as client:
+        key = f"{prefix}:c:jobs"
+        # Found by the pop script: garbage among good messages already in the list.
+        await sender.send("jobs", b"1")
+        await client.rpush(key, b"garbage", b"12345:short", b"")
+        await sender.send("jobs", b"2")
+        await sender.flush()
+        with anyio.fail_after(5):
+            assert await receiver.receive("jobs") == b"1"
+            assert await receiver.receive("jobs") == b"2"
+        # Found by BLPOP: garbage pushed while a receiver waits on the empty list.
+        async with anyio.create_task_group() as tg:
+            got: list[bytes] = []
+
+            async def take_two() -> None:
+                got.append(await receiver.receive("jobs"))
+                got.append(await receiver.receive("jobs"))
+
+            tg.start_soon(take_two)
+            await anyio.sleep(0.3)
+            await client.rpush(key, b"not-a-header:x")
+            await anyio.sleep(0.2)
+            await sender.send("jobs", b"3")
+            await sender.send("jobs", b"4")
+            await sender.flush()
+        assert got == [b"3", b"4"]
+        # A process channel's head list: an item without the local part is foreign too.
+        mine = await receiver.new_channel("box")
+        head_key = f"{prefix}:p:{mine.split('!')[0]}"
+        await client.rpush(head_key, b"9999999999999:no-local-part-colon")
+        await sender.send(mine, b"5")
+        with anyio.fail_after(5):
+            assert await receiver.receive(mine) == b"5"
+        assert receiver.foreign == 5
+        kept = await client.lrange(f"{key}:foreign", 0, -1)
+        assert kept == [b"garbage", b"12345:short", b"", b"not-a-header:x"]
+        assert await client.lrange(f"{head_key}:foreign", 0, -1) == [
+            b"9999999999999:no-local-part-colon"
+        ]
+        assert any("foreign item" in r.getMessage() for r in caplog.records)
+        # A full channel with a foreign item at its head: the send script moves it too.
+        await client.rpush(f"{prefix}:c:full", b"junk")
+        async with opened(url, capacity=1) as small:
+            await small.send("full", b"6")  # the junk did not count against capacity
+            await small.flush()
+            assert await small.receive("full") == b"6"
+        assert await client.lrange(f"{prefix}:c:full:foreign", 0, -1) == [b"junk"]

@@ -50,7 +50,12 @@ if n >= capacity then
   local now = tonumber(ARGV[3])
   while n > 0 do
     local head = redis.call('LINDEX', key, 0)
-    if tonumber(string.sub(head, 1, 13)) > now then break end
+    local deadline = tonumber(string.sub(head, 1, 13))
+    if deadline == nil or string.sub(head, 14, 14) ~= ':' then
+      redis.call('RPUSH', key .. ':foreign', head)
+      redis.call('LTRIM', key .. ':foreign', -1000, -1)
+      redis.call('PEXPIRE', key .. ':foreign', 604800000)
+    elseif deadline > now then break end
     redis.call('LPOP', key)
     n = n - 1
   end
@@ -67,16 +72,21 @@ local want = tonumber(ARGV[2])
 local split = ARGV[3] == '1'
 local out = {}
 local got = 0
+local foreign = 0
 while got < want do
   local asked = want - got
   local items = redis.call('LPOP', KEYS[1], asked)
   if not items then break end
   for i = 1, #items do
     local item = items[i]
-    if tonumber(string.sub(item, 1, 13)) > now then
+    local deadline = tonumber(string.sub(item, 1, 13))
+    local sep = split and string.find(item, ':', 15, true)
+    if deadline == nil or string.sub(item, 14, 14) ~= ':' or sep == nil then
+      foreign = foreign + 1
+      redis.call('RPUSH', KEYS[1] .. ':foreign', item)
+    elseif deadline > now then
       got = got + 1
       if split then
-        local sep = string.find(item, ':', 15, true)
         out[#out + 1] = string.sub(item, 15, sep - 1)
         out[#out + 1] = string.sub(item, sep + 1)
       else
@@ -86,8 +96,34 @@ while got < want do
   end
   if #items < asked then break end
 end
-return out
+if foreign > 0 then
+  redis.call('LTRIM', KEYS[1] .. ':foreign', -1000, -1)
+  redis.call('PEXPIRE', KEYS[1] .. ':foreign', 604800000)
+end
+return {out, foreign}
 """
+
+
+def split_item(item, split):
+    """``(deadline ms, local part, message)`` of a list item, or None for a foreign item.
+
+    The same check as the scripts': 13 digits, ``:``, and for a process head's list
+    the local part and another ``:``. Anything else was not written by svcbus.
+    """
+    if len(item) < 14 or item[13:14] != b":" or not item[:13].isdigit():
+        return None
+    if not split:
+        return int(item[:13]), None, item[14:]
+    local, sep, message = item[14:].partition(b":")
+    if not sep:
+        return None
+    return int(item[:13]), local, message
+
+
+def quarantine_key(key):
+    """Where the scripts move foreign items of list ``key`` (kept a week, the last 1000)."""
+    return key + b":foreign"
+
 
 SEND_SHA = hashlib.sha1(SEND_SCRIPT).hexdigest().encode("ascii")
 POP_SHA = hashlib.sha1(POP_SCRIPT).hexdigest().encode("ascii")
@@ -614,6 +650,18 @@ class RedisTransport(object):
                 continue
             self._deliver_local(channel, message)
 
+    def _foreign(self, key, item):
+        """Keep an item svcbus did not write where the scripts keep theirs, and say so."""
+        log.warning(
+            "a foreign item in %s (not written by svcbus) moved to %s",
+            to_text(key),
+            to_text(quarantine_key(key)),
+        )
+        try:
+            self._cmd.call(b"RPUSH", quarantine_key(key), item)
+        except (LayerError, ReplyError):
+            log.warning("could not keep the foreign item of %s: dropped", to_text(key))
+
     def _deliver_local(self, channel, message):
         box = self.buffers.get(channel)
         if box is None:
@@ -724,6 +772,14 @@ class RedisTransport(object):
             if isinstance(items, ReplyError):
                 missing_script = missing_script or "NOSCRIPT" in "{0}".format(items)
                 continue
+            items, foreign = items
+            if foreign:
+                log.warning(
+                    "%d foreign item(s) in %s (not written by svcbus) moved to %s",
+                    foreign,
+                    to_text(key),
+                    to_text(quarantine_key(key)),
+                )
             if items:
                 got = True
                 self._deliver_popped(key, split, items)
@@ -788,14 +844,18 @@ class RedisTransport(object):
         if not reply or isinstance(reply, ReplyError):
             return False
         key, item = reply[0], reply[1]
-        if int(item[:13]) <= now_ms():
+        parts = split_item(item, key in self._heads)
+        if parts is None:
+            self._foreign(key, item)
+            return False
+        deadline, local, message = parts
+        if deadline <= now_ms():
             return False  # expired while it waited
         if key in self._heads:
-            local, _, message = item[14:].partition(b":")
             self._deliver_local(self._heads[key] + "!" + to_text(local), message)
         else:
             channel = to_text(key)[len(self.prefix) + 3 :]
-            self.buffers.setdefault(channel, deque()).append(item[14:])
+            self.buffers.setdefault(channel, deque()).append(message)
             if channel in self._named:
                 self._named[channel] = max(0, self._named[channel] - 1)
         return True

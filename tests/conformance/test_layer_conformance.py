@@ -236,6 +236,25 @@ async def test_group_send_never_raises_channel_full(make_layer, uniq):
     assert got[0] == b"0"
 
 
+async def test_a_process_channel_is_one_queue_for_direct_and_group_messages(make_layer, uniq):
+    owner = await make_layer(capacity=3)
+    sender = await make_layer(capacity=3)
+    mine = await owner.new_channel("one")
+    await owner.group_add(uniq("g1q"), mine)
+    # One sender: a direct message, then four through the group. Nobody receives yet.
+    await sender.send(mine, b"0")
+    for i in range(1, 5):
+        await sender.group_send(uniq("g1q"), str(i).encode())
+    await sender.flush()
+    await anyio.sleep(0.5)  # everything has arrived (or been dropped) at the owner
+    got: list[bytes] = []
+    with anyio.move_on_after(0.5):
+        while True:
+            got += await owner.receive_many(mine, 10)
+    # One capacity for both paths, and the sender's order kept across them.
+    assert got == [b"0", b"1", b"2"]
+
+
 async def test_group_send_to_empty_group_is_fine(make_layer, uniq):
     a = await make_layer()
     await a.group_send(uniq("nobody"), b"x")

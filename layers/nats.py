@@ -388,6 +388,7 @@ class NatsLayer(Layer):
         dropped by nats-py's pending limits (counted at the receiver)."""
         self._unlogged_lost = 0
         self._lost_logged_at = -LOST_LOG_EVERY
+        self._doubt_upto = 0  # live publishes up to this one were counted lost in doubt
         self.slow_consumer_drops = 0
         """Messages nats-py dropped because a subscription exceeded its pending limits."""
         self.bounced = 0
@@ -579,6 +580,17 @@ class NatsLayer(Layer):
         if not self._closed and not self._disconnected:
             self._disconnected = True
             log.warning("disconnected from NATS; reconnecting (sends are buffered meanwhile)")
+        if self._unconfirmed:
+            # Live publishes no marker confirmed: the broken connection (or the server)
+            # may have lost them, and nobody can tell which. Count them all, so the
+            # books never hide a loss (some may still arrive).
+            self._count_lost(
+                len(self._unconfirmed),
+                "named channels",
+                "in flight when the connection to NATS broke; some may still have arrived",
+            )
+            self._unconfirmed.clear()
+            self._doubt_upto = self._confirmed = self._live_seq
 
     async def _on_reconnected(self) -> None:
         self._disconnected = False
@@ -723,7 +735,7 @@ class NatsLayer(Layer):
             if 0 <= index < len(self._unconfirmed):
                 self.bounced += 1
                 await self._publish(out, self._unconfirmed[index])
-            else:
+            elif seq > self._doubt_upto:  # those before were counted at the disconnect
                 self._count_lost(1, out.channel, "its live publish was no longer held")
 
     async def _publish(self, out: _Outgoing, message: bytes, spilled_from: str = "") -> None:

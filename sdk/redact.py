@@ -10,6 +10,7 @@ log collector, even when the URL is wrong.
 
 from __future__ import annotations
 
+import logging
 import re
 
 MASK = "***"
@@ -68,3 +69,24 @@ def _redact_param(match: re.Match[str]) -> str:
     if value and key.lower().endswith(_SECRET_KEYS):
         return f"{lead}{key}={MASK}"
     return match.group(0)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts credentials in any URL a record's message or traceback shows.
+
+    Add it to a handler (``svc`` adds it to the root handlers it sets up), so
+    log lines from every library (layers, clients, uvicorn) pass through it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record in place; never drops it."""
+        message = record.getMessage()
+        if "://" in message:
+            record.msg, record.args = redact_text(message), None
+        if record.exc_info and not record.exc_text:
+            # Formatted here (the formatter would do it later) so the text can be redacted.
+            record.exc_text = redact_text(_FORMATTER.formatException(record.exc_info))
+        return True
+
+
+_FORMATTER = logging.Formatter()

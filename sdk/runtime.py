@@ -595,10 +595,10 @@ class Runtime:
             except SvcbusError as exc:
                 log.error("could not report the invalid request to %s: %s", peek.rc, exc)
         if self.dead_letter is not None:
-            await self._dead_letter(bound, data, reason, message_id)
+            await self._dead_letter(self.dead_letter, bound, data, reason, message_id)
 
     async def _dead_letter(
-        self, bound: _Bound, data: bytes, reason: str, message_id: str | None
+        self, to: str, bound: _Bound, data: bytes, reason: str, message_id: str | None
     ) -> None:
         """Send a DeadLetter; one that would be too large keeps the message's first bytes."""
         channel = bound.consumer.channel
@@ -606,16 +606,16 @@ class Runtime:
         letter = _letter(channel, reason, message_id, data, truncate=not whole)
         try:
             try:
-                await self.bus.send(self.dead_letter, letter)  # type: ignore[arg-type]
+                await self.bus.send(to, letter)
             except MessageTooLarge:
                 if not whole:
                     raise
                 # JSON escaping made the letter bigger than the message: send its start.
                 letter = _letter(channel, reason, message_id, data, truncate=True)
-                await self.bus.send(self.dead_letter, letter)  # type: ignore[arg-type]
+                await self.bus.send(to, letter)
             bound.stats.dead_lettered += 1
         except SvcbusError as exc:
-            log.error("dead-letter channel %s refused a message: %s", self.dead_letter, exc)
+            log.error("dead-letter channel %s refused a message: %s", to, exc)
 
 
 def _letter(

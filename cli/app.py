@@ -15,6 +15,7 @@ from rich.console import Console
 
 from svcbus import __version__
 from svcbus.errors import InvalidChannelName, SvcbusError
+from svcbus.redact import RedactingFilter, redact_text, redact_url
 
 DEFAULT_LAYER = "memory://"
 
@@ -67,8 +68,12 @@ def layer_url(given: str | None, *, across_processes: bool = False) -> str:
 
 
 def fail(message: str) -> NoReturn:
-    """Print a one-line error and exit with status 2 (usage error)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print a one-line error and exit with status 2 (usage error).
+
+    Any URL in ``message`` is shown without its credentials: errors often
+    quote the layer URL, and a wrong one still holds a real password.
+    """
+    err.print(f"[bold red]error:[/] {redact_text(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -91,12 +96,14 @@ def check_channel(channel: str) -> None:
 
 
 def setup_logging(level: str) -> None:
-    """Log to stderr in a compact, greppable format."""
+    """Log to stderr in a compact, greppable format, with credentials in URLs redacted."""
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
 
 
 def version_callback(value: bool) -> None:
@@ -147,7 +154,8 @@ def run(
     except SvcbusError as exc:
         fail(str(exc))
     err.print(
-        f"[green]svc run[/] {svc.name}: consuming {', '.join(svc.channels) or '(nothing)'} on {url}",
+        f"[green]svc run[/] {svc.name}: consuming {', '.join(svc.channels) or '(nothing)'} "
+        f"on {redact_url(url)}",
         highlight=False,
     )
     try:
@@ -171,5 +179,5 @@ def main() -> None:
     try:
         app()
     except SvcbusError as exc:  # anything not caught by a command: still one line
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {redact_text(str(exc))}", highlight=False)
         sys.exit(2)

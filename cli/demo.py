@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from svcbus.errors import ConfigurationError, SvcbusError
+from svcbus.redact import redact_url
 
 from .app import LayerOption, LogLevelOption, TraceOption, err, fail, layer_url, setup_logging
 
@@ -72,7 +73,9 @@ def demo(
     address = f"{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
 
     def ready() -> None:
-        err.print(f"[green]svc demo[/] edge + chat + stats services on {url}", highlight=False)
+        err.print(
+            f"[green]svc demo[/] edge + chat + stats services on {redact_url(url)}", highlight=False
+        )
         # stdout, unstyled and flushed: scripts (and tests) read the URL from it.
         print(f"open http://{address}/  (Ctrl-C stops)", flush=True)
 

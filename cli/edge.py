@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from svcbus.errors import SvcbusError
+from svcbus.redact import redact_url
 
 from .app import LayerOption, LogLevelOption, TraceOption, err, fail, layer_url
 
@@ -63,7 +64,7 @@ def edge(
     except SvcbusError as exc:
         fail(str(exc))
     err.print(
-        f"[green]svc edge[/] {routes} on http://{host}:{port_text} (layer {url}, "
+        f"[green]svc edge[/] {routes} on http://{host}:{port_text} (layer {redact_url(url)}, "
         f"{workers} worker{'s' if workers > 1 else ''})",
         highlight=False,
     )

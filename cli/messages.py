@@ -9,6 +9,7 @@ import anyio
 import typer
 
 from svcbus.errors import ConfigurationError, InvalidChannelName, MessageInvalid, SvcbusError
+from svcbus.redact import redact_text
 
 from .app import LayerOption, check_channel, err, fail, layer_url, out, parse_json
 
@@ -98,7 +99,7 @@ def request(
     except (ConfigurationError, InvalidChannelName, MessageInvalid) as exc:
         fail(str(exc))
     except SvcbusError as exc:  # timeouts, remote failures: the request ran but failed
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {redact_text(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     out.print_json(to_json(reply).decode())
 

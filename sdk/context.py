@@ -9,6 +9,7 @@ from anyio import from_thread
 from .bus import DEFAULT_REQUEST_TIMEOUT, Bus
 from .envelope import Envelope
 from .errors import SvcbusError
+from .names import is_reply_channel
 from .undeclared import warn_if_undeclared
 
 
@@ -43,8 +44,14 @@ class Context:
 
     @property
     def reply_channel(self) -> str | None:
-        """Where the sender waits for a reply, if it does."""
-        return self.envelope.rc
+        """Where the sender waits for a reply, if it does.
+
+        Only a process-specific channel (``name!local``) counts: any other
+        ``rc`` in the envelope is untrusted input that must not make this
+        service create streams or keys, so it reads as None here.
+        """
+        rc = self.envelope.rc
+        return rc if rc is not None and is_reply_channel(rc) else None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -77,9 +84,13 @@ class Context:
 
     async def reply(self, message: Any) -> None:
         """Reply to the current message now (the consumer's return value is then not sent)."""
-        if self.envelope.rc is None:
-            raise SvcbusError(f"the message on {self.channel!r} has no reply channel to answer")
-        await self.bus.reply(self.envelope.rc, self.envelope.id, message)
+        reply_channel = self.reply_channel
+        if reply_channel is None:
+            raise SvcbusError(
+                f"the message on {self.channel!r} has no reply channel to answer "
+                "(none, or not a process-specific channel)"
+            )
+        await self.bus.reply(reply_channel, self.envelope.id, message)
         self._replied = True
 
     async def group_add(self, group: str, channel: str) -> None:

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ConfigurationError, MessageTooLarge
+from .redact import redact_url
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def open_layer(url: str, **options: Any) -> Layer:
     target = LAYER_SCHEMES.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in LAYER_SCHEMES)
-        raise ConfigurationError(f"unknown layer URL {url!r}: use one of {known}")
+        raise ConfigurationError(f"unknown layer URL {redact_url(url)!r}: use one of {known}")
     module_name, class_name = target.split(":")
     try:
         module = importlib.import_module(module_name)

@@ -78,6 +78,22 @@ def is_process_specific(channel: str) -> bool:
     return "!" in channel
 
 
+def is_reply_channel(name: object) -> bool:
+    """True if ``name`` is a valid process-specific channel: the only place a reply may go.
+
+    A reply channel arrives in a message (the envelope's ``rc``), so it is
+    untrusted. Process channels are routed to their owner without creating
+    anything on the server; a named channel would get a stream or a key made
+    for whatever name a message carries.
+    """
+    return (
+        type(name) is str
+        and "!" in name
+        and len(name) <= MAX_NAME_LENGTH
+        and _CHANNEL.fullmatch(name) is not None
+    )
+
+
 def process_part(channel: str) -> str:
     """The part of a process-specific channel before ``!``; it names the owning process."""
     return channel.split("!", 1)[0]

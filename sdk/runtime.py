@@ -2,12 +2,19 @@
 
 Each consumer gets ``concurrency`` worker tasks that pull batches straight
 from the layer and handle them in order: no task or queue per message. Bad
-input is logged once, counted, optionally dead-lettered, and the loop goes on.
+input is logged (rate-limited), counted, optionally dead-lettered, and the
+loop goes on. A failing receive (the server went away) is retried with a
+capped exponential backoff; the runtime stops only when asked to.
+
+Nothing a message carries makes the runtime create transport resources:
+replies go only to process-specific channels (``…!…``), which the layers
+route without creating streams or keys.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,8 +31,17 @@ from .consumer import Consumer, resolve_message_type
 from .context import BlockingContext, Context
 from .contract import Contract
 from .envelope import Envelope, envelope_type, now_ms
-from .errors import MessageInvalid, SvcbusError
+from .errors import (
+    ConfigurationError,
+    InvalidChannelName,
+    MessageInvalid,
+    MessageTooLarge,
+    SvcbusError,
+)
 from .layer import Layer
+from .names import is_reply_channel
+from .ratelog import DEFAULT_WINDOW, RateLimitedLog
+from .redact import redact_text
 from .service import Service, run_hooks
 
 log = logging.getLogger("svcbus.runtime")
@@ -41,6 +57,14 @@ BATCH_SIZE = 32
 """Most messages an ``async def`` worker takes per receive."""
 SYNC_BATCH_SIZE = 128
 """Most messages a plain ``def`` worker takes per receive: each batch costs a thread hop."""
+RECEIVE_RETRY_FIRST = 0.1
+"""Seconds before the first retry of a failed receive; doubled per failure..."""
+RECEIVE_RETRY_MAX = 5.0
+"""...up to this many seconds between retries."""
+DEAD_LETTER_HEAD = 1024
+"""Bytes of the message a dead letter keeps when the whole message would not fit."""
+SHOWN_REPLY_CHANNEL = 120
+"""Characters of a refused reply channel shown in the log (it is untrusted input)."""
 
 
 class DeadLetter(Contract):
@@ -50,7 +74,11 @@ class DeadLetter(Contract):
     reason: str
     message_id: str | None = None
     payload: str
-    """The raw message, decoded as UTF-8 with replacement characters."""
+    """The raw message, decoded as UTF-8 with replacement characters (its first bytes if truncated)."""
+    size: int | None = None
+    """Size of the raw message in bytes."""
+    truncated: bool = False
+    """True when the whole message would not fit in a dead letter: ``payload`` holds its start."""
 
 
 class _IdPeek(BaseModel):
@@ -69,8 +97,15 @@ class ConsumerStats:
     processed: int = 0
     failed: int = 0
     invalid: int = 0
+    """Messages rejected: undecodable, not fitting the contract, or too large."""
+    too_large: int = 0
+    """Of ``invalid``: messages above the layer's ``max_message_size``."""
     expired: int = 0
     dead_lettered: int = 0
+    bad_reply_channel: int = 0
+    """Messages whose reply channel is not a process-specific channel: not replied to."""
+    receive_errors: int = 0
+    """Receives that failed (the layer raised); each was retried after a backoff."""
 
 
 @dataclass
@@ -79,6 +114,12 @@ class _Bound:
     decode: Callable[[bytes], Envelope[Any]]
     concurrency: int
     stats: ConsumerStats = field(default_factory=ConsumerStats)
+    receive_failing: bool = False
+    """Set by the first failed receive, cleared by the next good one (log once each)."""
+
+
+_TOO_LARGE = object()
+"""A sync worker's outcome for a message above the size limit (it was not decoded)."""
 
 
 class _Returned:
@@ -129,6 +170,12 @@ class Runtime:
         self._stopping = False
         self._stop_requested = anyio.Event()
         self._workers: set[_Worker] = set()
+        self._max_size = self.bus.layer.options.max_message_size
+        # A flood of bad input must not flood the log: a few lines, then a count.
+        self._invalid_log = RateLimitedLog(log, "invalid messages")
+        self._bad_reply_log = RateLimitedLog(
+            log, "messages asking for a reply on a channel that is not a process channel"
+        )
         self.started = anyio.Event()
         """Set once every consumer is receiving."""
 
@@ -162,6 +209,7 @@ class Runtime:
         async with bus_context, anyio.create_task_group() as outer:
             if handle_signals:
                 outer.start_soon(self._watch_signals)
+            outer.start_soon(self._summarize_logs)
             await run_hooks(self.service.startup_hooks, self.bus)
             try:
                 async with anyio.create_task_group() as workers:
@@ -177,6 +225,7 @@ class Runtime:
                 )
             finally:
                 outer.cancel_scope.cancel()
+                self._flush_logs(force=True)
                 with anyio.CancelScope(shield=True):
                     await run_hooks(self.service.shutdown_hooks, self.bus)
 
@@ -197,6 +246,16 @@ class Runtime:
                 log.info("%s: finishing in-flight messages", signal.Signals(signum).name)
                 self.stop()
                 return
+
+    async def _summarize_logs(self) -> None:
+        """Write the rate-limited logs' summaries once per window, even if input stops."""
+        while True:
+            await anyio.sleep(DEFAULT_WINDOW)
+            self._flush_logs()
+
+    def _flush_logs(self, *, force: bool = False) -> None:
+        self._invalid_log.flush(force=force)
+        self._bad_reply_log.flush(force=force)
 
     async def _drain_on_stop(self, workers: anyio.CancelScope) -> None:
         await self._stop_requested.wait()
@@ -225,14 +284,25 @@ class Runtime:
         worker = _Worker()
         self._workers.add(worker)
         unyielded = 0
+        retry_in = RECEIVE_RETRY_FIRST
         try:
             # One cancel scope per worker, not per receive: stop() cancels only
             # workers that are waiting in receive, so handlers always finish.
             with worker.scope:
                 while not self._stopping:
                     worker.receiving = True
-                    batch = await receive_many(channel, batch_size)
+                    try:
+                        batch = await receive_many(channel, batch_size)
+                    except (ConfigurationError, InvalidChannelName):
+                        raise  # wrong settings: retrying cannot help
+                    except Exception as exc:
+                        # Still "receiving": stop() may cancel the backoff sleep.
+                        retry_in = await self._receive_failed(bound, exc, retry_in)
+                        continue
                     worker.receiving = False
+                    if bound.receive_failing:
+                        self._receive_recovered(bound)
+                        retry_in = RECEIVE_RETRY_FIRST
                     # Messages already taken are handled even while stopping.
                     bound.stats.received += len(batch)
                     busy = await handle_batch(bound, batch)
@@ -247,6 +317,32 @@ class Runtime:
                         await anyio.lowlevel.checkpoint()
         finally:
             self._workers.discard(worker)
+
+    async def _receive_failed(self, bound: _Bound, exc: Exception, retry_in: float) -> float:
+        """Count and log (once per outage) a failed receive, sleep, return the next delay."""
+        bound.stats.receive_errors += 1
+        if not bound.receive_failing:
+            bound.receive_failing = True
+            # A layer error says what happened; anything else is a bug worth one traceback.
+            log.warning(
+                "receiving from %s failed: %s; retrying every %g-%gs until it works",
+                bound.consumer.channel,
+                redact_text(f"{type(exc).__name__}: {exc}"),
+                RECEIVE_RETRY_FIRST,
+                RECEIVE_RETRY_MAX,
+                exc_info=None if isinstance(exc, SvcbusError) else exc,
+            )
+        # Jitter keeps a channel's workers (and other processes) from retrying in step.
+        await anyio.sleep(retry_in * random.uniform(0.5, 1.0))
+        return min(retry_in * 2, RECEIVE_RETRY_MAX)
+
+    def _receive_recovered(self, bound: _Bound) -> None:
+        bound.receive_failing = False
+        log.warning(
+            "receiving from %s works again (%d failed receives so far)",
+            bound.consumer.channel,
+            bound.stats.receive_errors,
+        )
 
     async def _handle_batch(self, bound: _Bound, batch: list[bytes]) -> float:
         """Handle messages with an ``async def`` consumer; returns the seconds it took."""
@@ -281,8 +377,12 @@ class Runtime:
         started = time.perf_counter()
         consumer = bound.consumer
         quiet = not self.observers
+        max_size = self._max_size
         outcomes: list[Any] = []  # an Envelope (handled, nothing more to do) or _finish's args
         for data in batch:
+            if len(data) > max_size:
+                outcomes.append((data, None, None, None, _TOO_LARGE))
+                continue
             try:
                 envelope = bound.decode(data)
             except ValidationError as exc:
@@ -341,8 +441,11 @@ class Runtime:
     ) -> None:
         """Back on the loop: reply, count, report what a sync consumer did."""
         consumer = bound.consumer
-        if invalid is not None or envelope is None:
-            reason = str(_invalid(consumer.channel, invalid, consumer.message_type))  # type: ignore[arg-type]
+        if envelope is None:
+            if invalid is None:  # outcome is _TOO_LARGE
+                await self._reject_too_large(bound, data)
+                return
+            reason = str(_invalid(consumer.channel, invalid, consumer.message_type))
             await self._reject(bound, data, reason)
             return
         if isinstance(outcome, Exception):
@@ -353,7 +456,7 @@ class Runtime:
                 envelope.id,
                 exc_info=(type(outcome), outcome, outcome.__traceback__),
             )
-            if envelope.rc is not None:
+            if envelope.rc is not None and self._may_reply(bound, envelope.rc):
                 await self._reply_error(envelope, outcome)
             return
         result = outcome.value
@@ -364,6 +467,9 @@ class Runtime:
             observer(consumer.channel, envelope, result)
 
     async def _handle(self, bound: _Bound, data: bytes, now: int) -> None:
+        if len(data) > self._max_size:
+            await self._reject_too_large(bound, data)
+            return
         try:
             envelope = bound.decode(data)
         except ValidationError as exc:
@@ -405,7 +511,7 @@ class Runtime:
         except Exception as exc:
             bound.stats.failed += 1
             log.exception("consumer %s failed on message %s", consumer.name, envelope.id)
-            if envelope.rc is not None:
+            if envelope.rc is not None and self._may_reply(bound, envelope.rc):
                 await self._reply_error(envelope, exc)
             return exc
         if envelope.rc is not None and (ctx is None or not ctx._replied):
@@ -416,8 +522,30 @@ class Runtime:
                 observer(consumer.channel, envelope, result)
         return None
 
+    def _may_reply(self, bound: _Bound, reply_channel: str) -> bool:
+        """Whether ``reply_channel`` may be answered: only process-specific channels may.
+
+        A reply to a named channel would make the layer create a stream or key
+        for whatever name a message carries; such a request is counted and
+        logged (rate-limited) instead, and handled without a reply.
+        """
+        if is_reply_channel(reply_channel):
+            return True
+        bound.stats.bad_reply_channel += 1
+        channel = bound.consumer.channel
+        self._bad_reply_log.log(
+            channel,
+            "message on %s asks for a reply on %r, which is not a process-specific channel "
+            "(name!local, made by new_channel()): not replied to",
+            channel,
+            reply_channel[:SHOWN_REPLY_CHANNEL],
+        )
+        return False
+
     async def _reply(self, bound: _Bound, envelope: Envelope[Any], result: Any) -> None:
         assert envelope.rc is not None
+        if not self._may_reply(bound, envelope.rc):
+            return
         try:
             await self.bus.reply(
                 envelope.rc, envelope.id, result, contract=bound.consumer.reply_type
@@ -433,7 +561,17 @@ class Runtime:
         except SvcbusError as send_error:
             log.error("could not report failure to %s: %s", envelope.rc, send_error)
 
+    async def _reject_too_large(self, bound: _Bound, data: bytes) -> None:
+        """Refuse a message above ``max_message_size`` (a sender with a higher limit sent it)."""
+        bound.stats.too_large += 1
+        reason = (
+            f"message on {bound.consumer.channel!r} is {len(data)} bytes; this service's limit "
+            f"is {self._max_size} (max_message_size): not processed"
+        )
+        await self._reject(bound, data, reason)
+
     async def _reject(self, bound: _Bound, data: bytes, reason: str) -> None:
+        """Count, log (rate-limited), answer a waiting requester, dead-letter."""
         channel = bound.consumer.channel
         bound.stats.invalid += 1
         try:
@@ -441,10 +579,14 @@ class Runtime:
         except ValidationError:
             peek = _IdPeek()
         message_id = peek.id
-        log.warning(
-            "invalid message %s on %s dropped: %s", message_id or "(no id)", channel, reason
+        self._invalid_log.log(
+            channel,
+            "invalid message %s on %s dropped: %s",
+            message_id or "(no id)",
+            channel,
+            reason,
         )
-        if peek.rc is not None and message_id is not None:
+        if peek.rc is not None and message_id is not None and self._may_reply(bound, peek.rc):
             # A requester would otherwise wait for its timeout: tell it why now.
             try:
                 await self.bus.reply_error(
@@ -452,19 +594,42 @@ class Runtime:
                 )
             except SvcbusError as exc:
                 log.error("could not report the invalid request to %s: %s", peek.rc, exc)
-        if self.dead_letter is None:
-            return
-        letter = DeadLetter(
-            channel=channel,
-            reason=reason,
-            message_id=message_id,
-            payload=data.decode("utf-8", "replace"),
-        )
+        if self.dead_letter is not None:
+            await self._dead_letter(self.dead_letter, bound, data, reason, message_id)
+
+    async def _dead_letter(
+        self, to: str, bound: _Bound, data: bytes, reason: str, message_id: str | None
+    ) -> None:
+        """Send a DeadLetter; one that would be too large keeps the message's first bytes."""
+        channel = bound.consumer.channel
+        whole = len(data) <= self._max_size
+        letter = _letter(channel, reason, message_id, data, truncate=not whole)
         try:
-            await self.bus.send(self.dead_letter, letter)
+            try:
+                await self.bus.send(to, letter)
+            except MessageTooLarge:
+                if not whole:
+                    raise
+                # JSON escaping made the letter bigger than the message: send its start.
+                letter = _letter(channel, reason, message_id, data, truncate=True)
+                await self.bus.send(to, letter)
             bound.stats.dead_lettered += 1
         except SvcbusError as exc:
-            log.error("dead-letter channel %s refused a message: %s", self.dead_letter, exc)
+            log.error("dead-letter channel %s refused a message: %s", to, exc)
+
+
+def _letter(
+    channel: str, reason: str, message_id: str | None, data: bytes, *, truncate: bool
+) -> DeadLetter:
+    raw = data[:DEAD_LETTER_HEAD] if truncate else data
+    return DeadLetter(
+        channel=channel,
+        reason=reason,
+        message_id=message_id,
+        payload=raw.decode("utf-8", "replace"),
+        size=len(data),
+        truncated=truncate,
+    )
 
 
 @asynccontextmanager

@@ -37,6 +37,20 @@ def validate_group(name):
     return _check(name, _GROUP, "group", "room.lobby")
 
 
+def is_reply_channel(name):
+    """True if ``name`` is a valid process-specific channel: the only place a reply may go.
+
+    The reply channel comes from the message, so it is untrusted: a named
+    channel would make the transport create a stream or key for any name.
+    """
+    return (
+        isinstance(name, string_types)
+        and "!" in name
+        and len(name) <= MAX_NAME_LENGTH
+        and _CHANNEL.match(name) is not None
+    )
+
+
 def owner_token(channel):
     """The process token of a process-specific channel: the last token before '!'."""
     return channel.split("!", 1)[0].rsplit(".", 1)[-1]

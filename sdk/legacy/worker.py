@@ -36,7 +36,7 @@ from .errors import (
     RequestTimeout,
     SvcbusError,
 )
-from .names import validate_channel, validate_group
+from .names import is_reply_channel, validate_channel, validate_group
 from .options import split_url
 from .schema import ChannelSchemas, SchemaError
 
@@ -340,8 +340,11 @@ class Client(object):
 
     def reply(self, request, body, channel=None):
         """Send ``body`` as the reply to ``request`` (a received Message with a reply channel)."""
-        if request.reply_channel is None:
-            raise SvcbusError("message {0} has no reply channel to answer".format(request.id))
+        if not is_reply_channel(request.reply_channel):
+            raise SvcbusError(
+                "message {0} has no reply channel to answer (none, or not a process-specific "
+                "channel)".format(request.id)
+            )
         contract = self.schemas.reply_contract(channel) if channel else None
         data = self.encode(
             request.reply_channel, body, reply_to=request.id, trace=request.trace, contract=contract
@@ -386,8 +389,9 @@ class Context(object):
 
     @property
     def reply_channel(self):
-        """Where the sender waits for a reply, if it does."""
-        return self.message.reply_channel
+        """Where the sender waits for a reply, if it does (only a process-specific channel counts)."""
+        rc = self.message.reply_channel
+        return rc if is_reply_channel(rc) else None
 
     @property
     def headers(self):
@@ -493,11 +497,20 @@ def consumes(channel):
 class Stats(object):
     """Counters of one consumer."""
 
-    __slots__ = ("dead_lettered", "expired", "failed", "invalid", "processed", "received")
+    __slots__ = (
+        "bad_reply_channel",
+        "dead_lettered",
+        "expired",
+        "failed",
+        "invalid",
+        "processed",
+        "received",
+    )
 
     def __init__(self):
         self.received = self.processed = self.failed = 0
         self.invalid = self.expired = self.dead_lettered = 0
+        self.bad_reply_channel = 0
 
     def __repr__(self):
         return "Stats({0})".format(
@@ -638,16 +651,39 @@ class Worker(Client):
         except Exception as exc:  # a failing consumer never stops the loop
             stats.failed += 1
             log.exception("consumer %s failed on message %s", consumer.name, message.id)
-            if message.reply_channel is not None:
+            if message.reply_channel is not None and self._may_reply(channel, message):
                 self._send_quietly(message, exc)
             return
-        if message.reply_channel is not None and not ctx.replied:
+        if (
+            message.reply_channel is not None
+            and not ctx.replied
+            and self._may_reply(channel, message)
+        ):
             try:
                 self.reply(message, result, channel=channel)
             except SvcbusError as exc:
                 log.error("reply of %s to %s failed: %s", consumer.name, message.reply_channel, exc)
                 self._send_quietly(message, exc)
         stats.processed += 1
+
+    def _may_reply(self, channel, message):
+        """Whether the message's reply channel may be answered: only process channels may.
+
+        Anything else is counted (``bad_reply_channel``) and not answered; the
+        first of each channel is logged, the rest only counted.
+        """
+        if is_reply_channel(message.reply_channel):
+            return True
+        stats = self.stats[channel]
+        stats.bad_reply_channel += 1
+        if stats.bad_reply_channel == 1:
+            log.warning(
+                "message on %s asks for a reply on %r, which is not a process-specific channel: "
+                "not replied to (further ones are only counted in stats.bad_reply_channel)",
+                channel,
+                message.reply_channel[:120],
+            )
+        return False
 
     def _send_quietly(self, message, error):
         try:

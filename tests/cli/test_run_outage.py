@@ -1,0 +1,136 @@
+"""`svc run` survives its server crashing: it waits, retries, and serves again, quietly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from svcbus import Bus, RequestTimeout, SvcbusError
+
+TESTS = Path(__file__).parent.parent
+
+
+def start_service(url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "svcbus.cli", "run", "cli.echo_service", "--layer", url],
+        cwd=TESTS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def wait_for_line(stream, text: str, seconds: float = 20) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"{text!r} did not appear within {seconds}s: {lines}")
+
+
+def ask(url: str, text: str, *, within: float) -> tuple[str, int]:
+    """Request until a reply comes (the service may still be reconnecting); returns it and the tries."""
+
+    async def go() -> tuple[str, int]:
+        deadline = time.monotonic() + within
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                async with Bus(url) as bus:
+                    reply = await bus.request("clitest.say", {"text": text}, timeout=2)
+                    return reply["text"], tries
+            except RequestTimeout as exc:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no reply within {within}s ({tries} tries)") from exc
+            except SvcbusError as exc:  # the server may still be coming up
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no reply within {within}s: {exc!r}") from exc
+                await anyio.sleep(0.2)
+
+    return anyio.run(go)
+
+
+@pytest.fixture(params=["redis", "nats"])
+def server(request):
+    pytest.importorskip(f"svcbus.layers.{request.param}")
+    return request.getfixturevalue(f"{request.param}_server")
+
+
+def test_svc_run_survives_its_server_crashing_and_restarting(server):
+    url = server.url
+    service = start_service(url)
+    try:
+        early = wait_for_line(service.stderr, "consuming clitest.say")
+        assert ask(url, "before", within=10)[0] == "BEFORE"
+        server.kill()  # SIGKILL: no goodbye to the clients
+        time.sleep(1.0)
+        assert service.poll() is None, "svc run died when its server did"
+        server.start()  # same port, empty data
+        reply, tries = ask(url, "after", within=20)
+        assert reply == "AFTER"
+        assert service.poll() is None
+    finally:
+        if service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+        try:
+            _, rest = service.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            _, rest = service.communicate()
+    output = "".join(early) + rest
+    warnings = [line for line in output.splitlines() if " WARNING " in line or " ERROR " in line]
+    print(f"requests until served again: {tries}; exit {service.returncode}; warning lines:")
+    print("\n".join(warnings))
+    assert service.returncode == 0, output
+    assert "Traceback" not in output
+    assert 1 <= len(warnings) <= 10, output
+
+
+def test_svc_run_retries_receives_that_redis_refuses(redis_server):
+    """A receive that fails (here: Redis answers WRONGTYPE) is retried with backoff, not fatal."""
+    pytest.importorskip("svcbus.layers.redis")
+    import redis
+
+    url = redis_server.url
+    raw = redis.Redis(host=redis_server.host, port=redis_server.port)
+    service = start_service(url)
+    try:
+        early = wait_for_line(service.stderr, "consuming clitest.say")
+        assert ask(url, "before", within=10)[0] == "BEFORE"
+        # Another program's string where the channel's list should be: every pop fails.
+        raw.set("svcbus:c:clitest.say", "not a list")
+        time.sleep(2.0)
+        assert service.poll() is None, "svc run died of a failing receive"
+        raw.delete("svcbus:c:clitest.say")
+        reply, tries = ask(url, "after", within=20)
+        assert reply == "AFTER"
+    finally:
+        raw.close()
+        if service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+        try:
+            _, rest = service.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            _, rest = service.communicate()
+    output = "".join(early) + rest
+    warnings = [line for line in output.splitlines() if " WARNING " in line or " ERROR " in line]
+    print(f"requests until served again: {tries}; exit {service.returncode}; warning lines:")
+    print("\n".join(warnings))
+    assert service.returncode == 0, output
+    assert "Traceback" not in output
+    assert any("receiving from clitest.say failed" in line for line in warnings), output
+    assert any("receiving from clitest.say works again" in line for line in warnings), output
+    assert len(warnings) <= 4, output

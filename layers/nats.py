@@ -77,6 +77,8 @@ from svcbus.errors import (
 )
 from svcbus.layer import Layer, LayerOptions
 from svcbus.names import validate_channel, validate_group
+from svcbus.ratelog import RateLimitedLog
+from svcbus.redact import redact_url
 
 log = logging.getLogger("svcbus.layers.nats")
 
@@ -138,9 +140,6 @@ _CONSUMER_EXISTS = (10013, 10148)
 _STREAM_FULL_CODES = (10077, 10078)  # maximum messages / bytes exceeded
 _OK = b'{"ok":true}'
 _FULL = b"F"  # a listener's answer: kept over capacity, store the next ones in the stream
-
-LOST_LOG_EVERY = 10.0
-"""Seconds between two log lines about lost messages (the count covers the period)."""
 
 _URL_PARAMS = (
     "prefix",
@@ -386,8 +385,7 @@ class NatsLayer(Layer):
         reason: never acknowledged (a disconnect), bounced or given back into a full
         stream, dropped by a full process channel's owner (counted at the sender), or
         dropped by nats-py's pending limits (counted at the receiver)."""
-        self._unlogged_lost = 0
-        self._lost_logged_at = -LOST_LOG_EVERY
+        self._lost_log = RateLimitedLog(log, "reports of lost messages")
         self._doubt_upto = 0  # live publishes up to this one were counted lost in doubt
         self.slow_consumer_drops = 0
         """Messages nats-py dropped because a subscription exceeded its pending limits."""
@@ -429,12 +427,12 @@ class NatsLayer(Layer):
                 host, port = seed, "4222"
             if not host or not port.isdigit():
                 raise ConfigurationError(
-                    f"bad NATS server {seed!r} in {_redact(url)!r}; write nats://host:port"
+                    f"bad NATS server {seed!r} in {redact_url(url)!r}; write nats://host:port"
                 )
             servers.append(f"{'tls' if scheme == 'tls' else 'nats'}://{host}:{port}")
         if not servers:
             raise ConfigurationError(
-                f"no NATS server in {_redact(url)!r}; write nats://host:port[,host:port]"
+                f"no NATS server in {redact_url(url)!r}; write nats://host:port[,host:port]"
             )
         tls = None
         if scheme == "tls" or any(k in params for k in ("tls_ca", "tls_cert", "tls_key")):
@@ -524,7 +522,7 @@ class NatsLayer(Layer):
         if self._creds:
             kwargs["user_credentials"] = self._creds
         kwargs.update({k: v for k, v in self._auth.items() if v is not None})
-        where = ", ".join(_redact(s) for s in self.servers)
+        where = ", ".join(redact_url(s) for s in self.servers)
         try:
             await asyncio.wait_for(nc.connect(**kwargs), self.connect_timeout)
         except (asyncio.TimeoutError, OSError, nats.errors.Error, ssl.SSLError) as exc:
@@ -852,18 +850,14 @@ class NatsLayer(Layer):
     def _count_lost(self, count: int, channel: str, reason: str) -> None:
         """Count messages lost after their ``send`` returned, and say so (rate-limited)."""
         self.lost += count
-        now = time.monotonic()
-        self._unlogged_lost += count
-        if now - self._lost_logged_at >= LOST_LOG_EVERY:
-            log.warning(
-                "%d message(s) for %s lost: %s (%d lost by this process so far)",
-                self._unlogged_lost,
-                channel,
-                reason,
-                self.lost,
-            )
-            self._unlogged_lost = 0
-            self._lost_logged_at = now
+        self._lost_log.log(
+            channel,
+            "%d message(s) for %s lost: %s (%d lost by this process so far)",
+            count,
+            channel,
+            reason,
+            self.lost,
+        )
 
     async def _recover_outgoing(self, out: _Outgoing) -> None:
         """Recreate a lost stream, then publish what the server bounced, in order.
@@ -1654,15 +1648,7 @@ class NatsLayer(Layer):
                 await self._unsubscribe_group(group, entry)
         for key in [k for k, (_, until) in self._held.items() if until <= now]:
             await self._drop_named(*key)
-        if self._unlogged_lost and now - self._lost_logged_at >= LOST_LOG_EVERY:
-            log.warning(
-                "%d more message(s) lost in the last %gs, for the reasons logged before "
-                "(%d lost by this process so far)",
-                self._unlogged_lost,
-                LOST_LOG_EVERY,
-                self.lost,
-            )
-            self._unlogged_lost, self._lost_logged_at = 0, now
+        self._lost_log.flush()
         # Publishes never acknowledged (written just before the connection broke).
         # Time only counts while connected: during an outage they wait in the buffer.
         if not connected:
@@ -1780,13 +1766,6 @@ def _connection_error(exc: BaseException) -> LayerError:
 
 def _as_error(exc: BaseException) -> Exception:
     return exc if isinstance(exc, Exception) else LayerError("cancelled")
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest.split("/", 1)[0]:
-        rest = "***@" + rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
 
 
 def _positive(params: Mapping[str, Any], key: str, default: Any, kind: type) -> Any:

@@ -82,6 +82,7 @@ from redis.exceptions import (
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, LayerError
 from svcbus.layer import Layer, LayerOptions
 from svcbus.names import validate_channel, validate_group
+from svcbus.ratelog import RateLimitedLog
 
 log = logging.getLogger("svcbus.layers.redis")
 
@@ -715,13 +716,12 @@ class RedisLayer(Layer):
         self._lost_sends = 0
         self.foreign = 0
         """Items found in this layer's lists that svcbus did not write (moved aside)."""
-        self._foreign_logged_at = -10.0
         self.lost = 0
         """Messages lost after their ``send`` returned: a pipelined send the server
         refused (full) or that a broken connection may have lost; each is logged."""
         self.dropped = 0
         """Messages for a full process channel of this process, dropped (and logged)."""
-        self._dropped_logged_at = -10.0
+        self._notes = RateLimitedLog(log, "reports of dropped or foreign items")
         self._tick = 0
         self._connected = False
         self._closed = False
@@ -1193,32 +1193,28 @@ class RedisLayer(Layer):
         return [message] if local is None else [local, message]
 
     def _drop(self, box: _Box, why: str) -> None:
-        """Count a message dropped for a full local buffer; log it at most every 10 s."""
+        """Count a message dropped for a full local buffer, and say so (rate-limited)."""
         self.dropped += 1
-        now = time.monotonic()
-        if now - self._dropped_logged_at >= 10.0:
-            self._dropped_logged_at = now
-            log.warning(
-                "dropped a message for %s (capacity %d); %d dropped so far: its receiver is behind",
-                why,
-                box.capacity,
-                self.dropped,
-            )
+        self._notes.log(
+            why,
+            "dropped a message for %s (capacity %d); %d dropped so far: its receiver is behind",
+            why,
+            box.capacity,
+            self.dropped,
+        )
 
     def _count_foreign(self, key: bytes, count: int) -> None:
-        """Count and log (at most every 10 s) items in our lists that svcbus did not write."""
+        """Count items in our lists that svcbus did not write, and say so (rate-limited)."""
         self.foreign += count
-        now = time.monotonic()
-        if now - self._foreign_logged_at >= 10.0:
-            self._foreign_logged_at = now
-            log.warning(
-                "%d foreign item(s) in %s (not written by svcbus) were moved to %s; "
-                "%d so far. Inspect them with LRANGE; only svcbus should write to its keys",
-                count,
-                key.decode(errors="replace"),
-                quarantine_key(key).decode(errors="replace"),
-                self.foreign,
-            )
+        self._notes.log(
+            "foreign",
+            "%d foreign item(s) in %s (not written by svcbus) were moved to %s; "
+            "%d so far. Inspect them with LRANGE; only svcbus should write to its keys",
+            count,
+            key.decode(errors="replace"),
+            quarantine_key(key).decode(errors="replace"),
+            self.foreign,
+        )
 
     def _deliver(self, source: _Source, items: list[bytes]) -> None:
         if source.head is None:
@@ -1423,6 +1419,7 @@ class RedisLayer(Layer):
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             self._tick += 1
+            self._notes.flush()
             now = time.monotonic()
             for pubsub, members in list(self._members.items()):
                 for channel in [c for c, until in members.items() if until <= now]:

@@ -51,9 +51,16 @@ class Books:
 
 
 class ConsumerProcess:
-    """``slow_consumer.py`` in a process of its own."""
+    """``slow_consumer.py`` (or another ``script`` with the same report) in a process of its own."""
 
-    def __init__(self, url: str, channel: str, delay: float, idle: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        delay: float,
+        idle: float = 2.0,
+        script: str = "slow_consumer.py",
+    ) -> None:
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]),
@@ -61,7 +68,7 @@ class ConsumerProcess:
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                os.path.join(HERE, "slow_consumer.py"),
+                os.path.join(HERE, script),
                 url,
                 channel,
                 str(delay),

@@ -10,6 +10,7 @@ so isolation costs nothing beyond the encoding every layer needs anyway.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import deque
@@ -22,6 +23,10 @@ import anyio
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, SvcbusError
 from svcbus.layer import Layer, LayerOptions
 from svcbus.names import validate_channel, validate_group
+from svcbus.ratelog import RateLimitedLog
+
+log = logging.getLogger("svcbus.layers.memory")
+_notes = RateLimitedLog(log, "reports of expired or dropped messages")
 
 SWEEP_INTERVAL = 10.0
 """Longest time between two sweeps of expired messages and abandoned queues."""
@@ -73,10 +78,14 @@ class _Queue:
             # between the receivers of a named channel, and no thundering herd.
             self.waiters.pop(0).set()
 
-    def drop_expired(self, now: float) -> None:
+    def drop_expired(self, now: float) -> int:
+        """Drop the messages whose deadline has passed; return how many."""
         items = self.items
+        dropped = 0
         while items and items[0][0] <= now:
             items.popleft()
+            dropped += 1
+        return dropped
 
 
 class MemoryHub:
@@ -86,6 +95,22 @@ class MemoryHub:
         self.queues: dict[str, _Queue] = {}
         self.groups: dict[str, dict[str, float]] = {}
         self.next_sweep = 0.0
+        self.expired = 0
+        """Messages dropped unread after ``expiry`` (counted as lost)."""
+        self.dropped = 0
+        """Group messages a full member missed."""
+
+    def count_expired(self, channel: str, count: int) -> None:
+        """Count (and log, rate-limited) messages that expired unread on ``channel``."""
+        if count:
+            self.expired += count
+            _notes.log(
+                channel,
+                "%d message(s) on %s expired unread (%d so far)",
+                count,
+                channel,
+                self.expired,
+            )
 
     def sweep(self, now: float) -> None:
         """Drop expired messages everywhere, and queues left empty with nobody waiting.
@@ -96,7 +121,7 @@ class MemoryHub:
         its cost is independent of the message rate.
         """
         for channel, queue in list(self.queues.items()):
-            queue.drop_expired(now)
+            self.count_expired(channel, queue.drop_expired(now))
             if not queue.items and not queue.waiters:
                 del self.queues[channel]
 
@@ -161,7 +186,7 @@ class MemoryLayer(Layer):
             self.hub.sweep(now)
             queue = queues.setdefault(channel, queue)
         if len(queue.items) >= capacity:
-            queue.drop_expired(now)
+            self.hub.count_expired(channel, queue.drop_expired(now))
             if len(queue.items) >= capacity:
                 raise ChannelFull(
                     f"channel {channel!r} holds {capacity} messages (its capacity); "
@@ -193,7 +218,7 @@ class MemoryLayer(Layer):
             if queue is None:
                 queue = queues[channel] = _Queue()
             if queue.items:
-                queue.drop_expired(time.monotonic())
+                self.hub.count_expired(channel, queue.drop_expired(time.monotonic()))
             if queue.items:
                 items = queue.items
                 n = min(limit, len(items))
@@ -262,14 +287,32 @@ class MemoryLayer(Layer):
             if queue is None:
                 queue = queues[channel] = _Queue()
             if len(queue.items) >= capacity_for(channel):
-                queue.drop_expired(now)
+                self.hub.count_expired(channel, queue.drop_expired(now))
                 if len(queue.items) >= capacity_for(channel):
-                    continue  # group_send never raises ChannelFull: this member misses it
+                    # group_send never raises ChannelFull: this member misses it.
+                    self.hub.dropped += 1
+                    _notes.log(
+                        channel,
+                        "a group message for %s was dropped: it is full (%d dropped so far)",
+                        channel,
+                        self.hub.dropped,
+                    )
+                    continue
             queue.put((deadline, message))
         for channel in expired:
             del members[channel]
         if not members:
             del self.hub.groups[group]
+
+    @property
+    def lost(self) -> int:
+        """Messages that expired unread in this layer's hub (shared by its ``memory://`` name)."""
+        return self.hub.expired
+
+    @property
+    def dropped(self) -> int:
+        """Group messages a full member of this hub missed."""
+        return self.hub.dropped
 
     async def close(self) -> None:
         if self._closed:

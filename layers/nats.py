@@ -439,7 +439,10 @@ class NatsLayer(Layer):
             tls = _tls_context(params)
         creds = params.get("creds")
         if creds is not None and not os.path.isfile(creds):
-            raise ConfigurationError(f"NATS credentials file {creds!r} (creds=) does not exist")
+            raise ConfigurationError(
+                "the NATS credentials file given with creds= does not exist (the path is not "
+                "shown: it may name a secret); check the layer URL's creds= parameter"
+            )
         return cls(
             servers,
             options,

@@ -83,6 +83,7 @@ from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, L
 from svcbus.layer import Layer, LayerOptions
 from svcbus.names import validate_channel, validate_group
 from svcbus.ratelog import RateLimitedLog
+from svcbus.redact import redact_url
 
 log = logging.getLogger("svcbus.layers.redis")
 
@@ -292,7 +293,7 @@ def parse_url(url: str, params: Mapping[str, Any]) -> tuple[list[ServerSpec], st
             prefix,
             connect_timeout,
         )
-    raise ConfigurationError(f"not a redis layer URL: {url!r}")
+    raise ConfigurationError(f"not a redis layer URL: {redact_url(url)!r}")
 
 
 # --- local state -------------------------------------------------------------------

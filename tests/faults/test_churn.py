@@ -29,8 +29,7 @@ async def test_churning_consumers_never_see_a_duplicate(nats_url: str) -> None:
     channel = "churn.work"
     # The third argument is each consumer's random seed.
     consumers = [
-        ConsumerProcess(url, channel, seed, idle=3.0, script="churn_consumer.py")
-        for seed in (1, 2)
+        ConsumerProcess(url, channel, seed, idle=3.0, script="churn_consumer.py") for seed in (1, 2)
     ]
     books = Books("churn nats")
     rng = random.Random(7)

@@ -74,3 +74,29 @@ async def test_overload_loses_nothing_without_a_word(server_url: str) -> None:
     books.check()
     assert books.refused > 0, "the scenario must overload the channel"
     assert len(books.delivered) > 1000
+
+
+async def test_overload_on_memory_loses_nothing_without_a_word() -> None:
+    """The same books on the embedded layer: sender and slow consumer in one process."""
+    url = f"memory://overload-{uuid.uuid4().hex[:8]}"
+    channel = "overload.work"
+    books = Books("overload memory")
+    async with open_layer(url) as consumer_layer:
+
+        async def consume() -> None:
+            while True:
+                for data in await consumer_layer.receive_many(channel, 16):
+                    books.delivered.append(int(data))
+                    await anyio.sleep(DELAY)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            sender_lost = await produce(url, channel, books)
+            with anyio.fail_after(30):
+                while len(books.delivered) < len(books.accepted):
+                    await anyio.sleep(0.05)
+            await anyio.sleep(0.3)  # and nothing more arrives
+            tg.cancel_scope.cancel()
+    books.reported_lost = sender_lost
+    books.check()
+    assert books.refused > 0

@@ -26,9 +26,11 @@ from ..runtime import Runtime
 from ..service import Service
 from . import tracing
 from .contracts import EdgeReply, Identity
+from .delivery import Delivery
 from .groups import Fanout
-from .http import Receive, handle_request, send_error, send_response
+from .http import Receive, handle_request, secure_headers, send_error, send_response
 from .http import Send as AsgiSend
+from .logs import Quiet, redact_access_logs
 from .routing import PathParams, Routes
 from .security import (
     DROPPED_HEADERS,
@@ -67,11 +69,18 @@ class EdgeStats:
     refused_origin: int = 0
     refused_auth: int = 0
     refused_busy: int = 0
+    refused_bus: int = 0
+    """Handshakes and HTTP requests answered 503 because the bus could not take them."""
     closed_rate: int = 0
     closed_size: int = 0
     closed_bad_frame: int = 0
+    closed_bus: int = 0
+    """Sockets closed with 1011/1013 because the bus did not take (or may have lost) a frame."""
     dropped: int = 0
-    """Frames lost because the receive channel was full (at-most-once)."""
+    """Frames not delivered: given up after ``accept_timeout`` (its socket closed with 1013),
+    doubted after a bus error (1011), or a group message a slow socket had no room for."""
+    retried: int = 0
+    """Sends tried again because the channel was full or the bus unreachable."""
     invalid_replies: int = 0
     http_requests: int = 0
 
@@ -139,6 +148,11 @@ class EdgeApp:
         self.dropped_headers = frozenset(h.lower() for h in dropped_headers)
         self.services = list(services)
         self.stats = EdgeStats()
+        self.quiet = Quiet(log)
+        """Rate-limited warnings: one per kind per 10 s, then a count."""
+        self.delivery = Delivery(self)
+        """Every send made for a client: retried, confirmed (see :mod:`svcbus.edge.delivery`)."""
+        redact_access_logs(self.secret_query_params)
         self.fanout = Fanout(self)
         """This process's sockets per group (see :mod:`svcbus.edge.groups`)."""
         self._bus: Bus | None = layer if isinstance(layer, Bus) else None
@@ -164,6 +178,7 @@ class EdgeApp:
         if kind == "websocket":
             await handle_websocket(self, scope, receive, send)
         elif kind == "http":
+            send = secure_headers(send)
             bus = self._bus
             if bus is not None and bus.tracer is not None:
                 await tracing.serve_http(self, bus.tracer, scope, receive, send)
@@ -220,6 +235,7 @@ class EdgeApp:
                 started = True
                 await receive()  # lifespan.shutdown
                 await self.fanout.close()
+                await self.delivery.close()
                 refresher.cancel()
                 for runtime in runtimes:
                     runtime.stop()
@@ -285,7 +301,8 @@ class EdgeApp:
             envelope = _ReplyEnvelope.model_validate_json(data)
         except ValidationError as exc:
             self.stats.invalid_replies += 1
-            log.warning(
+            self.quiet.warning(
+                "invalid-reply",
                 "dropped a reply the edge cannot use (send Accept, Send, Close, Join or "
                 "Leave from svcbus.edge): %s",
                 exc.errors(include_url=False, include_input=False)[:3],

@@ -2,21 +2,29 @@
 
 Status codes the edge itself produces: 404 no route, 405 wrong method, 413
 body too large, 422 body does not fit the channel's contract (pydantic's
-errors in the response), 401 authentication refused, 503 channel full or too
-many connections, 504 no reply in time, 500 the consumer failed.
+errors in the response), 401 authentication refused, 503 channel full, bus
+unreachable or too many connections, 504 no reply in time, 500 the consumer
+failed.
+
+Every response, the consumers' and static files' included, carries
+:data:`SECURITY_HEADERS`; HTML also gets a ``Content-Security-Policy`` that
+forbids framing by other sites.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from pydantic import ValidationError
 from pydantic_core import from_json, to_json
 
 from ..contract import Contract
 from ..errors import (
     ChannelFull,
+    LayerError,
     MessageInvalid,
     MessageTooLarge,
     RemoteError,
@@ -34,6 +42,41 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 _JSON = [(b"content-type", b"application/json")]
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+"""Added to every edge response that does not set them itself."""
+
+HTML_POLICY = b"frame-ancestors 'self'"
+"""The Content-Security-Policy of HTML without one: no framing by other sites (clickjacking)."""
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Requests the edge may send again after a bus error without risking a second effect."""
+
+
+def with_security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` plus the security headers it lacks (a CSP for HTML)."""
+    present = {name.lower() for name, _ in headers}
+    added = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
+    if b"content-security-policy" not in present:
+        for name, value in headers:
+            if name.lower() == b"content-type" and value.lower().startswith(b"text/html"):
+                added.append((b"content-security-policy", HTML_POLICY))
+                break
+    return [*headers, *added] if added else headers
+
+
+def secure_headers(send: Send) -> Send:
+    """Wrap an ASGI ``send`` so that every response start carries the security headers."""
+
+    async def secured(event: dict[str, Any]) -> None:
+        if event["type"] == "http.response.start":
+            event = {**event, "headers": with_security_headers(list(event.get("headers", ())))}
+        await send(event)
+
+    return secured
 
 
 class BodyTooLarge(Exception):
@@ -110,9 +153,11 @@ async def handle_request(
         await send_error(send, 422, "request does not fit the contract", detail=exc.errors)
         return
     try:
-        reply = await edge.bus.request(
-            route.channel, message, timeout=edge.limits.request_timeout, reply_type=Any
-        )
+        reply = await _request(edge, route, message, scope["method"])
+    except Unavailable:
+        edge.stats.refused_bus += 1
+        await send_error(send, 503, "the service is unavailable; retry later")
+        return
     except RequestTimeout:
         await send_error(send, 504, f"no reply from {route.channel!r} in time")
         return
@@ -129,9 +174,53 @@ async def handle_request(
         await send_error(send, 500, "the service failed", type=exc.error_type)
         return
     except SvcbusError as exc:
-        await send_error(send, 502, f"bus error: {exc}")
+        # The detail (hosts, ports) is for the operator's log, not for the client.
+        edge.quiet.warning("http-bus-error", "request to %s failed: %s", route.channel, exc)
+        await send_error(send, 502, "bus error")
         return
     await send_reply(send, reply, head=scope["method"] == "HEAD")
+
+
+class Unavailable(Exception):
+    """The bus would not take the request within the patience."""
+
+
+async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: str) -> Any:
+    """``bus.request``, retried while the bus cannot take the request.
+
+    A full channel means the request was not queued, so any request may be
+    sent again; a broken connection may have carried it, so only safe methods
+    are. The error may also report other clients' earlier sends (pipelining
+    layers report late): the edge's delivery settles those, and this request,
+    which was not sent, is retried rather than failed for them.
+    """
+    limits = edge.limits
+    deadline = time.monotonic() + min(limits.accept_timeout, limits.request_timeout)
+    delay = 0.002
+    while True:
+        try:
+            # bus.request bounds the wait for the reply, not the send, which can hang on
+            # an unreachable bus (NATS opens a channel's stream on first use).
+            with anyio.fail_after(max(deadline - time.monotonic(), 0.0) + limits.request_timeout):
+                return await edge.bus.request(
+                    route.channel, message, timeout=limits.request_timeout, reply_type=Any
+                )
+        except RequestTimeout:
+            raise
+        except TimeoutError:
+            raise Unavailable from None
+        except (ChannelFull, LayerError) as exc:
+            if edge.delivery.confirms(edge.bus.layer):
+                edge.delivery.doubt(exc, route.channel)
+            retry = isinstance(exc, ChannelFull) or method in SAFE_METHODS
+            if isinstance(exc, LayerError):
+                edge.quiet.warning("http-bus", "request to %s failed: %s", route.channel, exc)
+            left = deadline - time.monotonic()
+            if not retry or left <= 0:
+                raise Unavailable from None
+            edge.stats.retried += 1
+            await anyio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
 
 
 class InvalidInput(Exception):

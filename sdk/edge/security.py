@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
@@ -41,13 +42,16 @@ class Limits:
     """Header values longer than this are cut before they travel."""
     max_headers: int = 32
     """At most this many headers travel with a message."""
+    header_timeout: float = 10.0
+    """Seconds a client has to send a request's headers (slow-header clients are cut off)."""
 
     def __post_init__(self) -> None:
         for name in ("max_message_size", "max_body_size", "max_connections", "burst"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"Limits.{name} must be >= 1")
-        if self.messages_per_second <= 0 or self.accept_timeout <= 0:
-            raise ConfigurationError("Limits.messages_per_second and accept_timeout must be > 0")
+        for name in ("messages_per_second", "accept_timeout", "header_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"Limits.{name} must be > 0")
 
 
 # -- origins -------------------------------------------------------------------------
@@ -243,6 +247,49 @@ def refill(tokens: float, last: float, now: float, limits: Limits) -> float:
     """Token bucket step: the tokens available at ``now`` (capped at ``burst``)."""
     tokens += (now - last) * limits.messages_per_second
     return tokens if tokens < limits.burst else float(limits.burst)
+
+
+BUDGET_EXTENSION = "svcbus.edge.frame_budget"
+"""ASGI scope extension through which the edge's server protocol shares a socket's budget."""
+
+
+class FrameBudget:
+    """One connection's token bucket: data frames and pings draw on the same budget.
+
+    The server protocol (see :mod:`svcbus.edge.protocol`) makes it and charges
+    pings to it; the edge sets its limits once the connection is accepted and
+    charges frames. Without the edge's protocol the edge makes its own (pings
+    are then not counted).
+    """
+
+    __slots__ = ("last", "limits", "tokens")
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits: Limits | None = None
+        self.tokens = 0.0
+        self.last = 0.0
+        if limits is not None:
+            self.adopt(limits)
+
+    def adopt(self, limits: Limits) -> None:
+        """Start charging against ``limits``, with a full burst."""
+        self.limits = limits
+        self.tokens = float(limits.burst)
+        self.last = time.monotonic()
+
+    def take(self) -> bool:
+        """Charge one frame; False if the connection is over its rate."""
+        limits = self.limits
+        if limits is None:
+            return True  # not accepted yet: nothing flows before the edge adopts the budget
+        now = time.monotonic()
+        tokens = refill(self.tokens, self.last, now, limits)
+        self.last = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
 
 
 def describe(identity: Any) -> str:

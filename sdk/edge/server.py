@@ -56,12 +56,16 @@ def app_from_env() -> EdgeApp:
 
 
 def uvicorn_options(edge: EdgeApp | None = None) -> dict[str, Any]:
-    """uvicorn settings the edge needs: sans-I/O websockets, no compression, frame cap."""
+    """uvicorn settings the edge needs: its protocols, no compression, frame cap."""
     max_size = (edge.limits.max_message_size if edge is not None else 64 * 1024) + 16
     return {
+        # h11 with the edge's connection limit and header timeout (svcbus.edge.protocol);
+        # named by import string so that worker processes can load it.
+        "http": "svcbus.edge.protocol:EdgeHttpProtocol",
         # The sans-I/O protocol keeps no tasks per connection (timers instead): a
-        # large part of why 10,000 idle sockets fit in little memory.
-        "ws": "websockets-sansio",
+        # large part of why 10,000 idle sockets fit in little memory. The edge's
+        # subclass charges pings to the frame budget and closes bad UTF-8 quietly.
+        "ws": "svcbus.edge.protocol:EdgeWebSocketProtocol",
         # Compression costs ~64 KiB of zlib state per socket and a CPU pass per
         # frame; it also opens compression side channels. Off unless asked for.
         "ws_per_message_deflate": False,

@@ -154,12 +154,11 @@ def end_connect(conn: Connection) -> None:
     conn.span = span.get_span_context()
 
 
-async def forward(conn: Connection, text: str | None, binary: bytes | None) -> None:
+async def forward(conn: Connection, text: str | None, binary: bytes | None) -> int:
     """``Connection.forward`` inside a ``WS receive`` span that parents the consumer's span."""
     channel = conn.route.receive
     if channel is None:
-        await conn.forward(text, binary)
-        return
+        return await conn.forward(text, binary)
     attributes = _ws_attributes(conn)
     attributes["messaging.destination.name"] = channel
     attributes["messaging.message.body.size"] = len(text or binary or "")
@@ -171,8 +170,10 @@ async def forward(conn: Connection, text: str | None, binary: bytes | None) -> N
         links=_links(conn),
     ) as span:
         carrier, message_id = outgoing(span)
-        if not await conn.forward(text, binary, trace=carrier, message_id=message_id):
+        code = await conn.forward(text, binary, trace=carrier, message_id=message_id)
+        if code:
             span.set_attribute("svcbus.edge.dropped", True)
+        return code
 
 
 def start_disconnect(conn: Connection, code: int) -> trace.Span:

@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic_core import from_json
 
-from ..errors import ChannelFull, InvalidChannelName, SvcbusError
+from ..errors import InvalidChannelName, SvcbusError
 from . import tracing
 from .contracts import (
     Accept,
@@ -38,9 +37,11 @@ from .contracts import (
     WebSocketDisconnect,
     WebSocketReceive,
 )
+from .delivery import DELIVERED, INTERNAL_ERROR
 from .groups import drain
+from .http import with_security_headers
 from .routing import PathParams, WebSocketRoute
-from .security import AuthenticationFailed, refill
+from .security import BUDGET_EXTENSION, AuthenticationFailed, FrameBudget
 
 if TYPE_CHECKING:
     from .app import EdgeApp
@@ -84,11 +85,11 @@ class Connection:
     __slots__ = (
         "accepted",
         "backlog",
+        "budget",
         "closed",
         "edge",
         "groups",
         "identity",
-        "last",
         "order",
         "params",
         "path",
@@ -97,7 +98,6 @@ class Connection:
         "send",
         "span",
         "subprotocols",
-        "tokens",
     )
 
     def __init__(
@@ -109,6 +109,7 @@ class Connection:
         identity: Any,
         send: AsgiSend,
         subprotocols: list[str] | tuple[str, ...],
+        budget: FrameBudget | None = None,
     ) -> None:
         self.edge = edge
         self.route = route
@@ -124,8 +125,9 @@ class Connection:
         """Group messages waiting for a slow socket (see groups.send_eagerly)."""
         self.accepted = False
         self.closed = False
-        self.tokens = float(edge.limits.burst)
-        self.last = time.monotonic()
+        self.budget = budget or FrameBudget()
+        """Frames (and, through the edge's server protocol, pings) draw on it."""
+        self.budget.adopt(edge.limits)
         self.span: Any = None
         """Tracing on: the open connect span, then its SpanContext (for links). Else None."""
 
@@ -194,7 +196,14 @@ class Connection:
             try:
                 await fanout.join(self, group)
             except InvalidChannelName as exc:
-                log.warning("consumer asked %s to join an invalid group: %s", self.path, exc)
+                self.edge.quiet.warning(
+                    "bad-group", "consumer asked %s to join an invalid group: %s", self.path, exc
+                )
+                continue
+            except SvcbusError as exc:
+                self.edge.quiet.warning(
+                    "join-failed", "%s could not join group %s: %s", self.path, group, exc
+                )
                 continue
             if self.groups is None:
                 self.groups = set()
@@ -222,8 +231,15 @@ class Connection:
         except OSError:
             return  # the client went away; the ASGI task sees the disconnect
         except SvcbusError as exc:
-            log.error("reply channel of %s failed: %s; closing", self.path, exc)
-            await _close_quietly(self.send, 1011)
+            self.edge.quiet.log(
+                logging.ERROR,
+                "reply-failed",
+                "reply channel of %s failed: %s; closing",
+                self.path,
+                exc,
+            )
+            self.edge.stats.closed_bus += 1
+            await _close_quietly(self.send, INTERNAL_ERROR)
 
     # frames from the client ---------------------------------------------------------
 
@@ -240,13 +256,9 @@ class Connection:
         if size > limits.max_message_size:
             self.edge.stats.closed_size += 1
             return MESSAGE_TOO_BIG
-        now = time.monotonic()
-        tokens = refill(self.tokens, self.last, now, limits)
-        self.last = now
-        if tokens < 1.0:
+        if not self.budget.take():
             self.edge.stats.closed_rate += 1
             return POLICY_VIOLATION
-        self.tokens = tokens - 1.0
         if text is not None and self.route.json_frames:
             try:
                 from_json(text)
@@ -261,12 +273,16 @@ class Connection:
         binary: bytes | None,
         trace: dict[str, str] | None = None,
         message_id: str | None = None,
-    ) -> bool:
-        """Send one frame to the route's receive channel; False if it was dropped."""
+    ) -> int:
+        """Send one frame to the route's receive channel: 0, or the code to close the socket with.
+
+        A full channel or an unreachable bus is retried until ``accept_timeout``
+        (the socket is not read meanwhile); see :mod:`svcbus.edge.delivery`.
+        """
         self.order += 1
         channel = self.route.receive
         if channel is None:
-            return True
+            return DELIVERED
         bus = self.edge.bus
         message = WebSocketReceive.model_construct(
             reply_channel=self.reply_channel,
@@ -280,14 +296,10 @@ class Connection:
         data = bus.encode(
             channel, message, contract=WebSocketReceive, trace=trace, message_id=message_id
         )
-        try:
-            await bus.layer.send(channel, data)
-        except ChannelFull:
-            # At-most-once: a frame the consumers cannot take now is dropped, not queued.
+        code = await self.edge.delivery.send(channel, data, self.edge.limits.accept_timeout)
+        if code:
             self.edge.stats.dropped += 1
-            log.debug("frame from %s dropped: %s is full", self.path, channel)
-            return False
-        return True
+        return code
 
 
 async def handle_websocket(
@@ -322,10 +334,22 @@ async def handle_websocket(
         stats.refused_auth += 1
         await deny(scope, send, 401, str(exc) or "authentication failed")
         return
+    extensions = scope.get("extensions") or {}
     conn = Connection(
-        edge, route, scope["path"], params, identity, send, list(scope.get("subprotocols", ()))
+        edge,
+        route,
+        scope["path"],
+        params,
+        identity,
+        send,
+        list(scope.get("subprotocols", ())),
+        extensions.get(BUDGET_EXTENSION),
     )
-    conn.reply_channel = await edge.bus.new_channel("edge")
+    try:
+        conn.reply_channel = await edge.bus.new_channel("edge")
+    except SvcbusError as exc:
+        await refuse_unavailable(edge, scope, send, exc)
+        return
     if edge.bus.tracer is not None:
         conn.span = tracing.start_connect(edge.bus.tracer, conn, scope)
     announce = [_announcement(conn, request)] if route.connect is not None else []
@@ -364,7 +388,6 @@ async def _serve(
     conn: Connection, scope: dict[str, Any], announce: list[bytes], receive: Receive
 ) -> None:
     edge, route = conn.edge, conn.route
-    bus = edge.bus
     code = 1006
     announced = False
     pump: asyncio.Task[None] | None = None
@@ -373,11 +396,19 @@ async def _serve(
             await conn.accept(None)
         else:
             data = announce.pop()  # the list lets this frame drop the bytes once sent
-            sent = await _send_patiently(bus, route.connect, data, edge.limits.accept_timeout)
+            sent = await edge.delivery.send(route.connect, data, edge.limits.accept_timeout)
             del data
-            if not sent:
-                log.warning("refused WebSocket %s: %s stayed full", conn.path, route.connect)
-                await deny(scope, conn.send, 503, "the service is busy; retry later")
+            if sent != DELIVERED:
+                edge.stats.refused_bus += 1
+                edge.quiet.warning(
+                    "connect-refused",
+                    "refused WebSocket %s: %s did not take the connection (full or the bus is "
+                    "down) within %gs",
+                    conn.path,
+                    route.connect,
+                    edge.limits.accept_timeout,
+                )
+                await deny(scope, conn.send, 503, UNAVAILABLE)
                 return
             announced = True
             if not await _await_verdict(conn):
@@ -390,6 +421,17 @@ async def _serve(
         code = await _read_frames(conn, receive)
     except OSError:
         pass  # client gone mid-handshake
+    except SvcbusError as exc:
+        # The bus failed where no retry applies (joining groups, say): end this socket
+        # cleanly, say why in the log, and leave every other socket alone.
+        edge.stats.closed_bus += 1
+        edge.quiet.warning("bus-socket", "closing WebSocket %s: %s", conn.path, exc)
+        if conn.accepted:
+            await _close_quietly(conn.send, INTERNAL_ERROR)
+        else:
+            with contextlib.suppress(OSError, RuntimeError):
+                await deny(scope, conn.send, 503, UNAVAILABLE)
+        code = INTERNAL_ERROR
     finally:
         if pump is not None:
             pump.cancel()
@@ -398,27 +440,23 @@ async def _serve(
         await _cleanup(conn, code, announced)
 
 
-async def _send_patiently(bus: Any, channel: str, data: bytes, patience: float) -> bool:
-    """Send, retrying while the channel is full: a handshake can wait, a frame cannot."""
-    delay = 0.002  # short: consumers drain a full channel in milliseconds
-    with anyio.move_on_after(patience):
-        while True:
-            try:
-                await bus.layer.send(channel, data)
-                return True
-            except ChannelFull:
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.02)
-    return False
-
-
 async def _await_verdict(conn: Connection) -> bool:
     """Wait for Accept or Close; True once accepted."""
     edge = conn.edge
     receive_many = edge.bus.layer.receive_many
     with anyio.move_on_after(edge.limits.accept_timeout):
         while True:
-            for data in await receive_many(conn.reply_channel, 8):
+            try:
+                batch = await receive_many(conn.reply_channel, 8)
+            except SvcbusError as exc:
+                edge.quiet.warning(
+                    "verdict-failed", "waiting for the verdict on %s failed: %s", conn.path, exc
+                )
+                edge.stats.closed_bus += 1
+                await conn.send({"type": "websocket.close", "code": INTERNAL_ERROR})
+                conn.closed = True
+                return False
+            for data in batch:
                 item = edge.decode_reply(data)
                 # Items after an Accept in the same batch (a greeting Send) still apply.
                 if item is not None and not await conn.apply(item):
@@ -426,7 +464,8 @@ async def _await_verdict(conn: Connection) -> bool:
             if conn.accepted:
                 return True
     edge.stats.rejected += 1
-    log.warning(
+    edge.quiet.warning(
+        "no-verdict",
         "no consumer of %s answered the connection to %s within %gs; rejected it "
         "(is a service consuming %s running on this layer?)",
         conn.route.connect,
@@ -450,9 +489,22 @@ async def _read_frames(conn: Connection, receive: Receive) -> int:
             binary = message.get("bytes") if text is None else None
             code = conn.check(text, binary)
             if code:
+                conn.edge.quiet.log(
+                    logging.INFO,
+                    f"frame-{code}",
+                    "closed WebSocket %s with %d: %s",
+                    conn.path,
+                    code,
+                    _REASONS.get(code, "limit"),
+                )
                 await _close_quietly(conn.send, code)
                 return code
-            await forward(text, binary)
+            code = await forward(text, binary)
+            if code:
+                # The bus did not take the frame (or may have lost it): say so, and stop.
+                conn.edge.stats.closed_bus += 1
+                await _close_quietly(conn.send, code)
+                return code
         elif kind == "websocket.disconnect":
             return int(message.get("code", 1000))
 
@@ -487,10 +539,10 @@ async def _cleanup(conn: Connection, code: int, announced: bool) -> None:
             data = bus.encode(
                 channel, message, contract=WebSocketDisconnect, trace=trace, message_id=message_id
             )
-            try:
-                await bus.layer.send(channel, data)
-            except SvcbusError as exc:
-                log.warning("disconnect of %s not delivered to %s: %s", conn.path, channel, exc)
+            if await edge.delivery.send(channel, data, edge.limits.accept_timeout):
+                edge.quiet.warning(
+                    "disconnect-lost", "disconnect of %s not delivered to %s", conn.path, channel
+                )
             if span is not None:
                 span.end()
 
@@ -503,10 +555,12 @@ async def deny(scope: dict[str, Any], send: AsgiSend, status: int, reason: str) 
             {
                 "type": "websocket.http.response.start",
                 "status": status,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
+                "headers": with_security_headers(
+                    [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(body)).encode()),
+                    ]
+                ),
             }
         )
         await send({"type": "websocket.http.response.body", "body": body})
@@ -514,6 +568,25 @@ async def deny(scope: dict[str, Any], send: AsgiSend, status: int, reason: str) 
         await send({"type": "websocket.close", "code": 1008})
 
 
+UNAVAILABLE = "the service is unavailable; retry later"
+"""What a refused handshake or request says when the bus failed: no host names, no details."""
+
+_REASONS = {
+    MESSAGE_TOO_BIG: "frame over max_message_size",
+    POLICY_VIOLATION: "over the frame rate",
+    INVALID_DATA: "frame is not JSON",
+}
+
+
+async def refuse_unavailable(
+    edge: EdgeApp, scope: dict[str, Any], send: AsgiSend, error: BaseException
+) -> None:
+    """Refuse a handshake the bus cannot serve now: 503, the details in the log only."""
+    edge.stats.refused_bus += 1
+    edge.quiet.warning("bus-handshake", "refused WebSocket %s: %s", scope["path"], error)
+    await deny(scope, send, 503, UNAVAILABLE)
+
+
 async def _close_quietly(send: AsgiSend, code: int) -> None:
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, RuntimeError):
         await send({"type": "websocket.close", "code": code})

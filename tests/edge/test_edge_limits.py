@@ -16,10 +16,11 @@ from svcbus.edge import EdgeApp, Limits, bearer_token, cookie
 pytestmark = pytest.mark.anyio
 
 
-async def app_on(serve, bus: Bus, **options) -> str:
+async def app_on(serve, bus: Bus, *, http: str | None = None, **options) -> str:
     from edge_service import routes
 
-    return await serve(EdgeApp(routes, layer=bus, **options))
+    server_options = {"http": http} if http is not None else {}
+    return await serve(EdgeApp(routes, layer=bus, **options), **server_options)
 
 
 async def close_code(ws) -> int:
@@ -109,15 +110,34 @@ async def test_steady_rate_is_allowed(serve, edge_bus) -> None:
 # -- connection cap ----------------------------------------------------------------------
 
 
-async def test_connection_cap_closes_1013_and_http_503(serve, edge_bus) -> None:
+async def test_connection_cap_refuses_with_503_before_reading(serve, edge_bus) -> None:
+    """With the edge's protocol a connection counts from its first byte: over the cap, 503."""
     addr = await app_on(serve, edge_bus, limits=Limits(max_connections=3))
+    held = [await connect(f"ws://{addr}/ws/lobby") for _ in range(3)]
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"ws://{addr}/ws/lobby"):
+                pass
+        assert info.value.response.status_code == 503
+        assert info.value.response.headers["x-content-type-options"] == "nosniff"
+        async with httpx.AsyncClient(base_url=f"http://{addr}") as client:
+            response = await client.get("/api/add/1?b=1")
+            assert response.status_code == 503
+            assert "connection limit" in response.text
+    finally:
+        for ws in held:
+            await ws.close()
+    await asyncio.sleep(0.1)
+    await still_echoes(addr)
+
+
+async def test_connection_cap_closes_1013_under_a_plain_server(serve, edge_bus) -> None:
+    """Under an ASGI server without the edge's protocol the app itself refuses: 1013 / 503."""
+    addr = await app_on(serve, edge_bus, limits=Limits(max_connections=3), http="h11")
     held = [await connect(f"ws://{addr}/ws/lobby") for _ in range(3)]
     try:
         async with connect(f"ws://{addr}/ws/lobby") as ws:
             assert await close_code(ws) == 1013
-        async with httpx.AsyncClient(base_url=f"http://{addr}") as client:
-            response = await client.get("/api/add/1?b=1")
-            assert response.status_code == 503
     finally:
         for ws in held:
             await ws.close()

@@ -1,0 +1,190 @@
+"""uvicorn protocols for the edge: limits that must hold before the ASGI app sees a request.
+
+:func:`svcbus.edge.uvicorn_options` names these classes (as import strings,
+so ``--workers`` can pass them to worker processes):
+
+* :class:`EdgeHttpProtocol` (h11): a connection counts against
+  ``Limits.max_connections`` from the moment TCP hands it over, headers
+  unsent; over the limit it gets a 503 at once. A client has
+  ``Limits.header_timeout`` seconds to send a request's headers (the first,
+  and each next one on a kept-alive connection); slow-header clients are
+  cut off.
+* :class:`EdgeWebSocketProtocol` (websockets, sans-I/O): pings draw on the
+  connection's frame budget like data frames (over it: close 1008); a text
+  frame that is not UTF-8 closes with 1007 and one rate-limited log line.
+
+The limits come from the :class:`~svcbus.edge.EdgeApp` being served (the
+defaults of :class:`~svcbus.edge.Limits` under any other app).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from .logs import Quiet
+from .security import BUDGET_EXTENSION, FrameBudget, Limits
+
+log = logging.getLogger("svcbus.edge")
+quiet = Quiet(log)
+"""Protocol-level warnings, one per kind per 10 s in the whole process."""
+
+POLICY_VIOLATION = 1008
+INVALID_DATA = 1007
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"x-content-type-options: nosniff\r\n"
+    b"referrer-policy: no-referrer\r\n"
+    b"retry-after: 1\r\n"
+    b"connection: close\r\n"
+    b"content-length: 47\r\n\r\n"
+    b"the edge is at its connection limit; retry later"
+)[:-1] + b"\n"
+"""Written to a connection over the limit before anything is read from it."""
+
+
+def limits_of(config: Config) -> Limits:
+    """The Limits of the EdgeApp that ``config`` serves (through uvicorn's middleware)."""
+    found = getattr(config, "_svcbus_limits", None)
+    if found is not None:
+        return found
+    from .app import EdgeApp  # app imports routing, http...: not needed at module import
+
+    app: Any = config.loaded_app
+    for _ in range(8):  # uvicorn wraps the app in a few middlewares, each with .app
+        if isinstance(app, EdgeApp) or app is None:
+            break
+        app = getattr(app, "app", None)
+    limits = app.limits if isinstance(app, EdgeApp) else Limits()
+    config._svcbus_limits = limits  # type: ignore[attr-defined]
+    return limits
+
+
+class EdgeHttpProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a connection limit and a header timeout."""
+
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.limits = limits_of(config)
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # Counted from the start (uvicorn's own limit looks only at finished headers,
+        # which a slow-header client never sends).
+        if len(self.connections) > self.limits.max_connections:
+            quiet.warning(
+                "over-limit",
+                "refused a connection: %d open, the limit is %d (Limits.max_connections)",
+                len(self.connections) - 1,
+                self.limits.max_connections,
+            )
+            transport.write(_BUSY)
+            transport.close()
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_timer()  # the next request's headers get the same time
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self._disarm_header_timer()
+        super().handle_websocket_upgrade(event)
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self.header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _header_timeout(self) -> None:
+        self.header_timer = None
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return
+        waiting_for_headers = self.conn.their_state in (h11.IDLE, h11.DONE) and (
+            self.cycle is None or self.cycle.response_complete
+        )
+        if waiting_for_headers:
+            quiet.log(
+                logging.INFO,
+                "header-timeout",
+                "closed a connection from %s: no complete request headers within %gs",
+                f"{self.client[0]}:{self.client[1]}" if self.client else "?",
+                self.limits.header_timeout,
+            )
+            self.transport.close()
+
+
+class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, with pings on the frame budget and quiet 1007s."""
+
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.budget = FrameBudget()
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][BUDGET_EXTENSION] = self.budget
+
+    def handle_ping(self) -> None:
+        if self.close_sent or self.budget.take():
+            super().handle_ping()
+            return
+        quiet.log(
+            logging.INFO,
+            "ping-flood",
+            "closed WebSocket %s with 1008: pings over the frame rate",
+            getattr(self, "scope", {}).get("path", "?"),
+        )
+        self._close(POLICY_VIOLATION, "rate limit")
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            if not data.isascii():
+                try:
+                    data.decode()
+                except UnicodeDecodeError:
+                    # A client's mistake, not a server error: one line, no traceback.
+                    self.frames = []
+                    quiet.log(
+                        logging.INFO,
+                        "bad-utf8",
+                        "closed WebSocket %s with 1007: a text frame is not valid UTF-8",
+                        getattr(self, "scope", {}).get("path", "?"),
+                    )
+                    self._close(INVALID_DATA, "invalid UTF-8")
+                    return
+        super().send_receive_event_to_app()
+
+    def _close(self, code: int, reason: str) -> None:
+        """Close from the server side: a close frame, the app told, reading resumed for the reply."""
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)

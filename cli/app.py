@@ -74,7 +74,7 @@ def say(label: str, text: str, *, console: Console | None = None) -> None:
     ``svcbus[nats]``): rich would take their square brackets for markup and
     drop them, so it is always escaped.
     """
-    (console or err).print(f"{label} {escape(text)}", highlight=False)
+    (console or err).print(f"{label} {escape(text)}" if label else escape(text), highlight=False)
 
 
 def fail(message: str) -> NoReturn:

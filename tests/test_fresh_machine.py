@@ -6,7 +6,7 @@ import stat
 from types import SimpleNamespace
 
 import browser_support
-import conftest
+import skip_summary
 
 
 class Reporter:
@@ -29,7 +29,7 @@ def test_summary_line_names_the_missing_servers_and_browsers():
             "the nats layer is not built yet",
         ]
     )
-    conftest.pytest_terminal_summary(reporter, 0, None)
+    skip_summary.write_summary(reporter)
     (line,) = reporter.lines
     assert line.startswith("skipped: 2 Redis tests (no redis-server: apt-get install redis-server")
     assert "1 browser tests (no Chromium: apt-get install chromium, or set SVCBUS_CHROMIUM)" in line
@@ -38,7 +38,7 @@ def test_summary_line_names_the_missing_servers_and_browsers():
 
 def test_no_summary_line_when_nothing_was_skipped():
     reporter = Reporter([])
-    conftest.pytest_terminal_summary(reporter, 0, None)
+    skip_summary.write_summary(reporter)
     assert reporter.lines == []
 
 

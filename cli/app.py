@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import os
+import signal
 import sys
 from typing import Annotated, Any, NoReturn
 
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from svcbus import __version__
 from svcbus.errors import InvalidChannelName, SvcbusError
-from svcbus.redact import RedactingFilter, redact_text, redact_url
+from svcbus.redact import redact_text, redact_url
 
 DEFAULT_LAYER = "memory://"
 
@@ -67,13 +68,23 @@ def layer_url(given: str | None, *, across_processes: bool = False) -> str:
     return url
 
 
+def say(label: str, text: str, *, console: Console | None = None) -> None:
+    """Print ``label`` (rich markup) then ``text`` verbatim.
+
+    ``text`` carries user input, patterns and install hints (``^[a-z]``,
+    ``svcbus[nats]``): rich would take their square brackets for markup and
+    drop them, so it is always escaped.
+    """
+    (console or err).print(f"{label} {escape(text)}" if label else escape(text), highlight=False)
+
+
 def fail(message: str) -> NoReturn:
     """Print a one-line error and exit with status 2 (usage error).
 
     Any URL in ``message`` is shown without its credentials: errors often
     quote the layer URL, and a wrong one still holds a real password.
     """
-    err.print(f"[bold red]error:[/] {redact_text(message)}", highlight=False)
+    say("[bold red]error:[/]", redact_text(message))
     raise typer.Exit(2)
 
 
@@ -95,15 +106,14 @@ def check_channel(channel: str) -> None:
         fail(str(exc))
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr in a compact, greppable format, with credentials in URLs redacted."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr: a compact, greppable line (text) or one JSON object per line (json)."""
+    from .logs import configure
+
+    try:
+        configure(level, log_format)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def version_callback(value: bool) -> None:
@@ -124,6 +134,40 @@ def root(
     """svcbus command line."""
 
 
+HealthPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--health-port",
+        min=0,
+        max=65535,
+        help="Serve /healthz, /readyz and /metrics on this port (0: any free port). "
+        "With --workers N, worker k listens on PORT+k.",
+        show_default=False,
+    ),
+]
+HealthHostOption = Annotated[
+    str,
+    typer.Option("--health-host", help="Address for --health-port (0.0.0.0 in a container)."),
+]
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="SVCBUS_LOG_FORMAT",
+        metavar="[text|json]",
+        help="text (for people) or json (one object per line, for log collectors).",
+    ),
+]
+ReloadOption = Annotated[
+    bool,
+    typer.Option(
+        "--reload",
+        help="Development: restart when a .py file under the current directory changes "
+        "(needs the reload extra).",
+    ),
+]
+
+
 @app.command()
 def run(
     service: Annotated[
@@ -136,39 +180,172 @@ def run(
     dead_letter: Annotated[
         str | None, typer.Option(help="Channel that receives messages no consumer could take.")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes: a supervisor restarts any that dies and stops all on SIGTERM.",
+        ),
+    ] = 1,
+    reload: ReloadOption = False,
+    health_port: HealthPortOption = None,
+    health_host: HealthHostOption = "127.0.0.1",
+    shutdown_timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds in-flight messages get to finish on SIGTERM.")
+    ] = 10.0,
     log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
     trace: TraceOption = "off",
 ) -> None:
     """Run a service's consumers until SIGINT/SIGTERM (in-flight messages finish)."""
     from svcbus import Runtime, load_service, open_layer
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     url = layer_url(layer)
+    check_service_ref(service)
+    if workers > 1 or reload:
+        supervise_run(
+            service,
+            url,
+            workers=workers,
+            reload=reload,
+            health_port=health_port,
+            grace=shutdown_timeout + 5,
+            args=[
+                f"--concurrency={concurrency}",
+                f"--shutdown-timeout={shutdown_timeout}",
+                f"--log-level={log_level}",
+                f"--log-format={log_format}",
+                f"--trace={trace}",
+                f"--health-host={health_host}",
+                *([f"--dead-letter={dead_letter}"] if dead_letter else []),
+            ],
+        )
+        return
     try:
         svc = load_service(service)
         if trace != "off":
             from svcbus.telemetry import setup_tracing
 
             setup_tracing(trace, svc.name)
-        runtime = Runtime(svc, open_layer(url), concurrency=concurrency, dead_letter=dead_letter)
+        metrics = None
+        if health_port is not None:
+            from svcbus import metrics as metrics_module
+
+            if metrics_module.available():
+                metrics = metrics_module.Metrics()
+                svc = metrics.instrument(svc)
+        runtime = Runtime(
+            svc,
+            open_layer(url),
+            concurrency=concurrency,
+            dead_letter=dead_letter,
+            shutdown_timeout=shutdown_timeout,
+        )
+        if metrics is not None:
+            metrics.watch_runtime(runtime)
     except SvcbusError as exc:
         fail(str(exc))
-    err.print(
-        f"[green]svc run[/] {svc.name}: consuming {', '.join(svc.channels) or '(nothing)'} "
-        f"on {redact_url(url)}",
-        highlight=False,
+    worker = os.environ.get("SVCBUS_WORKER")  # set by the --workers supervisor
+    banner = (
+        f"{svc.name}{f' (worker {worker})' if worker else ''}: "
+        f"consuming {', '.join(svc.channels) or '(nothing)'} on {redact_url(url)}"
     )
+    # Until the runtime watches SIGTERM itself, a stop request (a supervisor
+    # draining a worker that is still connecting) ends the process quietly:
+    # nothing has been taken from the layer yet.
+    signal.signal(signal.SIGTERM, _stop_while_starting)
     try:
-        anyio.run(runtime.run)
+        anyio.run(_serve_runtime, runtime, banner, health_host, health_port, metrics)
     except SvcbusError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(
+            f"cannot listen on {health_host}:{health_port}: {exc.strerror or exc}; "
+            "try another --health-port (0 picks a free one)"
+        )
     except KeyboardInterrupt:
         pass
 
 
+def _stop_while_starting(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+async def _serve_runtime(
+    runtime: Any, banner: str, host: str, port: int | None, metrics: Any
+) -> None:
+    """Run the runtime (with the health server beside it when a port is given)."""
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+        if port is not None:
+            from svcbus.health import HealthServer, runtime_ready
+
+            server = HealthServer(
+                host,
+                port,
+                ready=runtime_ready(runtime),
+                metrics=metrics.render if metrics is not None else None,
+            )
+            await stack.enter_async_context(server)
+            # stdout, flushed: scripts (and tests) read the port from it.
+            print(f"health on http://{host}:{server.port}/healthz", flush=True)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runtime.run)
+            await runtime.started.wait()
+            say("[green]svc run[/]", banner)
+
+
+def supervise_run(
+    service: str,
+    url: str,
+    *,
+    workers: int,
+    reload: bool,
+    health_port: int | None,
+    grace: float,
+    args: list[str],
+) -> None:
+    """``svc run`` as a supervisor of worker processes (``--workers``, ``--reload``)."""
+    from pathlib import Path
+
+    from .supervisor import Supervisor, worker_command
+
+    def command(index: int) -> list[str]:
+        port = (
+            [] if health_port is None else [f"--health-port={health_port and health_port + index}"]
+        )
+        return worker_command(["run", service, f"--layer={url}", *args, *port])
+
+    say(
+        "[green]svc run[/]",
+        f"{service}: {workers} worker{'s' if workers > 1 else ''} on {url}"
+        + (" (reloading on changes)" if reload else ""),
+    )
+    supervisor = Supervisor(command, workers, grace=grace, watch=[Path.cwd()] if reload else ())
+    raise typer.Exit(supervisor.run())
+
+
+def check_service_ref(ref: str) -> None:
+    """Fail in one line, with the fix, on a file path where a module name belongs."""
+    module, _, attribute = ref.partition(":")
+    if module.endswith(".py") or "/" in module or "\\" in module:
+        name = module.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".py")
+        suggestion = (
+            f"`svc run {name}:{attribute}`"
+            if attribute
+            else f"`svc run {name}` (or `svc run {name}:service`)"
+        )
+        fail(
+            f"{ref!r} is a file path, and svc imports modules: run {suggestion} "
+            "from the directory that contains it (no .py, no path)"
+        )
+
+
 # Commands that live in modules of their own; each module has `register(app)`
 # and imports its heavy dependencies inside the command, so `svc --help` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("messages", "edge", "docs", "demo")
+COMMAND_MODULES: tuple[str, ...] = ("messages", "edge", "docs", "demo", "status")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"svcbus.cli.{_name}").register(app)
@@ -176,8 +353,10 @@ for _name in COMMAND_MODULES:
 
 def main() -> None:
     """Entry point of the ``svc`` console script."""
+    from .metavars import make_readable
+
     try:
-        app()
+        make_readable(typer.main.get_command(app))(prog_name="svc")
     except SvcbusError as exc:  # anything not caught by a command: still one line
-        err.print(f"[bold red]error:[/] {redact_text(str(exc))}", highlight=False)
+        say("[bold red]error:[/]", redact_text(str(exc)))
         sys.exit(2)

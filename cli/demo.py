@@ -20,7 +20,18 @@ import typer
 from svcbus.errors import ConfigurationError, SvcbusError
 from svcbus.redact import redact_url
 
-from .app import LayerOption, LogLevelOption, TraceOption, err, fail, layer_url, setup_logging
+from .app import (
+    LayerOption,
+    LogFormatOption,
+    LogLevelOption,
+    ReloadOption,
+    TraceOption,
+    err,
+    fail,
+    layer_url,
+    say,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     import uvicorn
@@ -42,7 +53,9 @@ def demo(
         ),
     ] = None,
     layer: LayerOption = None,
+    reload: ReloadOption = False,
     log_level: LogLevelOption = "warning",
+    log_format: LogFormatOption = "text",
     trace: TraceOption = "off",
 ) -> None:
     """Run the example chat: the edge, the chat and the stats services in one process.
@@ -56,7 +69,11 @@ def demo(
     url = layer_url(layer)
     # Process-wide setup (logging, tracing) comes
     # before the app is built, so the services start with it in place.
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
+    if reload:
+        from .supervisor import reload_command
+
+        raise typer.Exit(reload_command("demo"))
     try:
         if trace != "off":
             from svcbus.telemetry import setup_tracing
@@ -73,9 +90,7 @@ def demo(
     address = f"{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
 
     def ready() -> None:
-        err.print(
-            f"[green]svc demo[/] edge + chat + stats services on {redact_url(url)}", highlight=False
-        )
+        say("[green]svc demo[/]", f"edge + chat + stats services on {redact_url(url)}")
         # stdout, unstyled and flushed: scripts (and tests) read the URL from it.
         print(f"open http://{address}/  (Ctrl-C stops)", flush=True)
 
@@ -135,7 +150,9 @@ def serve(app: EdgeApp, sock: socket.socket, log_level: str, on_ready: Callable[
     """Serve until SIGINT/SIGTERM; calls ``on_ready`` once serving. False if startup failed."""
     from svcbus.edge import config
 
-    server = _server_class()(config(app, log_level=log_level.lower(), timeout_graceful_shutdown=5))
+    server = _server_class()(
+        config(app, log_level=log_level.lower(), timeout_graceful_shutdown=5, log_config=None)
+    )
     return asyncio.run(_serve(server, sock, on_ready))
 
 

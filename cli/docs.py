@@ -88,9 +88,17 @@ def docs(
     from svcbus.docs.markdown import render_markdown
     from svcbus.errors import SvcbusError
 
-    from .app import err, fail
+    from .app import fail, say
 
     chosen = _formats(formats)
+    if "asyncapi" in chosen:
+        try:
+            import yaml  # noqa: F401 - asyncapi.yaml needs it; fail before any work
+        except ImportError:
+            fail(
+                "svc docs writes asyncapi.yaml with PyYAML, which is not installed: "
+                "pip install 'svcbus[docs]' (or --format html --format markdown to skip AsyncAPI)"
+            )
     try:
         services = [load_service(ref) for ref in modules]
         table = _load_object(routes) if routes else None
@@ -117,20 +125,20 @@ def docs(
         stale += stale_pages
         if stale:
             for path in sorted(stale):
-                err.print(f"[yellow]out of date:[/] {path}", highlight=False)
-            err.print("run `svc docs` without --check to regenerate", highlight=False)
+                say("[yellow]out of date:[/]", str(path))
+            say("", "run `svc docs` with the same arguments, without --check, to regenerate")
             raise typer.Exit(1)
-        err.print(f"[green]up to date:[/] {len(files)} files in {out_dir}", highlight=False)
+        say("[green]up to date:[/]", f"{len(files)} files in {out_dir}")
         return
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     for path in stale_pages:  # channels that no longer exist
         path.unlink()
-    err.print(
-        f"[green]svc docs[/] wrote {len(files)} files to {out_dir} "
+    say(
+        "[green]svc docs[/]",
+        f"wrote {len(files)} files to {out_dir} "
         f"({len(system.channels)} channels, {len(system.services)} services)",
-        highlight=False,
     )
 
 
@@ -188,6 +196,8 @@ def check(
         report = compare(load_document(old), load_document(new))
     except DocumentError as exc:
         fail(str(exc))
+    except ImportError:  # a YAML input without PyYAML
+        fail("reading YAML needs PyYAML: pip install 'svcbus[docs]' (or compare the .json files)")
 
     failing = report.breaking + (report.warnings if strict else [])
     if as_json:
@@ -222,10 +232,10 @@ def _print_table(old: str, new: str, rows: list[tuple[str, str, str, str, str, s
     from rich.markup import escape
     from rich.table import Table
 
-    from .app import out
+    from .app import out, say
 
     if not rows:
-        out.print(f"no contract changes between {old} and {new}", highlight=False)
+        say("", f"no contract changes between {old} and {new}", console=out)
         return
     table = Table(title=f"Contract changes: {escape(old)} -> {escape(new)}", title_justify="left")
     for column in ("Channel", "Change", "Where", "Consumers", "Producers", "Detail"):

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from svcbus.errors import SvcbusError
 from svcbus.redact import redact_url
 
-from .app import LayerOption, LogLevelOption, TraceOption, err, fail, layer_url
+from .app import (
+    HealthHostOption,
+    HealthPortOption,
+    LayerOption,
+    LogFormatOption,
+    LogLevelOption,
+    ReloadOption,
+    TraceOption,
+    fail,
+    layer_url,
+    say,
+    setup_logging,
+)
 
 
 def edge(
@@ -28,7 +40,11 @@ def edge(
     workers: Annotated[
         int, typer.Option(min=1, help="Worker processes (each holds its own connections).")
     ] = 1,
+    reload: ReloadOption = False,
+    health_port: HealthPortOption = None,
+    health_host: HealthHostOption = "127.0.0.1",
     log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
     trace: TraceOption = "off",
 ) -> None:
     """Serve ROUTES as an edge: WebSockets and HTTP in, channel messages out.
@@ -37,6 +53,11 @@ def edge(
     Use a shared layer (nats://, redis://) so services in other processes are
     reached; memory:// only reaches consumers in this process.
     """
+    setup_logging(log_level, log_format)
+    if reload:
+        from .supervisor import reload_command
+
+        raise typer.Exit(reload_command("edge"))
     try:
         import uvicorn
     except ImportError:
@@ -48,13 +69,20 @@ def edge(
     if not sep or not port_text.isdigit():
         fail(f"--bind {bind!r} must be HOST:PORT, e.g. 127.0.0.1:8000")
     host = host.strip("[]") or "127.0.0.1"
+    port = int(port_text)
     url = layer_url(layer)
     if url.startswith("memory:") and workers > 1:
-        err.print(
-            "[yellow]note:[/] with memory:// each worker has its own bus; use nats:// or "
+        say(
+            "[yellow]note:[/]",
+            "with memory:// each worker has its own bus; use nats:// or "
             "redis:// so all workers reach the same consumers and groups",
-            highlight=False,
         )
+    if health_port is not None and workers > 1:
+        fail(
+            "--health-port serves one process: run one `svc edge --workers 1` per "
+            "container (or process) and probe each, or drop --health-port"
+        )
+    _check_port(host, port)
     try:
         if trace != "off" and workers == 1:
             from svcbus.telemetry import setup_tracing
@@ -63,15 +91,25 @@ def edge(
         app = load_edge(routes, url)
     except SvcbusError as exc:
         fail(str(exc))
-    err.print(
-        f"[green]svc edge[/] {routes} on http://{host}:{port_text} (layer {redact_url(url)}, "
+    say(
+        "[green]svc edge[/]",
+        f"{routes} on http://{host}:{port_text} (layer {redact_url(url)}, "
         f"{workers} worker{'s' if workers > 1 else ''})",
-        highlight=False,
     )
     options = uvicorn_options(app)
-    common = {"host": host, "port": int(port_text), "log_level": log_level.lower(), **options}
+    # log_config=None: uvicorn's lines go through svcbus's handler, in one format.
+    common = {
+        "host": host,
+        "port": port,
+        "log_level": log_level.lower(),
+        "log_config": None,
+        **options,
+    }
     if workers == 1:
-        uvicorn.run(app, **common)
+        from .demo import _server_class  # exits 0 after a graceful SIGTERM, like svc demo
+
+        served = with_operations(app, health_host, health_port)
+        _server_class()(uvicorn.Config(served, **common)).run()
         return
     # Worker processes re-create the app from the environment (uvicorn imports it
     # by name in each process, so it cannot be passed as an object).
@@ -79,6 +117,40 @@ def edge(
     os.environ[LAYER_ENV] = url
     os.environ[TRACE_ENV] = trace  # each worker sets up its own tracer provider
     uvicorn.run("svcbus.edge.server:app_from_env", factory=True, workers=workers, **common)
+
+
+def with_operations(app: Any, host: str, port: int | None) -> Any:
+    """``app`` with metrics counting and a health server on ``port`` (when given)."""
+    if port is None:
+        return app
+    from svcbus import metrics as metrics_module
+    from svcbus.health import EdgeHealth
+
+    served: Any = app
+    render = None
+    if metrics_module.available():
+        metrics = metrics_module.Metrics()
+        served = metrics_module.EdgeMetrics(app, metrics)
+        render = metrics.render
+
+    def listening(bound: int) -> None:
+        # stdout, flushed: scripts (and tests) read the port from it.
+        print(f"health on http://{host}:{bound}/healthz", flush=True)
+
+    return EdgeHealth(served, app, host, port, metrics=render, on_listening=listening)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line when the edge's port is taken (uvicorn would print a traceback-ish log)."""
+    from .demo import listen
+
+    try:
+        listen(host, port).close()
+    except OSError as exc:
+        fail(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
+            "try another port with --bind HOST:PORT"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ import typer
 from svcbus.errors import ConfigurationError, InvalidChannelName, MessageInvalid, SvcbusError
 from svcbus.redact import redact_text
 
-from .app import LayerOption, check_channel, err, fail, layer_url, out, parse_json
+from .app import LayerOption, check_channel, fail, layer_url, out, parse_json, say
 
 ImportOption = Annotated[
     list[str],
@@ -71,7 +71,7 @@ def send(
             return message_id
 
     try:
-        out.print(anyio.run(go))
+        say("", anyio.run(go), console=out)
     except SvcbusError as exc:
         fail(str(exc))
 
@@ -99,7 +99,7 @@ def request(
     except (ConfigurationError, InvalidChannelName, MessageInvalid) as exc:
         fail(str(exc))
     except SvcbusError as exc:  # timeouts, remote failures: the request ran but failed
-        err.print(f"[bold red]error:[/] {redact_text(str(exc))}", highlight=False)
+        say("[bold red]error:[/]", redact_text(str(exc)))
         raise typer.Exit(1) from None
     out.print_json(to_json(reply).decode())
 
@@ -135,9 +135,7 @@ def tail(
             renew_at = 0.0
             if not channel:
                 source = await bus.new_channel("tail")
-            err.print(
-                f"[green]svc tail[/] {target}: waiting for messages (Ctrl-C stops)", highlight=False
-            )
+            say("[green]svc tail[/]", f"{target}: waiting for messages (Ctrl-C stops)")
             while not count or seen < count:
                 if not channel and time.monotonic() >= renew_at:
                     # Re-adding renews the membership before group_expiry ends it.
@@ -151,15 +149,15 @@ def tail(
                     try:
                         envelope = bus.decode(source, raw)
                     except MessageInvalid as exc:
-                        err.print(f"[yellow]undecodable:[/] {exc}", highlight=False)
+                        say("[yellow]undecodable:[/]", str(exc))
                         continue
                     stamp = time.strftime("%H:%M:%S", time.localtime(envelope.at / 1000))
                     kind = f"{envelope.ct} v{envelope.cv}" if envelope.ct else "untyped"
-                    out.print(
+                    # print(), not rich: a message is data, its brackets are not markup.
+                    print(
                         f"{stamp}.{envelope.at % 1000:03d} {kind} id={envelope.id} "
                         + to_json(envelope.b).decode(),
-                        highlight=False,
-                        soft_wrap=True,
+                        flush=True,
                     )
             if not channel:
                 await bus.group_discard(target, source)

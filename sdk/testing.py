@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import types
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ import anyio
 
 from .bus import DEFAULT_REQUEST_TIMEOUT, Bus
 from .envelope import Envelope
+from .errors import ConfigurationError
 from .layer import Layer, LayerOptions
 from .runtime import Runtime
 from .service import Service
@@ -78,11 +80,39 @@ class Harness:
         return self.runtime.stats
 
 
+def as_service(target: Service | types.ModuleType) -> Service:
+    """``target`` itself, or the service a module holds (as ``svc run module`` finds it).
+
+    A module with exactly one :class:`Service` gives that service; otherwise its
+    module-level ``@consumes`` functions make one.
+    """
+    if isinstance(target, Service):
+        return target
+    if isinstance(target, types.ModuleType):
+        found = [v for v in vars(target).values() if isinstance(v, Service)]
+        if len(found) == 1:
+            return found[0]
+        service = Service.from_module(target)
+        if service.consumers:
+            return service
+        raise ConfigurationError(
+            f"module {target.__name__!r} has no Service and no @consumes functions to test"
+        )
+    raise ConfigurationError(
+        f"harness() takes a Service or a module of @consumes functions, not {type(target).__name__}"
+    )
+
+
 @asynccontextmanager
 async def harness(
-    service: Service, *, layer: Layer | None = None, concurrency: int = 1, **options: Any
+    service: Service | types.ModuleType,
+    *,
+    layer: Layer | None = None,
+    concurrency: int = 1,
+    **options: Any,
 ) -> AsyncIterator[Harness]:
-    """Run ``service`` on a fresh memory layer (or ``layer``) for the block's duration."""
+    """Run ``service`` (or a module's consumers) on a fresh memory layer, or ``layer``."""
+    service = as_service(service)
     if layer is None:
         from svcbus.layers.memory import MemoryHub, MemoryLayer
 
@@ -90,3 +120,27 @@ async def harness(
     runtime = Runtime(service, layer, concurrency=concurrency, shutdown_timeout=2.0)
     async with runtime.running():
         yield Harness(runtime)
+
+
+# In-process clients for edge routes (no server, no sockets): see svcbus.communicators.
+from .communicators import (  # noqa: E402 - after the harness, which they do not need
+    Connected,
+    EdgeClient,
+    HttpCommunicator,
+    HttpResult,
+    WebsocketClosed,
+    WebsocketCommunicator,
+)
+
+__all__ = [
+    "Call",
+    "Connected",
+    "EdgeClient",
+    "Harness",
+    "HttpCommunicator",
+    "HttpResult",
+    "WebsocketClosed",
+    "WebsocketCommunicator",
+    "as_service",
+    "harness",
+]

@@ -6,12 +6,30 @@ machine has none) and quiet at start.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ENV = "SVCBUS_CHROMIUM"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_chromium() -> Path | None:
+    """``$SVCBUS_CHROMIUM`` if set, else the first Chromium-like browser on PATH."""
+    given = os.environ.get(CHROMIUM_ENV)
+    if given:
+        return Path(given) if Path(given).exists() else None
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return None
+
+
+CHROMIUM = find_chromium()
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -25,8 +43,11 @@ CHROMIUM_ARGS = [
 def sync_api_or_skip() -> Any:
     """``playwright.sync_api``, or skip the test with what to install."""
     api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    if CHROMIUM is None:
+        pytest.skip(
+            f"no Chromium on PATH ({', '.join(CHROMIUM_NAMES)}) and no ${CHROMIUM_ENV}: "
+            "apt-get install chromium, or set SVCBUS_CHROMIUM=/path/to/chrome"
+        )
     return api
 
 

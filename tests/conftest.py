@@ -64,3 +64,10 @@ def uniq() -> Callable[[str], str]:
     """Channel/group names unique to this test, so tests sharing a server never collide."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     return lambda name: f"{prefix}.{name}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """End the run with one line on what was skipped and how to get it (skip_summary.py)."""
+    from skip_summary import write_summary
+
+    write_summary(terminalreporter)

@@ -291,10 +291,23 @@ async def _serve_runtime(
             await stack.enter_async_context(server)
             # stdout, flushed: scripts (and tests) read the port from it.
             print(f"health on http://{host}:{server.port}/healthz", flush=True)
+        failed: list[SvcbusError] = []
+
+        async def run_runtime() -> None:
+            # Its errors (an unreachable layer, a wrong password) leave this task
+            # group as themselves, not wrapped in an exception group: one line.
+            try:
+                await runtime.run()
+            except SvcbusError as exc:
+                failed.append(exc)
+                tg.cancel_scope.cancel()
+
         async with anyio.create_task_group() as tg:
-            tg.start_soon(runtime.run)
+            tg.start_soon(run_runtime)
             await runtime.started.wait()
             say("[green]svc run[/]", banner)
+        if failed:
+            raise failed[0]
 
 
 def supervise_run(

@@ -73,6 +73,7 @@ from svcbus.errors import (
     ConfigurationError,
     InvalidChannelName,
     LayerError,
+    MessagesLost,
     MessageTooLarge,
 )
 from svcbus.layer import Layer, LayerOptions
@@ -386,6 +387,9 @@ class NatsLayer(Layer):
         stream, dropped by a full process channel's owner (counted at the sender), or
         dropped by nats-py's pending limits (counted at the receiver)."""
         self._lost_log = RateLimitedLog(log, "reports of lost messages")
+        self._sent_lost = 0  # lost after this process's sends returned ...
+        self._reported_lost = 0  # ... of which flush() has raised MessagesLost
+        self._lost_channels: set[str] = set()
         self._doubt_upto = 0  # live publishes up to this one were counted lost in doubt
         self.slow_consumer_drops = 0
         """Messages nats-py dropped because a subscription exceeded its pending limits."""
@@ -850,9 +854,15 @@ class NatsLayer(Layer):
             1, out.channel, f"no receiver listened and the stream refused it: {reason}"
         )
 
-    def _count_lost(self, count: int, channel: str, reason: str) -> None:
-        """Count messages lost after their ``send`` returned, and say so (rate-limited)."""
+    def _count_lost(self, count: int, channel: str, reason: str, *, sent: bool = True) -> None:
+        """Count messages lost after their ``send`` returned, and say so (rate-limited).
+
+        ``sent``: this process sent them, so the next ``flush()`` reports them.
+        """
         self.lost += count
+        if sent:
+            self._sent_lost += count
+            self._lost_channels.add(channel)
         self._lost_log.log(
             channel,
             "%d message(s) for %s lost: %s (%d lost by this process so far)",
@@ -886,9 +896,22 @@ class NatsLayer(Layer):
         """Hand everything to the server and wait for JetStream's acknowledgements.
 
         While the connection is down this waits for the reconnection, up to
-        ``ack_timeout`` seconds in all, then raises :class:`LayerError`.
+        ``ack_timeout`` seconds in all, then raises :class:`LayerError`. Messages
+        found lost since the last flush (their ``send`` had returned) raise
+        :class:`MessagesLost`.
         """
         await self._flush(self.ack_timeout)
+        count = self._sent_lost - self._reported_lost
+        if count:
+            self._reported_lost = self._sent_lost
+            channels, self._lost_channels = self._lost_channels, set()
+            channel = next(iter(channels)) if len(channels) == 1 else None
+            raise MessagesLost(
+                f"{count} message(s) sent earlier were lost (in flight when the connection "
+                "broke, or refused by a full channel after a bounce); see the log",
+                count=count,
+                channel=None if channel == "named channels" else channel,
+            )
 
     async def _connected(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the connection to be up."""
@@ -1702,7 +1725,10 @@ class NatsLayer(Layer):
                 for box in self._incoming.values():
                     if box.items:  # the stream refused them back: it is full
                         self._count_lost(
-                            len(box.items), box.channel, "taken, then closed with the channel full"
+                            len(box.items),
+                            box.channel,
+                            "taken, then closed with the channel full",
+                            sent=False,
                         )
         except (nats.errors.Error, asyncio.TimeoutError):
             pass

@@ -79,7 +79,13 @@ from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
-from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, LayerError
+from svcbus.errors import (
+    ChannelFull,
+    ConfigurationError,
+    InvalidChannelName,
+    LayerError,
+    MessagesLost,
+)
 from svcbus.layer import Layer, LayerOptions
 from svcbus.names import validate_channel, validate_group
 from svcbus.ratelog import RateLimitedLog
@@ -98,6 +104,9 @@ ACK_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 10.0
 """Seconds any reply may take; must exceed BLOCK_SECONDS."""
 HOUSEKEEPING_SECONDS = 1.0
+HOLD_FOR = 5.0
+"""Seconds pipelined sends (whose ``send`` returned) wait for an unreachable server
+before they count as lost."""
 
 _OWN_PARAMS = {
     "prefix",
@@ -316,7 +325,7 @@ class _Box:
 class _Source:
     """One Redis list this process pops from: a named channel, or a process head."""
 
-    __slots__ = ("box", "boxes", "head", "key", "shard", "split", "task", "wanted")
+    __slots__ = ("box", "boxes", "head", "in_flight", "key", "shard", "split", "task", "wanted")
 
     def __init__(self, key: bytes, shard: _Shard, head: str | None) -> None:
         self.key = key
@@ -327,6 +336,7 @@ class _Source:
         self.boxes: dict[bytes, _Box] = {}  # process head: local part -> box
         self.task: asyncio.Task[None] | None = None
         self.wanted = 0  # sum of the limits of everyone waiting on this source
+        self.in_flight = 0  # most messages the pop being answered may have taken
 
 
 class _Target:
@@ -440,7 +450,9 @@ class _Pipe:
     def __init__(self, shard: _Shard) -> None:
         self.shard = shard
         self.chunks: list[bytes] = []
+        self.sizes: list[int] = []  # how many of ``chunks`` each queued handler has
         self.handlers: list[_Handler] = []
+        self.held_since = 0.0  # when commands were first held back for a reconnection
         self.wakeup = asyncio.Event()
         self.drained = asyncio.Event()
         self.drained.set()
@@ -453,6 +465,7 @@ class _Pipe:
 
     def push(self, chunks: list[bytes] | tuple[bytes, ...], handler: _Handler) -> None:
         self.chunks.extend(chunks)
+        self.sizes.append(len(chunks))
         self.handlers.append(handler)
         if not self.wakeup.is_set():
             self.wakeup.set()
@@ -516,11 +529,19 @@ class _Pipe:
                 self.wakeup.clear()
                 await self.wakeup.wait()
                 continue
-            chunks, handlers = self.chunks, self.handlers
-            self.chunks, self.handlers = [], []
+            chunks, sizes, handlers = self.chunks, self.sizes, self.handlers
+            self.chunks, self.sizes, self.handlers = [], [], []
             done = 0
             try:
-                conn = await self._connect()
+                try:
+                    conn = await self._connect()
+                except _RETRYABLE as exc:
+                    # Nothing of this batch reached the server: hold it for the
+                    # reconnection instead of losing sends that already returned.
+                    self._hold(chunks, sizes, handlers, exc)
+                    await asyncio.sleep(max(0.01, self.retry_at - time.monotonic()))
+                    continue
+                self.held_since = 0.0
                 await conn.send_packed_command(chunks, check_health=False)
                 read = conn.read_response
                 dispatch = layer._dispatch
@@ -537,10 +558,45 @@ class _Pipe:
                         await self.conn.disconnect(nowait=True)
                     self.conn = None
                     self.shard.lost(exc, self.conn_epoch)
-                layer._fail(handlers[done:], _layer_error(self.shard, exc, "command not sent"))
+                # Written, but no answer: the server may or may not have run them.
+                layer._fail(
+                    handlers[done:], _layer_error(self.shard, exc, "no answer to a command")
+                )
             except asyncio.CancelledError:
                 layer._fail(handlers[done:], LayerError("the redis layer was closed"))
                 raise
+
+    def _hold(
+        self, chunks: list[bytes], sizes: list[int], handlers: list[_Handler], exc: BaseException
+    ) -> None:
+        """Put an unsent batch back in front of the queue, or fail what cannot wait.
+
+        A send waiting for its answer fails at once (its caller decides); pipelined
+        commands, whose ``send`` returned, wait up to ``HOLD_FOR`` seconds for the
+        server, then count as lost.
+        """
+        now = time.monotonic()
+        if not self.held_since:
+            self.held_since = now
+        patient = now - self.held_since < HOLD_FOR
+        kept_chunks: list[bytes] = []
+        kept_sizes: list[int] = []
+        kept: list[_Handler] = []
+        failed: list[_Handler] = []
+        start = 0
+        for size, handler in zip(sizes, handlers, strict=True):
+            if patient and handler[1] is None:
+                kept_chunks.extend(chunks[start : start + size])
+                kept_sizes.append(size)
+                kept.append(handler)
+            else:
+                failed.append(handler)
+            start += size
+        self.chunks = kept_chunks + self.chunks
+        self.sizes = kept_sizes + self.sizes
+        self.handlers = kept + self.handlers
+        if failed:
+            self.shard.layer._fail(failed, _layer_error(self.shard, exc, "command not sent"))
 
     async def close(self) -> None:
         if self.task is not None:
@@ -804,7 +860,7 @@ class RedisLayer(Layer):
     async def flush(self) -> None:
         """Wait until the server has answered every send; report refusals found meanwhile."""
         await asyncio.gather(*(s.pipe.drained.wait() for s in self._shards))
-        self._raise_late(None)
+        self._raise_late()
 
     async def close(self) -> None:
         if self._closed:
@@ -900,14 +956,13 @@ class RedisLayer(Layer):
         validate_channel(channel)
         if len(message) > self.options.max_message_size:
             self.options.check_size(channel, message)
-        if self._refused or self._lost_sends:
-            self._raise_late(channel)
         target = self._targets.get(channel) or self._target(channel)
         pipe = target.pipe
         target.pending += 1
-        if target.room > 0:
+        if target.room > 0 and not pipe.shard.down:
             # The server last reported room for this and our other pending sends:
-            # pipeline without waiting for the answer.
+            # pipeline without waiting for the answer. (While the server is down a
+            # send waits for its own answer, so the outage fails that send itself.)
             target.room -= 1
             pipe.push(self._send_chunks(target, message), (target, None))
             if len(pipe.handlers) > MAX_QUEUED:
@@ -968,7 +1023,8 @@ class RedisLayer(Layer):
         count = self._refused.get(channel, 0)
         if not count:
             log.warning(
-                "channel %s was full: a pipelined message was refused; the next send reports it",
+                "channel %s was full: a pipelined message was refused (counted in lost; the "
+                "next flush() raises MessagesLost)",
                 channel,
             )
         self._refused[channel] = count + 1
@@ -979,26 +1035,22 @@ class RedisLayer(Layer):
         self.lost += 1
         log.error("redis refused a pipelined send: %s", reply)
 
-    def _raise_late(self, channel: str | None) -> None:
-        """Raise a refusal or loss that happened to a send that did not wait for its answer."""
-        if self._lost_sends:
-            lost, self._lost_sends = self._lost_sends, 0
-            raise LayerError(
-                f"{lost} message(s) sent earlier may not have reached redis (the connection "
-                "broke or the server refused them); see the log"
-            )
-        if channel is None:
-            if not self._refused:
-                return
-            channel, count = self._refused.popitem()
-        else:
-            count = self._refused.pop(channel, 0)
-            if not count:
-                return
-        raise ChannelFull(
-            f"channel {channel!r} was full: {count} message(s) sent to it earlier were refused "
-            f"(capacity {self.options.capacity_for(channel)}); its consumers are behind: "
-            "retry later or raise channel_capacity"
+    def _raise_late(self) -> None:
+        """Report sends that returned before their answer and were then refused or lost."""
+        if not self._lost_sends and not self._refused:
+            return
+        refused, self._refused = self._refused, {}
+        lost, self._lost_sends = self._lost_sends, 0
+        count = lost + sum(refused.values())
+        channel = next(iter(refused)) if len(refused) == 1 and not lost else None
+        parts = [f"{n} refused by full channel {c!r}" for c, n in refused.items()]
+        if lost:
+            parts.append(f"{lost} that may not have reached redis (a broken connection?)")
+        raise MessagesLost(
+            f"{count} message(s) sent earlier were lost: {'; '.join(parts)}. Their consumers "
+            "are behind or the server failed; see the log",
+            count=count,
+            channel=channel,
         )
 
     # receiving ----------------------------------------------------------------------
@@ -1121,6 +1173,17 @@ class RedisLayer(Layer):
                     with contextlib.suppress(Exception):
                         await conn.disconnect(nowait=True)
                     shard.lost(exc, epoch)
+                    if source.in_flight:
+                        # The server may have popped them before the answer was lost.
+                        self.lost += source.in_flight
+                        self._notes.log(
+                            "pop",
+                            "up to %d message(s) of %s may be lost: the connection broke while "
+                            "popping them (counted in lost)",
+                            source.in_flight,
+                            source.key.decode(errors="replace"),
+                        )
+                        source.in_flight = 0
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
@@ -1164,6 +1227,7 @@ class RedisLayer(Layer):
     async def _pop(self, conn: AbstractConnection, source: _Source, want: int) -> list[bytes]:
         now = _now_ms()
         command = pack(b"EVALSHA", POP_SHA, b"1", source.key, now, want, source.split)
+        source.in_flight = want
         await conn.send_packed_command(command, check_health=False)
         try:
             reply = await conn.read_response()
@@ -1172,13 +1236,16 @@ class RedisLayer(Layer):
             await conn.read_response()
             await conn.send_packed_command(command, check_health=False)
             reply = await conn.read_response()
+        source.in_flight = 0
         items, foreign = reply
         if foreign:
             self._count_foreign(source.key, foreign)
         if items:
             return items  # type: ignore[no-any-return]
+        source.in_flight = 1
         await conn.send_packed_command(pack(b"BLPOP", source.key, BLOCK_SECONDS), False)
         reply = await conn.read_response()
+        source.in_flight = 0
         if not reply:
             return []
         parts = split_item(reply[1], source.head is not None)

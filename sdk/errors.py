@@ -60,5 +60,21 @@ class LayerError(SvcbusError):
     """The transport failed: the server is unreachable or the connection broke."""
 
 
+class MessagesLost(LayerError):
+    """Messages whose ``send`` had returned were lost; raised by ``flush()``.
+
+    A ``send`` raises only for its own message. What a layer learns later (a
+    pipelined send refused by a full channel, publishes in flight when a
+    connection broke) is counted in ``layer.lost``, logged, and reported by the
+    next ``flush()`` with this error: ``count`` messages, on ``channel`` when
+    they were all for one channel (else ``None``).
+    """
+
+    def __init__(self, message: str, *, count: int, channel: str | None = None) -> None:
+        super().__init__(message)
+        self.count = count
+        self.channel = channel
+
+
 class ConfigurationError(SvcbusError, ValueError):
     """A layer URL, option or service reference is wrong."""

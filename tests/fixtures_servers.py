@@ -77,6 +77,21 @@ def nats_server() -> Iterator[NatsServer]:
 
 
 @pytest.fixture
+def redis_server_aof() -> Iterator[RedisServer]:
+    """Like ``redis_server``, with an append-only file: a restart keeps what was stored."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary on PATH (install the OS redis-server package)")
+    server = RedisServer(binary)
+    server.appendonly = True
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A running ``redis-server`` private to this test; it may stop/restart it."""
     binary = find_redis_server()

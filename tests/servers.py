@@ -438,9 +438,11 @@ class NatsServer(_ManagedServer):
 
 
 class RedisServer(_ManagedServer):
-    """A ``redis-server`` child process with persistence off."""
+    """A ``redis-server`` child process with persistence off (``appendonly``: AOF on)."""
 
     kind = "redis-server"
+    appendonly = False
+    """Keep an append-only file synced on every write: a restart then loses no stored item."""
 
     @classmethod
     def _find_binary(cls) -> str | None:
@@ -456,7 +458,9 @@ class RedisServer(_ManagedServer):
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(self.workdir),
             "--daemonize",

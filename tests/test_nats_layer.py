@@ -27,6 +27,7 @@ from svcbus import (
     ChannelFull,
     ConfigurationError,
     LayerError,
+    MessagesLost,
     Runtime,
     Service,
     open_layer,
@@ -131,7 +132,6 @@ async def test_process_channel_buffer_is_bounded_by_capacity(nats_url: str) -> N
         mine = await owner.new_channel("edge")
         for i in range(1000):
             await other.send(mine, str(i).encode())
-        await other.flush()
         with anyio.fail_after(5):
             while owner.dropped < 990:
                 await anyio.sleep(0.02)
@@ -141,6 +141,10 @@ async def test_process_channel_buffer_is_bounded_by_capacity(nats_url: str) -> N
             while other.lost < 990:
                 await anyio.sleep(0.02)
         assert other.lost == 990
+        with pytest.raises(MessagesLost) as lost:  # and its next flush says so, once
+            await other.flush()
+        assert (lost.value.count, lost.value.channel) == (990, mine)
+        await other.flush()
     finally:
         await owner.close()
         await other.close()

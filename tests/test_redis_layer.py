@@ -22,7 +22,16 @@ pytest.importorskip("redis")
 
 import redis.asyncio as redis_client
 
-from svcbus import Bus, ChannelFull, ConfigurationError, Contract, LayerError, Runtime, Service
+from svcbus import (
+    Bus,
+    ChannelFull,
+    ConfigurationError,
+    Contract,
+    LayerError,
+    MessagesLost,
+    Runtime,
+    Service,
+)
 from svcbus.layer import LayerOptions, open_layer
 from svcbus.layers.redis import RedisLayer, jump_hash, parse_url, shard_of
 
@@ -268,8 +277,11 @@ async def test_late_refusal_of_a_pipelined_send_is_reported(redis_url, uniq):
             await other.send(channel, b"filler")
         await other.flush()
         await mine.send(channel, b"refused")  # pipelined on stale room: the server refuses
-        with pytest.raises(ChannelFull, match="earlier"):
+        with pytest.raises(MessagesLost, match="earlier") as lost:
             await mine.flush()
+        assert (lost.value.count, lost.value.channel) == (1, channel)
+        assert mine.lost == 1
+        await mine.flush()  # reported once
         with pytest.raises(ChannelFull, match="capacity"):
             await mine.send(channel, b"now it waits for the answer")
 

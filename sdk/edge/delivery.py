@@ -7,17 +7,17 @@ Every send the edge makes for a client goes through :class:`Delivery`:
   until ``Limits.accept_timeout``. Meanwhile its connection reads nothing more
   (the server stops reading the socket, so TCP slows the client down).
   Only then is it given up: the caller closes the socket with 1013.
-* **Confirmed.** Layers that pipeline (Redis, NATS: they override
-  ``Layer.flush``) may report a lost or refused send *later*, on whichever
-  send or flush comes next, which may be another client's. So a frame counts
-  as delivered only once a ``flush`` that started after it returned without
-  error. An error from any send or flush casts doubt on every frame not yet
-  confirmed: those sockets are closed (1011, or 1013 when a channel was
-  full), since the edge cannot tell which of them was lost and must not
-  deliver twice. The send that saw the error retries its own frame, which
-  the layer had not yet taken. Flushes are shared: one flush confirms every
-  frame sent before it started (a group commit), so confirming costs one
-  round trip per batch, not per frame.
+* **Confirmed.** A ``send`` raises only for its own message; what a layer
+  that pipelines (Redis, NATS: they override ``Layer.flush``) learns later —
+  a send refused after it returned, publishes in flight when a connection
+  broke — is reported by the next ``flush`` as ``MessagesLost``. So a frame
+  counts as delivered once a ``flush`` that started after its send returned
+  without error. A flush error casts doubt on every frame it covered (only
+  those for the channel ``MessagesLost`` names, when it names one): their
+  sockets are closed (1011, or 1013 when a channel was full), since the edge
+  cannot tell which of them was lost and must not deliver twice. Flushes are
+  shared: one flush confirms every frame sent before it started (a group
+  commit), so confirming costs one round trip per batch, not per frame.
 
 Layers that do not override ``flush`` (``memory://``) say yes or no at once;
 their frames need no confirmation.
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import ChannelFull, LayerError, SvcbusError
+from ..errors import ChannelFull, LayerError, MessagesLost, SvcbusError
 from ..layer import Layer
 from .logs import Quiet
 
@@ -95,10 +95,9 @@ class Delivery:
                 )
                 return TRY_AGAIN_LATER
             except (ChannelFull, LayerError) as exc:
+                # About this frame only (layers report earlier losses from flush).
                 if ticket is not None:
                     self._unconfirmed.pop(ticket, None)
-                    # Whatever this error reports may concern frames sent earlier by others.
-                    self.doubt(exc, channel)
                 if isinstance(exc, LayerError):
                     self.quiet.warning(
                         "bus-send", "the bus did not take a message for %s: %s", channel, exc
@@ -125,16 +124,17 @@ class Delivery:
                 return DELIVERED
             return await self._confirmed(ticket, deadline)
 
-    def doubt(self, error: BaseException, channel: str | None = None) -> None:
-        """An error surfaced that may belong to frames not yet confirmed: settle those.
+    def doubt(self, error: BaseException, tickets: list[asyncio.Future[int]] | None = None) -> None:
+        """A flush reported losses among ``tickets`` (default: every unconfirmed frame).
 
-        A full channel dooms only frames sent to ``channel`` (when known);
-        any other error every unconfirmed frame.
+        ``MessagesLost`` that names a channel dooms only the frames sent to it,
+        with 1013 when it was a full channel; any other error all of them, 1011.
         """
-        full = isinstance(error, ChannelFull)
-        code = TRY_AGAIN_LATER if full else INTERNAL_ERROR
-        for ticket, target in list(self._unconfirmed.items()):
-            if full and channel is not None and target != channel:
+        channel = error.channel if isinstance(error, MessagesLost) else None
+        code = TRY_AGAIN_LATER if channel is not None else INTERNAL_ERROR
+        for ticket in list(self._unconfirmed) if tickets is None else tickets:
+            target = self._unconfirmed.get(ticket)
+            if target is None or (channel is not None and target != channel):
                 continue
             self._settle(ticket, code)
 
@@ -181,10 +181,9 @@ class Delivery:
             except (ChannelFull, LayerError) as exc:
                 self.quiet.warning("bus-flush", "the bus reported lost messages: %s", exc)
                 self.doubt(exc)
-                continue
             except Exception:
                 log.exception("flushing the bus failed unexpectedly; closing the affected sockets")
                 self.doubt(LayerError("flush failed"))
-                continue
+            # What the flush did not doom, it confirmed.
             for ticket in batch:
                 self._settle(ticket, DELIVERED)

@@ -210,8 +210,7 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
         except TimeoutError:
             raise Unavailable from None
         except (ChannelFull, LayerError) as exc:
-            if edge.delivery.confirms(edge.bus.layer):
-                edge.delivery.doubt(exc, route.channel)
+            # About this request only: layers report earlier losses from flush().
             retry = isinstance(exc, ChannelFull) or method in SAFE_METHODS
             if isinstance(exc, LayerError):
                 edge.quiet.warning("http-bus", "request to %s failed: %s", route.channel, exc)

@@ -8,13 +8,12 @@ accepted is delivered, or counted lost by a layer, and never delivered twice.
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import anyio
 import pytest
 
-from svcbus import ChannelFull, LayerError, open_layer
+from svcbus import ChannelFull, LayerError, MessagesLost, open_layer
 
 from .books import Books, ConsumerProcess
 
@@ -57,8 +56,15 @@ async def produce(url: str, channel: str, books: Books, server) -> int:
             else:
                 books.accepted.add(number)
             number += 1
-        with anyio.move_on_after(10), contextlib.suppress(LayerError):
-            await layer.flush()
+        reported = 0
+        with anyio.move_on_after(10):
+            try:
+                await layer.flush()
+            except MessagesLost as exc:  # what the sender's process learned was lost
+                reported = exc.count
+            except LayerError:
+                pass
+        assert reported == int(layer.lost)  # type: ignore[attr-defined]
         await anyio.sleep(1.0)
         return int(layer.lost)  # type: ignore[attr-defined]
 

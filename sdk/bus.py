@@ -65,6 +65,15 @@ class Bus:
         self.tracer = self._given_tracer or tracing.tracer()
         return self
 
+    async def flush(self) -> None:
+        """Wait until everything sent so far is accepted by its channel.
+
+        Raises :class:`~svcbus.errors.MessagesLost` (with the count) when messages
+        whose ``send`` had returned were lost since the last flush, and
+        :class:`~svcbus.errors.LayerError` when the server stays unreachable.
+        """
+        await self.layer.flush()
+
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.layer.close()
 

@@ -253,7 +253,7 @@ def _layer_families(layers: Any) -> Iterator[Any]:
 def layer_reconnects(layer: Any) -> int:
     """How often ``layer`` reconnected to its broker (0 for memory://)."""
     if layer.system == "nats":
-        nc = getattr(layer, "_nc", None)
+        nc = layer.conn.nc
         return int(nc.stats.get("reconnects", 0)) if nc is not None else 0
     if layer.system == "redis":
         # Each server entry bumps its epoch once per outage it notices.

@@ -63,7 +63,7 @@ def test_url_with_seeds_credentials_and_options() -> None:
     layer = open_layer("nats://alice:s%40cret@a.example:4222,b.example:5222?prefix=shop&capacity=7")
     assert isinstance(layer, NatsLayer)
     assert layer.servers == ["nats://a.example:4222", "nats://b.example:5222"]
-    assert layer._auth == {"user": "alice", "password": "s@cret", "token": None}
+    assert layer.conn.auth == {"user": "alice", "password": "s@cret", "token": None}
     assert layer.prefix == "shop"
     assert layer.options.capacity == 7
 
@@ -72,8 +72,8 @@ def test_url_with_token_default_port_and_tls_scheme() -> None:
     layer = open_layer("tls://t0ken@nats.example")
     assert isinstance(layer, NatsLayer)
     assert layer.servers == ["tls://nats.example:4222"]
-    assert layer._auth["token"] == "t0ken"
-    assert layer._tls is not None
+    assert layer.conn.auth["token"] == "t0ken"
+    assert layer.conn.tls is not None
 
 
 @pytest.mark.parametrize(
@@ -135,7 +135,7 @@ async def test_process_channel_buffer_is_bounded_by_capacity(nats_url: str) -> N
         with anyio.fail_after(5):
             while owner.dropped < 990:
                 await anyio.sleep(0.02)
-        assert len(owner._locals[mine].items) == 10
+        assert len(owner.processes.locals[mine].items) == 10
         assert await owner.receive_many(mine, 100) == [str(i).encode() for i in range(10)]
         with anyio.fail_after(5):  # the owner told the sender, which counts what it lost
             while other.lost < 990:
@@ -160,10 +160,10 @@ async def test_slow_named_receiver_leaves_the_backlog_on_the_server(nats_url: st
         for i in range(5):  # a slow consumer: one message at a time
             assert await receiver.receive("backlog") == str(i).encode()
             await anyio.sleep(0.05)
-        box = receiver._incoming["backlog"]
+        box = receiver.receivers.inboxes["backlog"]
         # Its demand plus the prefetch window, no more: the rest waits at the server.
         assert len(box.items) + box.requested <= 1 + PREFETCH
-        info = await sender.connection.jetstream().stream_info(box.stream)
+        info = await sender.connection.jetstream().stream_info(sender.subjects.stream("backlog"))
         assert info.state.messages == 2000 - 5 - len(box.items) - box.requested
     finally:
         await sender.close()
@@ -198,8 +198,8 @@ async def test_pending_limits_bound_memory_when_the_loop_is_stalled(nats_url: st
             while owner.dropped + owner.slow_consumer_drops < 3000 - 20:
                 await anyio.sleep(0.02)
         assert owner.slow_consumer_drops > 0  # nats-py's pending limit cut in
-        assert len(owner._locals[mine].items) <= 20  # the local buffer stayed at capacity
-        assert owner._heads[head].pending_msgs <= 50
+        assert len(owner.processes.locals[mine].items) <= 20  # the local buffer stayed at capacity
+        assert owner.processes.heads[head].pending_msgs <= 50
     finally:
         await owner.close()
 
@@ -265,7 +265,7 @@ async def test_group_send_costs_one_publish(nats_url: str) -> None:
         await sender.flush()
         with anyio.fail_after(3):
             for member in members:
-                owner = a if a._owns(member) else b
+                owner = a if a.processes.owns(member) else b
                 assert await owner.receive(member) == b"one"
         assert sender.connection.stats["out_msgs"] - published == 1
         with anyio.fail_after(2):
@@ -405,7 +405,7 @@ async def test_two_worker_processes_share_a_channel_exactly_once(nats_url: str) 
 
 
 async def _stream_state(layer: NatsLayer, channel: str):
-    info = await layer.connection.jetstream().stream_info(layer._stream_name(channel))
+    info = await layer.connection.jetstream().stream_info(layer.subjects.stream(channel))
     return info.state
 
 
@@ -427,7 +427,7 @@ async def _sent_to_a_waiting_receiver(
         got.extend(await _receive(receiver, channel, count))
 
     def waiting() -> bool:
-        box = receiver._incoming.get(channel)
+        box = receiver.receivers.inboxes.get(channel)
         return box is not None and bool(box.waiters) and (box.live is not None or not receiver.live)
 
     async with anyio.create_task_group() as tg:
@@ -448,7 +448,7 @@ async def test_listening_receiver_gets_messages_without_the_stream(nats_url: str
     try:
         got = await _sent_to_a_waiting_receiver(sender, receiver, "live", 300)
         assert got == [str(i).encode() for i in range(300)]
-        assert not sender._unconfirmed  # every live publish was settled by a marker
+        assert not sender.sender.unconfirmed  # every live publish was settled by a marker
         state = await _stream_state(sender, "live")
         assert state.last_seq == 0  # JetStream never stored one of them
     finally:
@@ -464,7 +464,7 @@ async def test_without_a_listening_receiver_messages_wait_in_the_stream(nats_url
         for i in range(40):
             await sender.send("later", str(i).encode())
         await sender.flush()  # the bounces are republished to the stream and acknowledged
-        assert not sender._unconfirmed and not sender._in_flight
+        assert not sender.sender.unconfirmed and not sender.publisher.in_flight
         bounced = sender.bounced
         assert 1 <= bounced <= 40
         # Right after a bounce the sender publishes straight to the stream: no more bounces.
@@ -496,7 +496,7 @@ async def test_a_full_receiver_spills_into_the_stream_and_nothing_is_lost(nats_u
         for i in range(100):
             await sender.send("spill", str(i).encode())
         await sender.flush()
-        box = busy._incoming["spill"]
+        box = busy.receivers.inboxes["spill"]
         with anyio.fail_after(5):
             while busy.spilled < 90:
                 await anyio.sleep(0.02)
@@ -544,7 +544,7 @@ async def test_spill_into_a_full_stream_raises_channel_full_at_the_sender(nats_u
         await busy.flush()
         # Every accepted message is in the listener's buffer or in the stream: the
         # listener kept what the full stream refused (a few over its capacity).
-        box = busy._incoming["full"]
+        box = busy.receivers.inboxes["full"]
         stored = (await _stream_state(sender, "full")).messages
         assert stored <= 5
         assert len(box.items) + stored == len(accepted)
@@ -565,7 +565,7 @@ async def test_an_idle_receiver_leaves_and_returns_what_it_buffered(nats_url: st
         for i in range(5):
             await sender.send("linger", str(i).encode())
         await sender.flush()
-        box = first._incoming["linger"]
+        box = first.receivers.inboxes["linger"]
         assert len(box.items) == 5  # delivered live to the only listener
         with anyio.fail_after(8):  # linger, then the outstanding pull expires
             while box.live is not None or box.items:
@@ -584,7 +584,7 @@ async def test_live_false_sends_everything_through_the_stream(nats_url: str) -> 
     try:
         got = await _sent_to_a_waiting_receiver(sender, receiver, "stored", 20)
         assert got == [str(i).encode() for i in range(20)]
-        assert receiver._incoming["stored"].live is None
+        assert receiver.receivers.inboxes["stored"].live is None
         assert (await _stream_state(sender, "stored")).last_seq == 20
     finally:
         await sender.close()
@@ -607,7 +607,7 @@ async def test_giving_back_to_a_full_channel_counts_and_logs_the_loss(
         for i in range(5):
             await sender.send("giveback", str(i).encode())
         await sender.flush()
-        box = receiver._incoming["giveback"]
+        box = receiver.receivers.inboxes["giveback"]
         assert len(box.items) == 5
         for i in range(5, 7):  # spilled: the stream is now full
             await sender.send("giveback", str(i).encode())

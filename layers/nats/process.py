@@ -1,0 +1,210 @@
+"""Process-specific channels: ``inbox.k3f9a1!c7d2`` on core NATS, one subscription per head.
+
+The owner subscribes once per head (``R.p.inbox.k3f9a1.>``) and demultiplexes into
+bounded per-channel buffers (:class:`Local`). Group messages for its members land in
+the same buffers, so a process channel is one queue with one capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from svcbus.errors import InvalidChannelName
+from svcbus.layer import LayerOptions
+from svcbus.names import validate_group
+
+from .config import Subjects
+from .connection import Connection
+from .losses import Losses
+from .wire import as_error, connection_error, round_trip, too_large, wake
+
+
+class Local:
+    """A process channel's buffer: (deadline, message) pairs and waiting receivers."""
+
+    __slots__ = ("items", "waiters")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[float, bytes]] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+class ProcessChannels:
+    """This process's own channels, and sends to other processes' channels."""
+
+    def __init__(
+        self, conn: Connection, options: LayerOptions, subjects: Subjects, losses: Losses
+    ) -> None:
+        self._conn = conn
+        self._options = options
+        self._subjects = subjects
+        self._losses = losses
+        self.locals: dict[str, Local] = {}
+        self.heads: dict[str, Subscription] = {}
+        self._head_ready: dict[str, asyncio.Future[None]] = {}
+        self.dropped_reply = ""
+        """Where owners report our messages they dropped (set once connected)."""
+        self.dropped = 0
+        """Messages dropped because a process channel's buffer was at capacity."""
+
+    def owns(self, channel: str) -> bool:
+        """Whether ``channel`` is one of this process's channels."""
+        return channel.partition("!")[0].endswith("." + self._subjects.token)
+
+    async def new_channel(self, prefix: str) -> str:
+        """A new channel of this process; its head is subscribed before the name is out."""
+        validate_group(prefix)
+        head = f"{prefix}.{self._subjects.token}"
+        if head not in self.heads:
+            ready = self._head_ready.get(head)
+            if ready is None:
+                await self._subscribe_head(head)
+            else:
+                await asyncio.shield(ready)
+        return f"{head}!{os.urandom(6).hex()}"
+
+    async def _subscribe_head(self, head: str) -> None:
+        ready = self._head_ready[head] = asyncio.get_running_loop().create_future()
+        try:
+            nc = await self._conn.client()
+            subject = f"{self._subjects.process_root}{head}."
+            self.heads[head] = await nc.subscribe(
+                subject + ">", cb=self._head_handler(head, len(subject)), **self._conn.limits
+            )
+            # The server knows the subscription before anyone learns the name.
+            await round_trip(nc)
+            ready.set_result(None)
+        except BaseException as exc:
+            self.heads.pop(head, None)
+            del self._head_ready[head]
+            ready.set_exception(as_error(exc))
+            ready.exception()
+            raise
+
+    def _head_handler(self, head: str, offset: int) -> Callable[[Msg], Awaitable[None]]:
+        bang = head + "!"
+
+        async def on_message(msg: Msg) -> None:
+            channel = bang + msg.subject[offset:]
+            if not self.deliver(channel, msg.data, time.monotonic()) and msg.reply:
+                # Full: tell the sender, which counts it as lost and logs it.
+                nc = self._conn.nc
+                if nc is not None:
+                    with contextlib.suppress(nats.errors.Error):
+                        await nc.publish(msg.reply, channel.encode())
+
+        return on_message
+
+    def deliver(self, channel: str, data: bytes, now: float) -> bool:
+        """Put ``data`` into our channel's buffer; False if it is full (dropped)."""
+        box = self.locals.get(channel)
+        if box is None:
+            box = self.locals[channel] = Local()
+        items = box.items
+        capacity = self._options.capacity_for(channel)
+        if len(items) >= capacity:
+            while items and items[0][0] <= now:
+                items.popleft()
+            if len(items) >= capacity:
+                self.dropped += 1  # bounded memory: a full process channel drops
+                return False
+        items.append((now + self._options.expiry, data))
+        if box.waiters:
+            wake(box.waiters)
+        return True
+
+    async def send(self, channel: str, message: bytes) -> None:
+        """Publish to another (or this) process's channel; its owner reports a drop."""
+        nc = await self._conn.client()
+        head, _, local = channel.partition("!")
+        try:
+            # The owner answers on the reply subject only if its buffer was full.
+            await nc.publish(
+                f"{self._subjects.process_root}{head}.{local}", message, reply=self.dropped_reply
+            )
+        except nats.errors.MaxPayloadError:
+            raise too_large(channel, message, nc) from None
+        except nats.errors.Error as exc:
+            raise connection_error(exc) from None
+
+    def on_dropped(self, msg: Msg) -> None:
+        """An owner dropped one of our messages: its channel was full."""
+        channel = msg.data[:200].decode("utf-8", "replace")
+        self._losses.count(1, channel, "the process channel was full")
+
+    async def receive(self, channel: str, limit: int) -> list[bytes]:
+        """Wait for at least one message on our channel ``channel``; up to ``limit``."""
+        if not self.owns(channel):
+            raise InvalidChannelName(
+                f"channel {channel!r} belongs to another process; only the layer that made it "
+                "with new_channel() can receive from it"
+            )
+        locals_ = self.locals
+        while True:
+            box = locals_.get(channel)
+            if box is None:
+                box = locals_[channel] = Local()
+            batch = self._take(channel, box, limit)
+            if batch:
+                return batch
+            try:
+                await self._wait(box)
+            finally:
+                if not box.items and not box.waiters and locals_.get(channel) is box:
+                    del locals_[channel]
+
+    def _take(self, channel: str, box: Local, limit: int) -> list[bytes]:
+        items = box.items
+        if not items:
+            return []
+        now = time.monotonic()
+        batch: list[bytes] = []
+        while items and len(batch) < limit:
+            deadline, data = items.popleft()
+            if deadline > now:
+                batch.append(data)
+        if batch:
+            if items and box.waiters:
+                wake(box.waiters)
+            elif not items and not box.waiters:
+                del self.locals[channel]
+        return batch
+
+    @staticmethod
+    async def _wait(box: Local) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        box.waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                if box.items:
+                    wake(box.waiters)  # hand our wake-up to the next receiver
+            else:
+                with contextlib.suppress(ValueError):
+                    box.waiters.remove(waiter)
+            raise
+
+    def sweep(self, now: float) -> None:
+        """Drop expired messages, and buffers nobody uses."""
+        for channel, box in list(self.locals.items()):
+            items = box.items
+            while items and items[0][0] <= now:
+                items.popleft()
+            if not items and not box.waiters:
+                del self.locals[channel]
+
+    def cancel_waiters(self) -> None:
+        """The layer is closing: wake every waiting receiver with a cancellation."""
+        for box in self.locals.values():
+            for waiter in box.waiters:
+                waiter.cancel()

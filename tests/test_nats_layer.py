@@ -627,3 +627,19 @@ async def test_giving_back_to_a_full_channel_counts_and_logs_the_loss(
     finally:
         await sender.close()
         await receiver.close()
+
+
+def test_the_nats_py_private_hooks_the_layer_uses_are_there() -> None:
+    """layers/nats/wire.py uses two private nats-py hooks (with public fallbacks).
+
+    When a nats-py release moves them this fails: check the fallbacks still keep
+    the order they promise, then move the pin in pyproject.toml.
+    """
+    import inspect
+
+    from nats.aio.client import Client
+
+    assert inspect.iscoroutinefunction(Client._flush_pending)
+    assert "force_flush" in inspect.signature(Client._flush_pending).parameters
+    assert inspect.iscoroutinefunction(Client._send_unsubscribe)
+    assert list(inspect.signature(Client._send_unsubscribe).parameters)[:2] == ["self", "sid"]

@@ -42,9 +42,12 @@ LINGER = 2.0
 """Seconds a process stays subscribed to a named channel's live subject after its
 last receiver left; then it unsubscribes and returns what it buffered to the stream."""
 
-DIRECT_FOR = 1.0
-"""Seconds a sender publishes straight to a channel's stream after a bounce (nobody
-listened), before it tries the live subject again: a backlog costs one bounce a second."""
+DIRECT_FOR = 0.1
+"""Seconds a sender stores straight in a channel's stream after a bounce (nobody
+listened) or a full listener, before it tries the live subject again. Stored sends
+wait for the server's answer, so this is short: a receiver that was just starting
+gets live delivery back within a tenth of a second; a backlog nobody reads costs
+one bounce (a live publish returned by the server) every tenth of a second."""
 
 MARK_EVERY = 256
 """Live publishes between two markers (see :meth:`Sender.mark`)."""

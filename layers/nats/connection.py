@@ -12,6 +12,8 @@ from typing import Any
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from svcbus.errors import LayerError
 from svcbus.redact import redact_url
@@ -70,13 +72,25 @@ class Connection:
         self._disconnected = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    @property
-    def limits(self) -> dict[str, int]:
-        """The pending limits every subscription of the layer gets."""
-        return {
-            "pending_msgs_limit": self.pending_msgs_limit,
-            "pending_bytes_limit": self.pending_bytes_limit,
-        }
+    async def subscribe(
+        self,
+        subject: str,
+        handler: Callable[[Msg], Awaitable[None]],
+        queue: str = "",
+        nc: Client | None = None,
+    ) -> Subscription:
+        """Subscribe with the layer's pending limits (bounded memory per subscription).
+
+        ``nc``: the client being set up (before :meth:`client` may hand it out).
+        """
+        nc = nc or await self.client()
+        return await nc.subscribe(
+            subject,
+            queue=queue,
+            cb=handler,
+            pending_msgs_limit=self.pending_msgs_limit,
+            pending_bytes_limit=self.pending_bytes_limit,
+        )
 
     async def client(self) -> Client:
         """The connected client, connecting first if needed."""

@@ -119,10 +119,8 @@ class Groups:
         entry.members[channel] = until
         try:
             nc = await self._conn.client()
-            entry.sub = await nc.subscribe(
-                self._subjects.group_root + group,
-                cb=self._fan_out(entry),
-                **self._conn.limits,
+            entry.sub = await self._conn.subscribe(
+                self._subjects.group_root + group, self._fan_out(entry), nc=nc
             )
             if confirm:
                 await round_trip(nc)

@@ -201,7 +201,7 @@ class NatsLayer(Layer):
         self._ack_prefix = prefix = f"{self.conn.reply_root}.a."
         self.publisher.prefix = self.sender.prefix = prefix
         self.processes.dropped_reply = f"{prefix}d.0"
-        await nc.subscribe(f"{prefix}>", cb=self._on_answer, **self.conn.limits)
+        await self.conn.subscribe(f"{prefix}>", self._on_answer, nc=nc)
         await nc.subscribe(self.subjects.control, cb=self.groups.on_control)
         await nc.subscribe(self.subjects.named_control, cb=self.groups.on_named_control)
         await round_trip(nc)

@@ -77,8 +77,8 @@ class ProcessChannels:
         try:
             nc = await self._conn.client()
             subject = f"{self._subjects.process_root}{head}."
-            self.heads[head] = await nc.subscribe(
-                subject + ">", cb=self._head_handler(head, len(subject)), **self._conn.limits
+            self.heads[head] = await self._conn.subscribe(
+                subject + ">", self._head_handler(head, len(subject)), nc=nc
             )
             # The server knows the subscription before anyone learns the name.
             await round_trip(nc)

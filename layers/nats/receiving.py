@@ -190,7 +190,7 @@ class Receivers:
         self.inboxes[channel] = box
         box.ready = asyncio.get_running_loop().create_future()
         try:
-            box.sub = await nc.subscribe(box.inbox, cb=self._pull_handler(box), **self._conn.limits)
+            box.sub = await self._conn.subscribe(box.inbox, self._pull_handler(box), nc=nc)
             await self._streams.ensure(channel, for_send=False)
         except BaseException as exc:
             del self.inboxes[channel]
@@ -210,11 +210,8 @@ class Receivers:
         box.listening = True
         try:
             nc = await self._conn.client()
-            box.live = await nc.subscribe(
-                self._subjects.live_root + box.channel,
-                queue=CONSUMER,
-                cb=self._live_handler(box),
-                **self._conn.limits,
+            box.live = await self._conn.subscribe(
+                self._subjects.live_root + box.channel, self._live_handler(box), CONSUMER, nc
             )
         except nats.errors.Error as exc:
             # Pulling from the stream still works; the next receive tries again.
@@ -271,7 +268,7 @@ class Receivers:
             return
         with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
             await unsubscribe(nc, sub)
-            await sub.drain()
+            await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
         await self._give_back(box)
 
     async def _give_back(self, box: Inbox) -> None:

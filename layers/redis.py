@@ -87,6 +87,7 @@ from svcbus.errors import (
     MessagesLost,
 )
 from svcbus.layer import Layer, LayerOptions
+from svcbus.layers._fanout import LocalGroups
 from svcbus.names import validate_channel, validate_group
 from svcbus.ratelog import RateLimitedLog
 from svcbus.redact import redact_url
@@ -765,8 +766,8 @@ class RedisLayer(Layer):
         self._targets: dict[str, _Target] = {}
         self._boxes: dict[str, _Box] = {}
         self._sources: dict[bytes, _Source] = {}
-        # Groups this process has members in: pub/sub channel -> {channel: monotonic deadline}.
-        self._members: dict[bytes, dict[str, float]] = {}
+        # Groups this process has members in, and until when.
+        self._members = LocalGroups()
         self._acks: dict[str, asyncio.Future[None]] = {}
         self._ack_ids = itertools.count(1)
         self._refused: dict[str, int] = {}
@@ -1370,9 +1371,8 @@ class RedisLayer(Layer):
             self._acks.pop(ack_id, None)
 
     async def _add_local(self, shard: _Shard, group: str, channel: str, ttl: float) -> None:
-        pubsub = f"{self.prefix}:g:{group}".encode()
-        self._members.setdefault(pubsub, {})[channel] = time.monotonic() + ttl
-        await shard.subscriber.subscribe(pubsub)
+        self._members.add(group, channel, ttl, time.monotonic())
+        await shard.subscriber.subscribe(f"{self.prefix}:g:{group}".encode())
 
     async def group_discard(self, group: str, channel: str) -> None:
         await self._ready()
@@ -1396,9 +1396,7 @@ class RedisLayer(Layer):
         _raise_replies([reply])
 
     def _discard_local(self, group: str, channel: str) -> None:
-        members = self._members.get(f"{self.prefix}:g:{group}".encode())
-        if members is not None:
-            members.pop(channel, None)  # the housekeeper unsubscribes empty groups
+        self._members.discard(group, channel)  # the housekeeper unsubscribes empty groups
 
     async def group_send(self, group: str, message: bytes) -> None:
         await self._ready()
@@ -1419,27 +1417,19 @@ class RedisLayer(Layer):
     # pub/sub handlers (run in a subscriber's reader task) ----------------------------
 
     def _on_group(self, pubsub: bytes, message: bytes) -> None:
-        members = self._members.get(pubsub)
-        if not members:
-            return
-        now = time.monotonic()
-        expired = None
-        boxes = self._boxes
-        for channel, until in members.items():
-            if until <= now:
-                expired = expired or []
-                expired.append(channel)
-                continue
-            box = boxes.get(channel) or self._box(channel)
-            if len(box.items) >= box.capacity:
-                # group_send never raises ChannelFull: a full member misses it.
-                self._drop(box, "a full group member")
-                continue
-            box.items.append(message)
-            if box.waiters:
-                self._wake(box)
-        for channel in expired or ():
-            del members[channel]
+        group = pubsub[len(self.prefix) + 3 :].decode()
+        self._members.deliver(group, message, self._put_member, time.monotonic())
+
+    def _put_member(self, channel: str, message: bytes) -> bool:
+        box = self._boxes.get(channel) or self._box(channel)
+        if len(box.items) >= box.capacity:
+            # group_send never raises ChannelFull: a full member misses it.
+            self._drop(box, "a full group member")
+            return False
+        box.items.append(message)
+        if box.waiters:
+            self._wake(box)
+        return True
 
     def _on_control(self, shard: _Shard, data: bytes) -> None:
         try:
@@ -1464,7 +1454,7 @@ class RedisLayer(Layer):
         elif op == "add":
             pubsub = f"{self.prefix}:g:{group}".encode()
             ttl = float(control.get("ttl", self.options.group_expiry * 1000)) / 1000
-            self._members.setdefault(pubsub, {})[channel] = time.monotonic() + ttl
+            self._members.add(group, channel, ttl, time.monotonic())
             group_shard = self._group_shard(group)
             ack = pack(
                 b"PUBLISH",
@@ -1489,13 +1479,8 @@ class RedisLayer(Layer):
             self._tick += 1
             self._notes.flush()
             now = time.monotonic()
-            for pubsub, members in list(self._members.items()):
-                for channel in [c for c, until in members.items() if until <= now]:
-                    del members[channel]
-                if not members:
-                    del self._members[pubsub]
-                    group = pubsub.decode().split(":g:", 1)[1]
-                    await self._group_shard(group).subscriber.unsubscribe(pubsub)
+            self._members.expire(now)
+            await self._leave_empty_groups()
             stale = [
                 channel
                 for channel, box in self._boxes.items()
@@ -1503,6 +1488,14 @@ class RedisLayer(Layer):
             ]
             for channel in stale:
                 self._drop_box(channel)
+
+    async def _leave_empty_groups(self) -> None:
+        """Unsubscribe from the groups this process no longer has members in."""
+        marker = f"{self.prefix}:g:".encode()
+        for shard in self._shards:
+            for pubsub in [c for c in shard.subscriber.wanted if c.startswith(marker)]:
+                if pubsub[len(marker) :].decode() not in self._members:
+                    await shard.subscriber.unsubscribe(pubsub)
 
     def _drop_box(self, channel: str) -> None:
         box = self._boxes.pop(channel)

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import json
 import logging
@@ -124,18 +123,15 @@ _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # --- scripts (docs/protocol.md shows them with their arguments) ---------------------
 
-# The scripts are part of the wire protocol: the legacy runtime, which must stand
-# alone, holds the one copy and this layer uses it, so both load byte-identical
-# scripts (the same SHA1 for EVALSHA) and cannot drift apart.
-from svcbus.legacy.redis import (  # noqa: E402
+# The scripts and item layout live in svcbus.redis_wire, shared with the legacy runtime.
+from svcbus.redis_wire import (  # noqa: E402
     POP_SCRIPT,
+    POP_SHA,
     SEND_SCRIPT,
+    SEND_SHA,
     quarantine_key,
     split_item,
 )
-
-SEND_SHA = hashlib.sha1(SEND_SCRIPT).hexdigest().encode()
-POP_SHA = hashlib.sha1(POP_SCRIPT).hexdigest().encode()
 
 
 def _arg(value: bytes) -> bytes:

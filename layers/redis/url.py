@@ -6,7 +6,7 @@ import functools
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit
 
 from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
@@ -90,13 +90,7 @@ def parse_url(url: str, params: Mapping[str, Any]) -> tuple[list[ServerSpec], st
     """Parse a redis layer URL into shards, the key prefix and the connect timeout."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    allowed = _OWN_PARAMS | (_SENTINEL_PARAMS if scheme == "redis+sentinel" else set())
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ConfigurationError(
-            f"{scheme}:// layer does not understand {', '.join(unknown)}; "
-            f"it knows {', '.join(sorted(allowed))} besides the common options"
-        )
+    _check_params(scheme, params)
     prefix = str(params.get("prefix", "svcbus"))
     if not prefix or any(c in prefix for c in " *?[]{}\r\n\t"):
         raise ConfigurationError(f"bad redis key prefix {prefix!r}")
@@ -114,66 +108,86 @@ def parse_url(url: str, params: Mapping[str, Any]) -> tuple[list[ServerSpec], st
         "protocol": 2,
     }
     if scheme in ("redis", "rediss"):
-        userinfo, hosts = _split_hosts(parts.netloc, 6379)
-        db = (parts.path or "/").strip("/") or "0"
-        if not db.isdigit():
-            raise ConfigurationError(f"redis URL path must be a database number, got {db!r}")
-        query = ("?" + urlencode(ssl)) if ssl else ""
-        if ssl and scheme != "rediss":
-            raise ConfigurationError("ssl_* options need a rediss:// URL")
-        specs = []
-        for host, port in hosts:
-            shown = f"[{host}]" if ":" in host else host
-            one = f"{scheme}://{userinfo}{shown}:{port}/{db}{query}"
-            specs.append(
-                ServerSpec(
-                    f"{shown}:{port}",
-                    functools.partial(ConnectionPool.from_url, one, **common),
-                )
-            )
-        return specs, prefix, connect_timeout
+        return _direct_specs(scheme, parts, ssl, common), prefix, connect_timeout
     if scheme == "redis+sentinel":
-        userinfo, sentinels = _split_hosts(parts.netloc, 26379)
-        services = [s for s in (parts.path or "").strip("/").split(",") if s]
-        if not services:
-            raise ConfigurationError(
-                "redis+sentinel:// URL needs the master's service name as its path: "
-                "redis+sentinel://host:26379/mymaster"
-            )
-        user, _, password = userinfo.rstrip("@").partition(":")
-        db_text = str(params.get("db", "0"))
-        if not db_text.isdigit():
-            raise ConfigurationError(f"db must be a database number, got {db_text!r}")
-        kwargs = dict(common, db=int(db_text))
-        if user:
-            kwargs["username"] = unquote(user)
-        if password:
-            kwargs["password"] = unquote(password)
-        if ssl:
-            kwargs["ssl"] = True
-            kwargs.update(ssl)
-        sentinel_kwargs: dict[str, Any] = {
-            "socket_timeout": connect_timeout,
-            "socket_connect_timeout": connect_timeout,
-        }
-        if params.get("sentinel_username"):
-            sentinel_kwargs["username"] = str(params["sentinel_username"])
-        if params.get("sentinel_password"):
-            sentinel_kwargs["password"] = str(params["sentinel_password"])
-
-        def sentinel_pool(service: str) -> Any:
-            manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)
-            return manager.master_for(service).connection_pool
-
-        where = ",".join(f"{h}:{p}" for h, p in sentinels)
-        return (
-            [
-                ServerSpec(
-                    f"sentinel {where} master {quote(s)}", functools.partial(sentinel_pool, s)
-                )
-                for s in services
-            ],
-            prefix,
-            connect_timeout,
-        )
+        specs = _sentinel_specs(parts, params, ssl, common, connect_timeout)
+        return specs, prefix, connect_timeout
     raise ConfigurationError(f"not a redis layer URL: {redact_url(url)!r}")
+
+
+def _check_params(scheme: str, params: Mapping[str, Any]) -> None:
+    allowed = _OWN_PARAMS | (_SENTINEL_PARAMS if scheme == "redis+sentinel" else set())
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ConfigurationError(
+            f"{scheme}:// layer does not understand {', '.join(unknown)}; "
+            f"it knows {', '.join(sorted(allowed))} besides the common options"
+        )
+
+
+def _direct_specs(
+    scheme: str, parts: SplitResult, ssl: dict[str, str], common: dict[str, Any]
+) -> list[ServerSpec]:
+    """``redis://`` and ``rediss://``: one spec per host."""
+    userinfo, hosts = _split_hosts(parts.netloc, 6379)
+    db = (parts.path or "/").strip("/") or "0"
+    if not db.isdigit():
+        raise ConfigurationError(f"redis URL path must be a database number, got {db!r}")
+    query = ("?" + urlencode(ssl)) if ssl else ""
+    if ssl and scheme != "rediss":
+        raise ConfigurationError("ssl_* options need a rediss:// URL")
+    specs = []
+    for host, port in hosts:
+        shown = f"[{host}]" if ":" in host else host
+        one = f"{scheme}://{userinfo}{shown}:{port}/{db}{query}"
+        specs.append(
+            ServerSpec(f"{shown}:{port}", functools.partial(ConnectionPool.from_url, one, **common))
+        )
+    return specs
+
+
+def _sentinel_specs(
+    parts: SplitResult,
+    params: Mapping[str, Any],
+    ssl: dict[str, str],
+    common: dict[str, Any],
+    connect_timeout: float,
+) -> list[ServerSpec]:
+    """``redis+sentinel://``: one spec per master service name in the path."""
+    userinfo, sentinels = _split_hosts(parts.netloc, 26379)
+    services = [s for s in (parts.path or "").strip("/").split(",") if s]
+    if not services:
+        raise ConfigurationError(
+            "redis+sentinel:// URL needs the master's service name as its path: "
+            "redis+sentinel://host:26379/mymaster"
+        )
+    user, _, password = userinfo.rstrip("@").partition(":")
+    db_text = str(params.get("db", "0"))
+    if not db_text.isdigit():
+        raise ConfigurationError(f"db must be a database number, got {db_text!r}")
+    kwargs = dict(common, db=int(db_text))
+    if user:
+        kwargs["username"] = unquote(user)
+    if password:
+        kwargs["password"] = unquote(password)
+    if ssl:
+        kwargs["ssl"] = True
+        kwargs.update(ssl)
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": connect_timeout,
+        "socket_connect_timeout": connect_timeout,
+    }
+    if params.get("sentinel_username"):
+        sentinel_kwargs["username"] = str(params["sentinel_username"])
+    if params.get("sentinel_password"):
+        sentinel_kwargs["password"] = str(params["sentinel_password"])
+
+    def sentinel_pool(service: str) -> Any:
+        manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)
+        return manager.master_for(service).connection_pool
+
+    where = ",".join(f"{h}:{p}" for h, p in sentinels)
+    return [
+        ServerSpec(f"sentinel {where} master {quote(s)}", functools.partial(sentinel_pool, s))
+        for s in services
+    ]

@@ -22,6 +22,7 @@ import anyio
 
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, SvcbusError
 from svcbus.layer import Layer, LayerOptions
+from svcbus.layers._fanout import LocalGroups, Put
 from svcbus.names import validate_channel, validate_group
 from svcbus.ratelog import RateLimitedLog
 
@@ -93,7 +94,7 @@ class MemoryHub:
 
     def __init__(self) -> None:
         self.queues: dict[str, _Queue] = {}
-        self.groups: dict[str, dict[str, float]] = {}
+        self.groups = LocalGroups()
         self.next_sweep = 0.0
         self.expired = 0
         """Messages dropped unread after ``expiry`` (counted as lost)."""
@@ -254,55 +255,50 @@ class MemoryLayer(Layer):
         self._check_open()
         validate_group(group)
         validate_channel(channel)
-        members = self.hub.groups.setdefault(group, {})
-        members[channel] = time.monotonic() + self.options.group_expiry
+        self.hub.groups.add(group, channel, self.options.group_expiry, time.monotonic())
 
     async def group_discard(self, group: str, channel: str) -> None:
         self._check_open()
         validate_group(group)
         validate_channel(channel)
-        members = self.hub.groups.get(group)
-        if members is not None:
-            members.pop(channel, None)
-            if not members:
-                del self.hub.groups[group]
+        self.hub.groups.discard(group, channel)
 
     async def group_send(self, group: str, message: bytes) -> None:
         self._check_open()
         validate_group(group)
         self.options.check_size(group, message)
-        members = self.hub.groups.get(group)
-        if not members:
+        if group not in self.hub.groups:
             return
         now = time.monotonic()
+        self.hub.groups.deliver(group, message, self._member_put(now), now)
+
+    def _member_put(self, now: float) -> Put:
+        """Store a group message in a member's queue, or drop it when the queue is full."""
         deadline = now + self.options.expiry
-        queues = self.hub.queues
+        hub = self.hub
+        queues = hub.queues
         capacity_for = self.options.capacity_for
-        expired = []
-        for channel, until in members.items():
-            if until <= now:
-                expired.append(channel)
-                continue
+
+        def put(channel: str, message: bytes) -> bool:
             queue = queues.get(channel)
             if queue is None:
                 queue = queues[channel] = _Queue()
             if len(queue.items) >= capacity_for(channel):
-                self.hub.count_expired(channel, queue.drop_expired(now))
+                hub.count_expired(channel, queue.drop_expired(now))
                 if len(queue.items) >= capacity_for(channel):
                     # group_send never raises ChannelFull: this member misses it.
-                    self.hub.dropped += 1
+                    hub.dropped += 1
                     _notes.log(
                         channel,
                         "a group message for %s was dropped: it is full (%d dropped so far)",
                         channel,
-                        self.hub.dropped,
+                        hub.dropped,
                     )
-                    continue
+                    return False
             queue.put((deadline, message))
-        for channel in expired:
-            del members[channel]
-        if not members:
-            del self.hub.groups[group]
+            return True
+
+        return put
 
     @property
     def lost(self) -> int:
@@ -322,8 +318,4 @@ class MemoryLayer(Layer):
         marker = f".{self._token}!"
         for channel in [c for c in self.hub.queues if marker in c]:
             del self.hub.queues[channel]
-        for group, members in list(self.hub.groups.items()):
-            for channel in [c for c in members if marker in c]:
-                del members[channel]
-            if not members:
-                del self.hub.groups[group]
+        self.hub.groups.discard_channels(lambda channel: marker in channel)

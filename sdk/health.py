@@ -171,25 +171,10 @@ async def _probe(layer: Layer) -> str | None:
 
 
 async def _probe_redis(layer: Layer) -> str | None:
-    # The layer keeps one entry per server (shard); each has a connection pool.
-    # A PING on a fresh connection of that pool proves the server answers now,
-    # whatever the layer's long-lived connections have noticed so far.
-    for shard in getattr(layer, "_shards", ()):
-        if shard.down:
-            return f"redis at {shard.name} is unreachable (reconnecting)"
-        if shard.pool is None:
-            return "the redis layer is not connected"
-        conn = shard.pool.make_connection()
-        try:
-            await conn.connect()
-            await conn.send_command("PING")
-            await conn.read_response()
-        except Exception as exc:
-            return f"redis at {shard.name} is unreachable ({exc})"
-        finally:
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-    return None
+    # RedisLayer.probe() PINGs each server on a fresh connection: a server that
+    # answers now, whatever the layer's long-lived connections noticed so far.
+    probe = getattr(layer, "probe", None)
+    return await probe() if probe is not None else None
 
 
 def runtime_ready(runtime: Any) -> ReadyCheck:

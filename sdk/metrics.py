@@ -256,8 +256,7 @@ def layer_reconnects(layer: Any) -> int:
         nc = layer.conn.nc
         return int(nc.stats.get("reconnects", 0)) if nc is not None else 0
     if layer.system == "redis":
-        # Each server entry bumps its epoch once per outage it notices.
-        return sum(shard.epoch for shard in getattr(layer, "_shards", ()))
+        return int(getattr(layer, "reconnects", 0))  # outages noticed, over all servers
     return 0
 
 

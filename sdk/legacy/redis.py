@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Python 2.7 compatible on purpose: pyupgrade (UP) and py3-only idioms must not rewrite it.
-"""Redis (RESP2) over plain sockets: the svcbus mapping of ``layers/redis.py``.
+"""Redis (RESP2) over plain sockets: the svcbus mapping of ``layers/redis/``.
 
 Same keys, scripts and pub/sub channels as the async layer (prefix ``svcbus``):
 
@@ -20,7 +20,6 @@ on the last two with ``select``. One server only (no sharding, Sentinel or TLS).
 
 from __future__ import absolute_import, division, print_function, unicode_literals
 
-import hashlib
 import json
 import logging
 import select
@@ -32,6 +31,7 @@ from .compat import integer_types, monotonic, now_ms, random_hex, to_bytes, to_t
 from .errors import ChannelFull, ConfigurationError, LayerError
 from .names import owner_token, validate_channel, validate_group
 from .options import userinfo
+from .redis_wire import POP_SCRIPT, POP_SHA, SEND_SCRIPT, SEND_SHA, quarantine_key, split_item
 
 log = logging.getLogger("svcbus.legacy.redis")
 
@@ -40,93 +40,6 @@ MAX_FETCH = 256
 ACK_TIMEOUT = 5.0
 MAX_BACKOFF = 2.0
 _SOCKET_ERRORS = (socket.error, OSError, IOError)
-
-# The one copy of the scripts: layers/redis.py imports them, so the SHA1s match.
-SEND_SCRIPT = b"""\
-local key = KEYS[1]
-local capacity = tonumber(ARGV[1])
-local n = redis.call('LLEN', key)
-if n >= capacity then
-  local now = tonumber(ARGV[3])
-  while n > 0 do
-    local head = redis.call('LINDEX', key, 0)
-    local deadline = tonumber(string.sub(head, 1, 13))
-    if deadline == nil or string.sub(head, 14, 14) ~= ':' then
-      redis.call('RPUSH', key .. ':foreign', head)
-      redis.call('LTRIM', key .. ':foreign', -1000, -1)
-      redis.call('PEXPIRE', key .. ':foreign', 604800000)
-    elseif deadline > now then break end
-    redis.call('LPOP', key)
-    n = n - 1
-  end
-  if n >= capacity then return -1 end
-end
-redis.call('RPUSH', key, ARGV[4] .. ARGV[5])
-redis.call('PEXPIRE', key, ARGV[2])
-return capacity - n - 1
-"""
-
-POP_SCRIPT = b"""\
-local now = tonumber(ARGV[1])
-local want = tonumber(ARGV[2])
-local split = ARGV[3] == '1'
-local out = {}
-local got = 0
-local foreign = 0
-while got < want do
-  local asked = want - got
-  local items = redis.call('LPOP', KEYS[1], asked)
-  if not items then break end
-  for i = 1, #items do
-    local item = items[i]
-    local deadline = tonumber(string.sub(item, 1, 13))
-    local sep = split and string.find(item, ':', 15, true)
-    if deadline == nil or string.sub(item, 14, 14) ~= ':' or sep == nil then
-      foreign = foreign + 1
-      redis.call('RPUSH', KEYS[1] .. ':foreign', item)
-    elseif deadline > now then
-      got = got + 1
-      if split then
-        out[#out + 1] = string.sub(item, 15, sep - 1)
-        out[#out + 1] = string.sub(item, sep + 1)
-      else
-        out[#out + 1] = string.sub(item, 15)
-      end
-    end
-  end
-  if #items < asked then break end
-end
-if foreign > 0 then
-  redis.call('LTRIM', KEYS[1] .. ':foreign', -1000, -1)
-  redis.call('PEXPIRE', KEYS[1] .. ':foreign', 604800000)
-end
-return {out, foreign}
-"""
-
-
-def split_item(item, split):
-    """``(deadline ms, local part, message)`` of a list item, or None for a foreign item.
-
-    The same check as the scripts': 13 digits, ``:``, and for a process head's list
-    the local part and another ``:``. Anything else was not written by svcbus.
-    """
-    if len(item) < 14 or item[13:14] != b":" or not item[:13].isdigit():
-        return None
-    if not split:
-        return int(item[:13]), None, item[14:]
-    local, sep, message = item[14:].partition(b":")
-    if not sep:
-        return None
-    return int(item[:13]), local, message
-
-
-def quarantine_key(key):
-    """Where the scripts move foreign items of list ``key`` (kept a week, the last 1000)."""
-    return key + b":foreign"
-
-
-SEND_SHA = hashlib.sha1(SEND_SCRIPT).hexdigest().encode("ascii")
-POP_SHA = hashlib.sha1(POP_SCRIPT).hexdigest().encode("ascii")
 
 
 class ConnectionLost(LayerError):

@@ -48,6 +48,16 @@ def test_the_package_imports_nothing_of_svcbus() -> None:
         assert "from __future__ import absolute_import" in text, path
 
 
+def test_the_shared_redis_wire_module_is_copied_byte_for_byte() -> None:
+    # svcbus.redis_wire holds the Lua scripts both runtimes load; the legacy package
+    # carries a copy so that it still stands alone (see the module's docstring).
+    shared = (LEGACY.parent / "redis_wire.py").read_bytes()
+    assert (LEGACY / "redis_wire.py").read_bytes() == shared, (
+        "sdk/legacy/redis_wire.py differs from sdk/redis_wire.py: "
+        "cp sdk/redis_wire.py sdk/legacy/redis_wire.py"
+    )
+
+
 @pytest.mark.parametrize(
     "interpreter",
     [

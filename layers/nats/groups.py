@@ -24,6 +24,7 @@ from svcbus.errors import LayerError
 from svcbus.layer import LayerOptions
 from svcbus.names import validate_channel, validate_group
 
+from .._fanout import LocalGroups
 from .config import CONTROL_TIMEOUT, Subjects
 from .connection import Connection
 from .process import ProcessChannels
@@ -33,15 +34,14 @@ from .wire import OK, as_error, connection_error, round_trip, too_large
 log = logging.getLogger("svcbus.layers.nats")
 
 
-class Group:
-    """This process's members of one group and the subscription that feeds them."""
+class Feed:
+    """The subscription that brings one group's messages to this process."""
 
-    __slots__ = ("members", "ready", "sub")
+    __slots__ = ("ready", "sub")
 
     def __init__(self) -> None:
-        self.members: dict[str, float] = {}  # channel -> membership deadline
         self.sub: Subscription | None = None
-        self.ready: asyncio.Future[None] | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
 class Groups:
@@ -60,7 +60,9 @@ class Groups:
         self._options = options
         self._subjects = subjects
         self._processes = processes
-        self.groups: dict[str, Group] = {}
+        self.members = LocalGroups()
+        """This process's member channels of each group (the shared local fan-out)."""
+        self.feeds: dict[str, Feed] = {}
         self._held: dict[tuple[str, str], tuple[Subscription, float]] = {}
 
     # the layer's operations -------------------------------------------------------------
@@ -107,63 +109,51 @@ class Groups:
 
     async def _add_member(self, group: str, channel: str, *, confirm: bool) -> None:
         """Make ``channel`` (ours) a member; with ``confirm``, wait until the server knows."""
-        until = time.monotonic() + self._options.group_expiry
-        entry = self.groups.get(group)
-        if entry is not None:
-            entry.members[channel] = until
-            if entry.ready is not None and not entry.ready.done():
-                await asyncio.shield(entry.ready)
+        self.members.add(group, channel, self._options.group_expiry, time.monotonic())
+        feed = self.feeds.get(group)
+        if feed is not None:
+            if not feed.ready.done():
+                await asyncio.shield(feed.ready)
             return
-        entry = self.groups[group] = Group()
-        entry.ready = asyncio.get_running_loop().create_future()
-        entry.members[channel] = until
+        feed = self.feeds[group] = Feed()
         try:
             nc = await self._conn.client()
-            entry.sub = await self._conn.subscribe(
-                self._subjects.group_root + group, self._fan_out(entry), nc=nc
+            feed.sub = await self._conn.subscribe(
+                self._subjects.group_root + group, self._fan_out(group), nc=nc
             )
             if confirm:
                 await round_trip(nc)
         except BaseException as exc:
-            if self.groups.get(group) is entry:
-                del self.groups[group]
-            entry.ready.set_exception(as_error(exc))
-            entry.ready.exception()
+            if self.feeds.get(group) is feed:
+                del self.feeds[group]
+            self.members.discard(group, channel)
+            feed.ready.set_exception(as_error(exc))
+            feed.ready.exception()
             raise
-        entry.ready.set_result(None)
+        feed.ready.set_result(None)
 
     async def _remove_member(self, group: str, channel: str) -> None:
-        entry = self.groups.get(group)
-        if entry is None:
-            return
-        entry.members.pop(channel, None)
-        if not entry.members and entry.ready is not None and entry.ready.done():
-            await self._unsubscribe(group, entry)
+        self.members.discard(group, channel)
+        if group not in self.members:
+            await self._unsubscribe(group)
 
-    async def _unsubscribe(self, group: str, entry: Group) -> None:
-        if self.groups.get(group) is entry:
-            del self.groups[group]
-        if entry.sub is not None:
+    async def _unsubscribe(self, group: str) -> None:
+        feed = self.feeds.get(group)
+        if feed is None or not feed.ready.done():
+            return  # still subscribing: the sweep leaves it once it is done
+        del self.feeds[group]
+        if feed.sub is not None:
             with contextlib.suppress(nats.errors.Error):
-                await entry.sub.unsubscribe()
+                await feed.sub.unsubscribe()
 
-    def _fan_out(self, entry: Group) -> Callable[[Msg], Awaitable[None]]:
-        members = entry.members
-        deliver = self._processes.deliver
+    def _fan_out(self, group: str) -> Callable[[Msg], Awaitable[None]]:
+        members = self.members
+        processes = self._processes
 
         async def on_message(msg: Msg) -> None:
-            data = msg.data
-            now = time.monotonic()
-            expired = None
-            for channel, until in members.items():
-                if until <= now:
-                    expired = expired or []
-                    expired.append(channel)
-                else:
-                    deliver(channel, data, now)  # full members miss it: never ChannelFull
-            if expired:
-                for channel in expired:
-                    del members[channel]
+            # Full members miss it (never ChannelFull); one clock reading for all.
+            processes.now = time.monotonic()
+            members.deliver(group, msg.data, processes.put, processes.now)
 
         return on_message
 
@@ -265,10 +255,8 @@ class Groups:
 
     async def sweep(self, now: float) -> None:
         """Lapse memberships past ``group_expiry``; leave groups with no member left."""
-        for group, entry in list(self.groups.items()):
-            for channel in [c for c, until in entry.members.items() if until <= now]:
-                del entry.members[channel]
-            if not entry.members and entry.ready is not None and entry.ready.done():
-                await self._unsubscribe(group, entry)
+        self.members.expire(now)
+        for group in [g for g in self.feeds if g not in self.members]:
+            await self._unsubscribe(group)
         for key in [k for k, (_, until) in self._held.items() if until <= now]:
             await self._drop_named(*key)

@@ -55,6 +55,8 @@ class ProcessChannels:
         """Where owners report our messages they dropped (set once connected)."""
         self.dropped = 0
         """Messages dropped because a process channel's buffer was at capacity."""
+        self.now = 0.0
+        """The clock reading of the fan-out in progress (see :meth:`put`)."""
 
     def owns(self, channel: str) -> bool:
         """Whether ``channel`` is one of this process's channels."""
@@ -103,6 +105,10 @@ class ProcessChannels:
                         await nc.publish(msg.reply, channel.encode())
 
         return on_message
+
+    def put(self, channel: str, data: bytes) -> bool:
+        """:meth:`deliver` at :attr:`now`: the local fan-out's callback, one clock per message."""
+        return self.deliver(channel, data, self.now)
 
     def deliver(self, channel: str, data: bytes, now: float) -> bool:
         """Put ``data`` into our channel's buffer; False if it is full (dropped)."""

@@ -9,7 +9,6 @@ import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -116,7 +115,7 @@ class Connection:
                 self.nc = nc  # only now: nobody uses it before its subscriptions exist
 
     async def _connect(self) -> Client:
-        nc = nats.NATS()
+        nc = Client()
         errors: list[BaseException] = []
 
         async def on_error(exc: Exception) -> None:

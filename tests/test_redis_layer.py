@@ -227,7 +227,7 @@ async def test_cancelled_receive_after_the_pop_loses_nothing(redis_url, uniq):
         await sender.send(channel, b"in-flight")
         key = layer.key_of(channel)[0]
         # The pop in flight takes it from Redis although nobody waits any more ...
-        await eventually(lambda: bool(layer._boxes[channel].items), 3, "the pop")
+        await eventually(lambda: bool(layer._receivers.boxes()[channel].items), 3, "the pop")
         assert await r.llen(key) == 0
         # ... and the next receive gets it.
         with anyio.fail_after(5):
@@ -242,7 +242,7 @@ async def test_close_returns_unreceived_messages(redis_url, uniq):
         with anyio.move_on_after(0.3):
             await layer.receive(channel)
         await sender.send(channel, b"a")
-        await eventually(lambda: bool(layer._boxes[channel].items), 3, "the pop")
+        await eventually(lambda: bool(layer._receivers.boxes()[channel].items), 3, "the pop")
         await sender.send(channel, b"b")
         await sender.flush()
         await layer.close()

@@ -15,66 +15,28 @@ import json
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from svcbus.errors import ConfigurationError, InvalidChannelName, LayerError
 from svcbus.layer import Layer, LayerOptions
 from svcbus.layers._fanout import LocalGroups
 from svcbus.names import validate_channel, validate_group
-from svcbus.ratelog import RateLimitedLog
-from svcbus.redis_wire import POP_SCRIPT, POP_SHA, quarantine_key, split_item
 
 from .pipe import Pipe
+from .receiving import Receivers
 from .resp import bulk, now_ms, pack
 from .sending import Sender
-from .shard import RETRYABLE, Backoff, Shard
+from .shard import Shard
 from .subscriber import HOUSEKEEPING_SECONDS, Subscriber
 from .url import ServerSpec, parse_url, shard_of
 
 log = logging.getLogger("svcbus.layers.redis")
 
-BLOCK_SECONDS = 1
-"""How long one BLPOP waits before the fetch loop looks again (whether anyone still waits)."""
-MAX_FETCH = 256
-"""Most messages one pop takes for a process (the sum of its waiting receivers' limits)."""
 ACK_TIMEOUT = 5.0
 """Seconds ``group_add`` waits for another process to confirm a membership."""
-
-
-class _Box:
-    """Messages taken from Redis for one channel of this process, and its waiting receivers."""
-
-    __slots__ = ("capacity", "items", "source", "touched", "waiters")
-
-    def __init__(self, source: _Source | None, capacity: int, tick: int) -> None:
-        self.items: deque[bytes] = deque()
-        # (future, limit) of each waiting receive, longest-waiting first.
-        self.waiters: deque[tuple[asyncio.Future[None], int]] = deque()
-        self.source = source
-        self.capacity = capacity
-        self.touched = tick
-
-
-class _Source:
-    """One Redis list this process pops from: a named channel, or a process head."""
-
-    __slots__ = ("box", "boxes", "head", "in_flight", "key", "shard", "split", "task", "wanted")
-
-    def __init__(self, key: bytes, shard: Shard, head: str | None) -> None:
-        self.key = key
-        self.shard = shard
-        self.head = head  # process head ("edge.k3f9") or None for a named channel
-        self.split = b"1" if head is not None else b"0"
-        self.box: _Box | None = None  # named channel: its one box
-        self.boxes: dict[bytes, _Box] = {}  # process head: local part -> box
-        self.task: asyncio.Task[None] | None = None
-        self.wanted = 0  # sum of the limits of everyone waiting on this source
-        self.in_flight = 0  # most messages the pop being answered may have taken
 
 
 class RedisLayer(Layer):
@@ -106,19 +68,13 @@ class RedisLayer(Layer):
             pipes.append(shard.pipe)
         self._token = os.urandom(6).hex()
         self._control_channel = f"{prefix}:ctl:{self._token}".encode()
-        self._boxes: dict[str, _Box] = {}
-        self._sources: dict[bytes, _Source] = {}
+        self._receivers = Receivers(
+            self._shards, self.options, self.key_of, prefix, lambda: self._closed
+        )
         # Groups this process has members in, and until when.
         self._members = LocalGroups()
         self._acks: dict[str, asyncio.Future[None]] = {}
         self._ack_ids = itertools.count(1)
-        self._lost_pops = 0
-        self.foreign = 0
-        """Items found in this layer's lists that svcbus did not write (moved aside)."""
-        self.dropped = 0
-        """Messages for a full process channel of this process, dropped (and logged)."""
-        self._notes = RateLimitedLog(log, "reports of dropped or foreign items")
-        self._tick = 0
         self._connected = False
         self._closed = False
         self._connecting: asyncio.Lock | None = None
@@ -129,7 +85,17 @@ class RedisLayer(Layer):
     def lost(self) -> int:
         """Messages lost after their ``send`` returned (a pipelined send the server refused,
         or one a broken connection may have lost) or while popped; each is logged."""
-        return self._sender.lost + self._lost_pops
+        return self._sender.lost + self._receivers.lost_pops
+
+    @property
+    def foreign(self) -> int:
+        """Items found in this layer's lists that svcbus did not write (moved aside)."""
+        return self._receivers.foreign
+
+    @property
+    def dropped(self) -> int:
+        """Messages for a full process channel of this process, dropped (and logged)."""
+        return self._receivers.dropped
 
     @property
     def reconnects(self) -> int:
@@ -228,15 +194,10 @@ class RedisLayer(Layer):
                 await asyncio.wait_for(
                     asyncio.gather(*(s.pipe.drained.wait() for s in self._shards)), 2.0
                 )
-            await self._return_unreceived()
+            await self._receivers.return_unreceived(self._sender.expiry_ms)
         self._closed = True
         await self._stop_tasks()
-        for box in self._boxes.values():
-            for future, _ in box.waiters:
-                if not future.done():
-                    future.set_exception(LayerError("the redis layer was closed"))
-        self._boxes.clear()
-        self._sources.clear()
+        self._receivers.close()
         self._members.clear()
 
     async def _stop_tasks(self) -> None:
@@ -245,31 +206,11 @@ class RedisLayer(Layer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._housekeeper
             self._housekeeper = None
-        for source in list(self._sources.values()):
-            if source.task is not None:
-                source.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await source.task
+        await self._receivers.stop()
         for shard in self._shards:
             await shard.subscriber.close()
             await shard.pipe.close()
             await shard.close()
-
-    async def _return_unreceived(self) -> None:
-        """Put messages popped for cancelled receives back at the head of their lists."""
-        deadline = b"%013d:" % (now_ms() + self._sender.expiry_ms)
-        futures = []
-        for channel, box in self._boxes.items():
-            source = box.source
-            if not box.items or source is None or source.head is not None:
-                continue  # process channels die with this layer anyway
-            items = [deadline + item for item in reversed(box.items)]
-            box.items.clear()
-            futures.append(source.shard.pipe.call(pack(b"LPUSH", source.key, *items)))
-            log.debug("returning %d unreceived messages to %s", len(items), channel)
-        if futures:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.gather(*futures), 2.0)
 
     async def _ready(self) -> None:
         if not self._connected:
@@ -287,29 +228,6 @@ class RedisLayer(Layer):
 
     # receiving ----------------------------------------------------------------------
 
-    def _box(self, channel: str) -> _Box:
-        """The local box of ``channel``, made on first use with its Redis source."""
-        box = self._boxes.get(channel)
-        if box is not None:
-            return box
-        key_text, index = self.key_of(channel)
-        key = key_text.encode()
-        source = self._sources.get(key)
-        if source is None:
-            head = channel.split("!", 1)[0] if "!" in channel else None
-            source = self._sources[key] = _Source(key, self._shards[index], head)
-            if head is not None and not self._closed:
-                # A process head is popped all the time, not only while someone
-                # waits: direct messages then join group messages in the channel's
-                # one local buffer, in arrival order and under one capacity.
-                source.task = asyncio.ensure_future(self._fetch(source))
-        box = self._boxes[channel] = _Box(source, self.options.capacity_for(channel), self._tick)
-        if source.head is None:
-            source.box = box
-        else:
-            source.boxes[channel.split("!", 1)[1].encode()] = box
-        return box
-
     def _check_receivable(self, channel: str) -> None:
         validate_channel(channel)
         if "!" in channel and channel.split("!", 1)[0].rsplit(".", 1)[-1] != self._token:
@@ -322,227 +240,20 @@ class RedisLayer(Layer):
         return (await self.receive_many(channel, 1))[0]
 
     async def receive_many(self, channel: str, limit: int) -> list[bytes]:
-        box = self._boxes.get(channel)
-        if box is None:
+        if self._closed:
+            raise LayerError("this redis layer is closed; open a new one")
+        if channel not in self._receivers.boxes():
             if not self._connected:
                 await self._ready()
             self._check_receivable(channel)
-            box = self._box(channel)
-        elif self._closed:
-            raise LayerError("this redis layer is closed; open a new one")
-        if box.items:
-            return self._take(box, limit)
-        source = box.source
-        assert source is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            future: asyncio.Future[None] = loop.create_future()
-            waiter = (future, limit)
-            box.waiters.append(waiter)
-            source.wanted += limit
-            if source.task is None:
-                source.task = asyncio.ensure_future(self._fetch(source))
-            try:
-                await future
-            except BaseException:
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    self._wake(box)  # woken, then cancelled: hand the wake-up on
-                else:
-                    with contextlib.suppress(ValueError):
-                        box.waiters.remove(waiter)
-                        source.wanted -= limit
-                raise
-            if box.items:
-                return self._take(box, limit)
-
-    def _take(self, box: _Box, limit: int) -> list[bytes]:
-        items = box.items
-        if len(items) <= limit:
-            batch = list(items)
-            items.clear()
-        else:
-            batch = [items.popleft() for _ in range(limit)]
-            if box.waiters:
-                self._wake(box)
-        box.touched = self._tick
-        return batch
-
-    def _wake(self, box: _Box) -> None:
-        """Wake as many waiting receivers, oldest first, as the box has messages for."""
-        left = len(box.items)
-        waiters = box.waiters
-        source = box.source
-        while left > 0 and waiters:
-            future, limit = waiters.popleft()
-            if source is not None:
-                source.wanted -= limit
-            if not future.done():
-                future.set_result(None)
-                left -= limit
-
-    async def _fetch(self, source: _Source) -> None:
-        """Pop for ``source`` while anyone in this process waits on it.
-
-        Runs as its own task so that a cancelled receive never abandons a pop in
-        flight: what it pops lands in the local boxes and the next receive takes it.
-        """
-        shard = source.shard
-        backoff = Backoff()
-        try:
-            while not self._closed and (source.wanted > 0 or source.head is not None):
-                want = MAX_FETCH if source.head is not None else min(source.wanted, MAX_FETCH)
-                epoch = shard.epoch
-                try:
-                    conn = await shard.connection()
-                except RETRYABLE as exc:
-                    shard.lost(exc, epoch)
-                    await backoff.sleep()
-                    continue
-                try:
-                    items = await self._pop(conn, source, want)
-                except RETRYABLE as exc:
-                    with contextlib.suppress(Exception):
-                        await conn.disconnect(nowait=True)
-                    shard.lost(exc, epoch)
-                    if source.in_flight:
-                        # The server may have popped them before the answer was lost.
-                        self._lost_pops += source.in_flight
-                        self._notes.log(
-                            "pop",
-                            "up to %d message(s) of %s may be lost: the connection broke while "
-                            "popping them (counted in lost)",
-                            source.in_flight,
-                            source.key.decode(errors="replace"),
-                        )
-                        source.in_flight = 0
-                    await backoff.sleep()
-                    continue
-                except ResponseError as exc:
-                    # Not a list (WRONGTYPE), a script error...: the receivers keep
-                    # waiting and this loop keeps trying, slowly, saying what is wrong.
-                    shard.release(conn, epoch)
-                    log.error(
-                        "redis refused to pop %s: %s; fix or delete that key (receivers "
-                        "keep waiting, retrying in %gs)",
-                        source.key.decode(errors="replace"),
-                        exc,
-                        5.0,
-                    )
-                    await asyncio.sleep(5.0)
-                    continue
-                except BaseException:
-                    # Cancelled mid-command (close): the connection's state is unknown.
-                    with contextlib.suppress(Exception):
-                        await conn.disconnect(nowait=True)
-                    raise
-                except Exception:
-                    # A bug or a reply of a shape we did not expect: never let the
-                    # receivers of this list hang on a dead task.
-                    with contextlib.suppress(Exception):
-                        await conn.disconnect(nowait=True)
-                    log.exception(
-                        "popping %s failed; retrying", source.key.decode(errors="replace")
-                    )
-                    await backoff.sleep()
-                    continue
-                shard.release(conn, epoch)
-                shard.back()
-                backoff.reset()
-                if items:
-                    self._deliver(source, items)
-        finally:
-            source.task = None
-
-    async def _pop(self, conn: AbstractConnection, source: _Source, want: int) -> list[bytes]:
-        now = now_ms()
-        command = pack(b"EVALSHA", POP_SHA, b"1", source.key, now, want, source.split)
-        source.in_flight = want
-        await conn.send_packed_command(command, check_health=False)
-        try:
-            reply = await conn.read_response()
-        except NoScriptError:
-            await conn.send_packed_command(pack(b"SCRIPT", b"LOAD", POP_SCRIPT), False)
-            await conn.read_response()
-            await conn.send_packed_command(command, check_health=False)
-            reply = await conn.read_response()
-        source.in_flight = 0
-        items, foreign = reply
-        if foreign:
-            self._count_foreign(source.key, foreign)
-        if items:
-            return list(items)
-        source.in_flight = 1
-        await conn.send_packed_command(pack(b"BLPOP", source.key, BLOCK_SECONDS), False)
-        reply = await conn.read_response()
-        source.in_flight = 0
-        if not reply:
-            return []
-        parts = split_item(reply[1], source.head is not None)
-        if parts is None:
-            # Not written by svcbus: keep it where the scripts keep theirs.
-            await conn.send_packed_command(pack(b"RPUSH", quarantine_key(source.key), reply[1]))
-            await conn.read_response()
-            self._count_foreign(source.key, 1)
-            return []
-        deadline, local, message = parts
-        if deadline <= now_ms():
-            return []  # expired while queued
-        return [message] if local is None else [local, message]
-
-    def _drop(self, box: _Box, why: str) -> None:
-        """Count a message dropped for a full local buffer, and say so (rate-limited)."""
-        self.dropped += 1
-        self._notes.log(
-            why,
-            "dropped a message for %s (capacity %d); %d dropped so far: its receiver is behind",
-            why,
-            box.capacity,
-            self.dropped,
-        )
-
-    def _count_foreign(self, key: bytes, count: int) -> None:
-        """Count items in our lists that svcbus did not write, and say so (rate-limited)."""
-        self.foreign += count
-        self._notes.log(
-            "foreign",
-            "%d foreign item(s) in %s (not written by svcbus) were moved to %s; "
-            "%d so far. Inspect them with LRANGE; only svcbus should write to its keys",
-            count,
-            key.decode(errors="replace"),
-            quarantine_key(key).decode(errors="replace"),
-            self.foreign,
-        )
-
-    def _deliver(self, source: _Source, items: list[bytes]) -> None:
-        if source.head is None:
-            box = source.box
-            if box is None:  # dropped by housekeeping meanwhile: make it again
-                box = self._box(source.key.decode()[len(self.prefix) + 3 :])
-            box.items.extend(items)
-            self._wake(box)
-            return
-        boxes = source.boxes
-        woken: set[bytes] = set()
-        for i in range(0, len(items), 2):
-            local = items[i]
-            box = boxes.get(local)
-            if box is None:
-                box = self._box(f"{source.head}!{local.decode()}")
-            if len(box.items) >= box.capacity:
-                self._drop(box, "a full process channel")
-                continue
-            box.items.append(items[i + 1])
-            if box.waiters:
-                woken.add(local)
-        for local in woken:
-            self._wake(boxes[local])
+        return await self._receivers.receive(channel, limit)
 
     async def new_channel(self, prefix: str = "specific") -> str:
         if self._closed:
             raise LayerError("this redis layer is closed; open a new one")
         validate_group(prefix)
         name = f"{prefix}.{self._token}!{os.urandom(5).hex()}"
-        self._box(name)  # starts popping the head's list (see _box)
+        self._receivers.box(name)  # starts popping the head's list (see Receivers.box)
         return name
 
     # groups -------------------------------------------------------------------------
@@ -652,18 +363,7 @@ class RedisLayer(Layer):
 
     def _on_group(self, pubsub: bytes, message: bytes) -> None:
         group = pubsub[len(self.prefix) + 3 :].decode()
-        self._members.deliver(group, message, self._put_member, time.monotonic())
-
-    def _put_member(self, channel: str, message: bytes) -> bool:
-        box = self._boxes.get(channel) or self._box(channel)
-        if len(box.items) >= box.capacity:
-            # group_send never raises ChannelFull: a full member misses it.
-            self._drop(box, "a full group member")
-            return False
-        box.items.append(message)
-        if box.waiters:
-            self._wake(box)
-        return True
+        self._members.deliver(group, message, self._receivers.put_member, time.monotonic())
 
     def _on_control(self, shard: Shard, data: bytes) -> None:
         try:
@@ -707,21 +407,11 @@ class RedisLayer(Layer):
 
     async def _housekeeping(self) -> None:
         """Once a second: lapse memberships, leave empty groups, drop idle local boxes."""
-        idle_ticks = max(2, int(self.options.expiry / HOUSEKEEPING_SECONDS) + 1)
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
-            self._tick += 1
-            self._notes.flush()
-            now = time.monotonic()
-            self._members.expire(now)
+            self._receivers.sweep(self.options.expiry)
+            self._members.expire(time.monotonic())
             await self._leave_empty_groups()
-            stale = [
-                channel
-                for channel, box in self._boxes.items()
-                if not box.waiters and self._tick - box.touched > idle_ticks
-            ]
-            for channel in stale:
-                self._drop_box(channel)
 
     async def _leave_empty_groups(self) -> None:
         """Unsubscribe from the groups this process no longer has members in."""
@@ -730,18 +420,6 @@ class RedisLayer(Layer):
             for pubsub in [c for c in shard.subscriber.wanted if c.startswith(marker)]:
                 if pubsub[len(marker) :].decode() not in self._members:
                     await shard.subscriber.unsubscribe(pubsub)
-
-    def _drop_box(self, channel: str) -> None:
-        box = self._boxes.pop(channel)
-        source = box.source
-        if source is None:
-            return
-        if source.head is None:
-            source.box = None
-        else:
-            source.boxes.pop(channel.split("!", 1)[1].encode(), None)
-        if source.box is None and not source.boxes and source.task is None:
-            self._sources.pop(source.key, None)
 
 
 def _raise_replies(replies: Sequence[Any]) -> None:

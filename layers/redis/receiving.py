@@ -1,0 +1,404 @@
+"""Receiving from Redis lists: one pop task per list, local boxes, waiting receivers.
+
+A named channel's list is popped while anyone in this process waits on it; a
+process head's list all the time (direct messages then share the channel's one
+box with group messages). What a pop takes waits in the box, so a cancelled
+receive never loses it. Items svcbus did not write are moved aside and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, ResponseError
+
+from svcbus.errors import LayerError
+from svcbus.layer import LayerOptions
+from svcbus.ratelog import RateLimitedLog
+from svcbus.redis_wire import POP_SCRIPT, POP_SHA, quarantine_key, split_item
+
+from .resp import now_ms, pack
+from .shard import RETRYABLE, Backoff, Shard
+from .subscriber import HOUSEKEEPING_SECONDS
+
+log = logging.getLogger("svcbus.layers.redis")
+
+BLOCK_SECONDS = 1
+"""How long one BLPOP waits before the fetch loop looks again (whether anyone still waits)."""
+MAX_FETCH = 256
+"""Most messages one pop takes for a process (the sum of its waiting receivers' limits)."""
+
+
+class _Box:
+    """Messages taken from Redis for one channel of this process, and its waiting receivers."""
+
+    __slots__ = ("capacity", "items", "source", "touched", "waiters")
+
+    def __init__(self, source: _Source | None, capacity: int, tick: int) -> None:
+        self.items: deque[bytes] = deque()
+        # (future, limit) of each waiting receive, longest-waiting first.
+        self.waiters: deque[tuple[asyncio.Future[None], int]] = deque()
+        self.source = source
+        self.capacity = capacity
+        self.touched = tick
+
+
+class _Source:
+    """One Redis list this process pops from: a named channel, or a process head."""
+
+    __slots__ = ("box", "boxes", "head", "in_flight", "key", "shard", "split", "task", "wanted")
+
+    def __init__(self, key: bytes, shard: Shard, head: str | None) -> None:
+        self.key = key
+        self.shard = shard
+        self.head = head  # process head ("edge.k3f9") or None for a named channel
+        self.split = b"1" if head is not None else b"0"
+        self.box: _Box | None = None  # named channel: its one box
+        self.boxes: dict[bytes, _Box] = {}  # process head: local part -> box
+        self.task: asyncio.Task[None] | None = None
+        self.wanted = 0  # sum of the limits of everyone waiting on this source
+        self.in_flight = 0  # most messages the pop being answered may have taken
+
+
+class Receivers:
+    """What this process pops from Redis lists, in local boxes until receivers take it."""
+
+    def __init__(
+        self,
+        shards: list[Shard],
+        options: LayerOptions,
+        key_of: Callable[[str], tuple[str, int]],
+        prefix: str,
+        closed: Callable[[], bool],
+    ) -> None:
+        self._shards = shards
+        self._options = options
+        self._key_of = key_of
+        self._prefix = prefix
+        self._closed = closed
+        self._boxes: dict[str, _Box] = {}
+        self._sources: dict[bytes, _Source] = {}
+        self._tick = 0
+        self._lost_pops = 0
+        self.foreign = 0
+        """Items found in this layer's lists that svcbus did not write (moved aside)."""
+        self.dropped = 0
+        """Messages for a full process channel of this process, dropped (and logged)."""
+        self._notes = RateLimitedLog(log, "reports of dropped or foreign items")
+
+    @property
+    def lost_pops(self) -> int:
+        """Messages a pop may have taken when its connection broke (counted lost)."""
+        return self._lost_pops
+
+    def boxes(self) -> dict[str, _Box]:
+        """The local boxes by channel (for tests and the layer's close)."""
+        return self._boxes
+
+    def box(self, channel: str) -> _Box:
+        """The local box of ``channel``, made on first use with its Redis source."""
+        box = self._boxes.get(channel)
+        if box is not None:
+            return box
+        key_text, index = self._key_of(channel)
+        key = key_text.encode()
+        source = self._sources.get(key)
+        if source is None:
+            head = channel.split("!", 1)[0] if "!" in channel else None
+            source = self._sources[key] = _Source(key, self._shards[index], head)
+            if head is not None and not self._closed():
+                # A process head is popped all the time, not only while someone
+                # waits: direct messages then join group messages in the channel's
+                # one local buffer, in arrival order and under one capacity.
+                source.task = asyncio.ensure_future(self._fetch(source))
+        box = self._boxes[channel] = _Box(source, self._options.capacity_for(channel), self._tick)
+        if source.head is None:
+            source.box = box
+        else:
+            source.boxes[channel.split("!", 1)[1].encode()] = box
+        return box
+
+    async def receive(self, channel: str, limit: int) -> list[bytes]:
+        """Wait for at least one message of ``channel`` (checked by the layer); up to ``limit``."""
+        box = self._boxes.get(channel) or self.box(channel)
+        if box.items:
+            return self._take(box, limit)
+        source = box.source
+        assert source is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            waiter = (future, limit)
+            box.waiters.append(waiter)
+            source.wanted += limit
+            if source.task is None:
+                source.task = asyncio.ensure_future(self._fetch(source))
+            try:
+                await future
+            except BaseException:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    self._wake(box)  # woken, then cancelled: hand the wake-up on
+                else:
+                    with contextlib.suppress(ValueError):
+                        box.waiters.remove(waiter)
+                        source.wanted -= limit
+                raise
+            if box.items:
+                return self._take(box, limit)
+
+    def _take(self, box: _Box, limit: int) -> list[bytes]:
+        items = box.items
+        if len(items) <= limit:
+            batch = list(items)
+            items.clear()
+        else:
+            batch = [items.popleft() for _ in range(limit)]
+            if box.waiters:
+                self._wake(box)
+        box.touched = self._tick
+        return batch
+
+    def _wake(self, box: _Box) -> None:
+        """Wake as many waiting receivers, oldest first, as the box has messages for."""
+        left = len(box.items)
+        waiters = box.waiters
+        source = box.source
+        while left > 0 and waiters:
+            future, limit = waiters.popleft()
+            if source is not None:
+                source.wanted -= limit
+            if not future.done():
+                future.set_result(None)
+                left -= limit
+
+    async def _fetch(self, source: _Source) -> None:
+        """Pop for ``source`` while anyone in this process waits on it.
+
+        Runs as its own task so that a cancelled receive never abandons a pop in
+        flight: what it pops lands in the local boxes and the next receive takes it.
+        """
+        shard = source.shard
+        backoff = Backoff()
+        try:
+            while not self._closed() and (source.wanted > 0 or source.head is not None):
+                want = MAX_FETCH if source.head is not None else min(source.wanted, MAX_FETCH)
+                epoch = shard.epoch
+                try:
+                    conn = await shard.connection()
+                except RETRYABLE as exc:
+                    shard.lost(exc, epoch)
+                    await backoff.sleep()
+                    continue
+                try:
+                    items = await self._pop(conn, source, want)
+                except RETRYABLE as exc:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
+                    shard.lost(exc, epoch)
+                    if source.in_flight:
+                        # The server may have popped them before the answer was lost.
+                        self._lost_pops += source.in_flight
+                        self._notes.log(
+                            "pop",
+                            "up to %d message(s) of %s may be lost: the connection broke while "
+                            "popping them (counted in lost)",
+                            source.in_flight,
+                            source.key.decode(errors="replace"),
+                        )
+                        source.in_flight = 0
+                    await backoff.sleep()
+                    continue
+                except ResponseError as exc:
+                    # Not a list (WRONGTYPE), a script error...: the receivers keep
+                    # waiting and this loop keeps trying, slowly, saying what is wrong.
+                    shard.release(conn, epoch)
+                    log.error(
+                        "redis refused to pop %s: %s; fix or delete that key (receivers "
+                        "keep waiting, retrying in %gs)",
+                        source.key.decode(errors="replace"),
+                        exc,
+                        5.0,
+                    )
+                    await asyncio.sleep(5.0)
+                    continue
+                except BaseException:
+                    # Cancelled mid-command (close): the connection's state is unknown.
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
+                    raise
+                except Exception:
+                    # A bug or a reply of a shape we did not expect: never let the
+                    # receivers of this list hang on a dead task.
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
+                    log.exception(
+                        "popping %s failed; retrying", source.key.decode(errors="replace")
+                    )
+                    await backoff.sleep()
+                    continue
+                shard.release(conn, epoch)
+                shard.back()
+                backoff.reset()
+                if items:
+                    self._deliver(source, items)
+        finally:
+            source.task = None
+
+    async def _pop(self, conn: AbstractConnection, source: _Source, want: int) -> list[bytes]:
+        now = now_ms()
+        command = pack(b"EVALSHA", POP_SHA, b"1", source.key, now, want, source.split)
+        source.in_flight = want
+        await conn.send_packed_command(command, check_health=False)
+        try:
+            reply = await conn.read_response()
+        except NoScriptError:
+            await conn.send_packed_command(pack(b"SCRIPT", b"LOAD", POP_SCRIPT), False)
+            await conn.read_response()
+            await conn.send_packed_command(command, check_health=False)
+            reply = await conn.read_response()
+        source.in_flight = 0
+        items, foreign = reply
+        if foreign:
+            self._count_foreign(source.key, foreign)
+        if items:
+            return list(items)
+        source.in_flight = 1
+        await conn.send_packed_command(pack(b"BLPOP", source.key, BLOCK_SECONDS), False)
+        reply = await conn.read_response()
+        source.in_flight = 0
+        if not reply:
+            return []
+        parts = split_item(reply[1], source.head is not None)
+        if parts is None:
+            # Not written by svcbus: keep it where the scripts keep theirs.
+            await conn.send_packed_command(pack(b"RPUSH", quarantine_key(source.key), reply[1]))
+            await conn.read_response()
+            self._count_foreign(source.key, 1)
+            return []
+        deadline, local, message = parts
+        if deadline <= now_ms():
+            return []  # expired while queued
+        return [message] if local is None else [local, message]
+
+    def _drop(self, box: _Box, why: str) -> None:
+        """Count a message dropped for a full local buffer, and say so (rate-limited)."""
+        self.dropped += 1
+        self._notes.log(
+            why,
+            "dropped a message for %s (capacity %d); %d dropped so far: its receiver is behind",
+            why,
+            box.capacity,
+            self.dropped,
+        )
+
+    def _count_foreign(self, key: bytes, count: int) -> None:
+        """Count items in our lists that svcbus did not write, and say so (rate-limited)."""
+        self.foreign += count
+        self._notes.log(
+            "foreign",
+            "%d foreign item(s) in %s (not written by svcbus) were moved to %s; "
+            "%d so far. Inspect them with LRANGE; only svcbus should write to its keys",
+            count,
+            key.decode(errors="replace"),
+            quarantine_key(key).decode(errors="replace"),
+            self.foreign,
+        )
+
+    def _deliver(self, source: _Source, items: list[bytes]) -> None:
+        if source.head is None:
+            box = source.box
+            if box is None:  # dropped by housekeeping meanwhile: make it again
+                box = self.box(source.key.decode()[len(self._prefix) + 3 :])
+            box.items.extend(items)
+            self._wake(box)
+            return
+        boxes = source.boxes
+        woken: set[bytes] = set()
+        for i in range(0, len(items), 2):
+            local = items[i]
+            box = boxes.get(local)
+            if box is None:
+                box = self.box(f"{source.head}!{local.decode()}")
+            if len(box.items) >= box.capacity:
+                self._drop(box, "a full process channel")
+                continue
+            box.items.append(items[i + 1])
+            if box.waiters:
+                woken.add(local)
+        for local in woken:
+            self._wake(boxes[local])
+
+    def put_member(self, channel: str, message: bytes) -> bool:
+        """The local fan-out's callback: one group message into one member's box."""
+        box = self._boxes.get(channel) or self.box(channel)
+        if len(box.items) >= box.capacity:
+            # group_send never raises ChannelFull: a full member misses it.
+            self._drop(box, "a full group member")
+            return False
+        box.items.append(message)
+        if box.waiters:
+            self._wake(box)
+        return True
+
+    async def return_unreceived(self, expiry_ms: int) -> None:
+        """Put messages popped for cancelled receives back at the head of their lists."""
+        deadline = b"%013d:" % (now_ms() + expiry_ms)
+        futures = []
+        for channel, box in self._boxes.items():
+            source = box.source
+            if not box.items or source is None or source.head is not None:
+                continue  # process channels die with this layer anyway
+            items = [deadline + item for item in reversed(box.items)]
+            box.items.clear()
+            futures.append(source.shard.pipe.call(pack(b"LPUSH", source.key, *items)))
+            log.debug("returning %d unreceived messages to %s", len(items), channel)
+        if futures:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*futures), 2.0)
+
+    def _drop_box(self, channel: str) -> None:
+        box = self._boxes.pop(channel)
+        source = box.source
+        if source is None:
+            return
+        if source.head is None:
+            source.box = None
+        else:
+            source.boxes.pop(channel.split("!", 1)[1].encode(), None)
+        if source.box is None and not source.boxes and source.task is None:
+            self._sources.pop(source.key, None)
+
+    def sweep(self, expiry: float) -> None:
+        """Once a second: write rate-limited summaries, drop boxes idle past ``expiry``."""
+        self._tick += 1
+        self._notes.flush()
+        idle_ticks = max(2, int(expiry / HOUSEKEEPING_SECONDS) + 1)
+        stale = [
+            channel
+            for channel, box in self._boxes.items()
+            if not box.waiters and self._tick - box.touched > idle_ticks
+        ]
+        for channel in stale:
+            self._drop_box(channel)
+
+    async def stop(self) -> None:
+        """Cancel every pop task (the layer is closing)."""
+        for source in list(self._sources.values()):
+            if source.task is not None:
+                source.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await source.task
+
+    def close(self) -> None:
+        """Fail every waiting receive and forget every box."""
+        for box in self._boxes.values():
+            for future, _ in box.waiters:
+                if not future.done():
+                    future.set_exception(LayerError("the redis layer was closed"))
+        self._boxes.clear()
+        self._sources.clear()

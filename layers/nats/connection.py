@@ -186,6 +186,8 @@ class Connection:
             )
 
     async def _disconnected_cb(self) -> None:
+        if self.nc is None:
+            return  # the first connection failed: open() says why, in one line
         if not self.closed and not self._disconnected:
             self._disconnected = True
             log.warning("disconnected from NATS; reconnecting (sends are buffered meanwhile)")

@@ -102,3 +102,14 @@ def test_help_has_readable_metavars(command):
         assert noise not in result.stdout, result.stdout
     usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
     assert not re.search(r"\{\w+\}", usage), usage
+
+
+def test_an_unreachable_nats_is_one_line_without_a_reconnect_warning():
+    pytest.importorskip("nats")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = svc("send", "x.y", "{}", "--layer", f"nats://127.0.0.1:{port}")
+    assert result.returncode != 0
+    assert "disconnected" not in result.stdout + result.stderr
+    assert "cannot reach NATS" in _one_line_error(result)

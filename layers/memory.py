@@ -20,11 +20,14 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from svcbus.durable import Delivery, Durability
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, SvcbusError
 from svcbus.layer import Layer, LayerOptions
 from svcbus.layers._fanout import LocalGroups, Put
 from svcbus.names import validate_channel, validate_group
 from svcbus.ratelog import RateLimitedLog
+
+from .memory_durable import DurableQueue
 
 log = logging.getLogger("svcbus.layers.memory")
 _notes = RateLimitedLog(log, "reports of expired or dropped messages")
@@ -94,6 +97,8 @@ class MemoryHub:
 
     def __init__(self) -> None:
         self.queues: dict[str, _Queue] = {}
+        self.durable: dict[str, DurableQueue] = {}
+        """Durable channels (memory_durable.py), apart from the at-most-once queues."""
         self.groups = LocalGroups()
         self.next_sweep = 0.0
         self.expired = 0
@@ -129,6 +134,7 @@ class MemoryHub:
     def clear(self) -> None:
         """Drop every message and group (tests)."""
         self.queues.clear()
+        self.durable.clear()
         self.groups.clear()
 
 
@@ -176,6 +182,11 @@ class MemoryLayer(Layer):
         options = self.options
         if len(message) > options.max_message_size:
             options.check_size(channel, message)
+        if self.hub.durable:
+            durable = self.hub.durable.get(channel)
+            if durable is not None:
+                durable.put(message, options.capacity_for(channel), time.monotonic())
+                return
         queues = self.hub.queues
         queue = queues.get(channel)
         if queue is None:
@@ -245,6 +256,26 @@ class MemoryLayer(Layer):
             finally:
                 if not queue.items and not queue.waiters and queues.get(channel) is queue:
                     del queues[channel]
+
+    async def declare_durable(self, channel: str, settings: Durability) -> None:
+        self._check_open()
+        validate_channel(channel)
+        if "!" in channel:
+            raise InvalidChannelName(f"{channel!r}: only named channels can be durable")
+        queue = self.hub.durable.get(channel)
+        if queue is None:
+            self.hub.durable[channel] = DurableQueue(channel, settings)
+        else:
+            queue.settings = settings  # the last declaration wins, as on a server
+
+    async def receive_durable(self, channel: str, limit: int) -> list[Delivery]:
+        self._check_open()
+        queue = self.hub.durable.get(channel)
+        if queue is None:
+            raise ConfigurationError(
+                f"{channel!r} is not a durable channel here: declare_durable() it first"
+            )
+        return await queue.take(limit)
 
     async def new_channel(self, prefix: str = "specific") -> str:
         self._check_open()

@@ -20,6 +20,7 @@ from .bus import Bus, connect
 from .consumer import Consumer, consumes
 from .context import Context
 from .contract import Contract, ContractRegistry, registry
+from .durable import Delivery, Durability
 from .envelope import Envelope
 from .errors import (
     ChannelFull,
@@ -51,6 +52,8 @@ __all__ = [
     "ContractError",
     "ContractRegistry",
     "DeadLetter",
+    "Delivery",
+    "Durability",
     "Envelope",
     "InvalidChannelName",
     "Layer",

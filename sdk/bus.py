@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from . import tracing
 from .contract import Contract, ContractRegistry, coerce, describe_errors, registry
+from .durable import Durability
 from .envelope import (
     Envelope,
     ErrorInfo,
@@ -56,6 +57,10 @@ class Bus:
         self._given_tracer = tracer
         self.tracer = tracer or tracing.tracer()
         """OpenTelemetry tracer, or None when tracing is off (then nothing is traced)."""
+        self._durable: dict[str, Durability] = {}
+        """Durable channels declared on purpose (dead-letter channels), beyond contracts'."""
+        self._prepared: set[str] = set()
+        """Named channels whose durability was looked up (and declared to the layer)."""
 
     # lifecycle -----------------------------------------------------------
 
@@ -76,6 +81,29 @@ class Bus:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.layer.close()
+
+    # durable channels ----------------------------------------------------
+
+    def durability(self, channel: str) -> Durability | None:
+        """``channel``'s durable settings (its contract's, or declared here), or None."""
+        if "!" in channel:
+            return None
+        found = self._durable.get(channel)
+        return found if found is not None else self.contracts.durability(channel)
+
+    async def declare_durable(self, channel: str, settings: Durability) -> None:
+        """Make ``channel`` durable on this bus and its layer (for channels without a contract)."""
+        validate_channel(channel)
+        self._durable[channel] = settings
+        await self.layer.declare_durable(channel, settings)
+        self._prepared.add(channel)
+
+    async def _prepare(self, channel: str) -> None:
+        """Before the first send on a named channel: tell the layer if it is durable."""
+        settings = self.durability(channel)
+        if settings is not None:
+            await self.layer.declare_durable(channel, settings)
+        self._prepared.add(channel)
 
     # encoding ------------------------------------------------------------
 
@@ -101,6 +129,12 @@ class Bus:
             body = coerce(channel, message, contract)
             name, version = _contract_of(body)
         sent_at = now_ms()
+        # A durable message lives as long as its stream keeps it: retries and
+        # redeliveries must not find it expired after the short at-most-once expiry.
+        durable = self.durability(channel) if self._durable or contract is not None else None
+        expires_at = sent_at + (
+            int(durable.max_age * 1000) if durable is not None else self._expiry_ms
+        )
         if reply_channel is None and reply_to is None and not trace and not headers:
             return encode_plain(
                 body_json(body),
@@ -108,7 +142,7 @@ class Bus:
                 name,
                 version,
                 sent_at,
-                sent_at + self._expiry_ms,
+                expires_at,
             )
         return encode(
             body_json(body),
@@ -116,7 +150,7 @@ class Bus:
             contract=name,
             version=version,
             sent_at=sent_at,
-            expires_at=sent_at + self._expiry_ms,
+            expires_at=expires_at,
             reply_channel=reply_channel,
             reply_to=reply_to,
             trace=trace,
@@ -183,6 +217,8 @@ class Bus:
         if span is not None:
             span.set_attribute("messaging.message.id", message_id)
             span.set_attribute("messaging.message.body.size", len(data))
+        if channel not in self._prepared and "!" not in channel:
+            await self._prepare(channel)
         await self.layer.send(channel, data)
         return message_id
 
@@ -298,6 +334,8 @@ class Bus:
             reply_type | None if reply_type is not None else Any
         ).__pydantic_validator__.validate_json
         try:
+            if channel not in self._prepared and "!" not in channel:
+                await self._prepare(channel)
             await self.layer.send(channel, data)
             with anyio.fail_after(timeout):
                 while True:

@@ -21,10 +21,10 @@ class Context:
     just return its reply).
     """
 
-    __slots__ = ("_replied", "bus", "channel", "envelope", "service")
+    __slots__ = ("_replied", "attempt", "bus", "channel", "envelope", "service")
 
     def __init__(
-        self, bus: Bus, channel: str, envelope: Envelope[Any], service: Any = None
+        self, bus: Bus, channel: str, envelope: Envelope[Any], service: Any = None, attempt: int = 1
     ) -> None:
         self.bus = bus
         self.service = service
@@ -33,6 +33,9 @@ class Context:
         """The channel the message arrived on."""
         self.envelope = envelope
         """The whole decoded message (metadata and body)."""
+        self.attempt = attempt
+        """Which delivery of the message this is: 1, or 2+ when a durable channel redelivers it
+        (a failed or interrupted earlier attempt; see README "Delivery guarantees")."""
         self._replied = False
 
     # metadata of the current message ----------------------------------------
@@ -131,6 +134,11 @@ class BlockingContext:
     def envelope(self) -> Envelope[Any]:
         """The whole decoded message."""
         return self._context.envelope
+
+    @property
+    def attempt(self) -> int:
+        """Which delivery of the message this is (1-based; see :attr:`Context.attempt`)."""
+        return self._context.attempt
 
     message_id = property(lambda self: self._context.message_id, doc="The message's id.")
     reply_channel = property(lambda self: self._context.reply_channel, doc="Reply channel.")

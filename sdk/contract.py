@@ -9,6 +9,9 @@ A contract is a pydantic model declared with the channel it travels on::
     class StatsQuery(Contract, channel="stats.get", reply=StatsReply):
         room: str
 
+    class PlaceOrder(Contract, channel="orders.place", durable=True):
+        order_id: str
+
 Declaring the class registers it; sending on ``chat.posted`` then validates
 against ``ChatPosted`` before anything reaches the wire.
 """
@@ -19,6 +22,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .durable import Durability
 from .errors import ContractError, MessageInvalid
 from .names import validate_channel
 
@@ -29,7 +33,9 @@ class Contract(BaseModel):
     Class keywords: ``channel`` (the channel the contract is bound to; leave it
     out for reply contracts and contracts used on several channels),
     ``version`` (an integer bumped on breaking changes), ``reply`` (the
-    contract of the reply, for request/reply channels).
+    contract of the reply, for request/reply channels), ``durable`` (True or a
+    :class:`~svcbus.durable.Durability`: the channel is at least once, with
+    acknowledgements, retries and dead letters; see README "Delivery guarantees").
     """
 
     # bytes fields travel as base64 so arbitrary binary data survives JSON.
@@ -39,6 +45,7 @@ class Contract(BaseModel):
     __version__: ClassVar[int] = 1
     __reply__: ClassVar[type[Contract] | None] = None
     __contract_name__: ClassVar[str] = "Contract"
+    __durability__: ClassVar[Durability | None] = None
 
     def __init_subclass__(
         cls,
@@ -47,6 +54,7 @@ class Contract(BaseModel):
         version: int = 1,
         reply: type[Contract] | None = None,
         name: str | None = None,
+        durable: bool | Durability = False,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -59,6 +67,7 @@ class Contract(BaseModel):
                 f"{cls.__qualname__}: reply= must be a Contract subclass, got {reply!r}"
             )
         cls.__channel__ = validate_channel(channel) if channel is not None else None
+        cls.__durability__ = _durability(cls.__qualname__, channel, durable)
         cls.__version__ = version
         cls.__reply__ = reply
         cls.__contract_name__ = name or cls.__name__
@@ -95,9 +104,31 @@ class ContractRegistry:
         """The contract bound to ``channel``, or None for an untyped channel."""
         return self._by_channel.get(channel)
 
+    def durability(self, channel: str) -> Durability | None:
+        """The settings of ``channel`` if its contract declares it durable, else None."""
+        contract = self._by_channel.get(channel)
+        return contract.__durability__ if contract is not None else None
+
     def channels(self) -> dict[str, type[Contract]]:
         """A copy of the channel -> contract map."""
         return dict(self._by_channel)
+
+
+def _durability(owner: str, channel: str | None, durable: bool | Durability) -> Durability | None:
+    """The contract's durability settings, checked: only a named channel can be durable."""
+    if durable is False:
+        return None
+    if not (durable is True or isinstance(durable, Durability)):
+        raise ContractError(f"{owner}: durable= must be True or a Durability, got {durable!r}")
+    if channel is None:
+        raise ContractError(f"{owner}: durable=True needs channel= (the channel that is durable)")
+    if "!" in channel:
+        # Process channels live and die with one process: nothing to redeliver to.
+        raise ContractError(
+            f"{owner}: {channel!r} is a process-specific channel; only named channels can be "
+            "durable"
+        )
+    return durable if isinstance(durable, Durability) else Durability()
 
 
 def _identity(contract: type[Contract]) -> tuple[str, str]:

@@ -19,6 +19,15 @@ conformance suite in ``tests/conformance``):
   Group membership lapses ``group_expiry`` seconds after the last ``group_add``.
 * **Size**: ``send`` and ``group_send`` raise
   :class:`~svcbus.errors.MessageTooLarge` above ``max_message_size`` bytes.
+
+**Durable channels** (named channels a contract declares ``durable=True``) are
+the exception to at-most-once: after :meth:`Layer.declare_durable`, ``send``
+returns once the server stored the message (a repeated message id within the
+duplicate window is dropped), and receivers take :class:`~svcbus.durable.Delivery`
+objects from :meth:`Layer.receive_durable` that stay on the channel until
+acknowledged; unacknowledged ones are redelivered after ``ack_wait``. Capacity
+counts every stored, unacknowledged message. Layers without them raise
+:class:`~svcbus.errors.ConfigurationError` from ``declare_durable``.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
+from .durable import Delivery, Durability, not_durable_here
 from .errors import ConfigurationError, MessageTooLarge
 from .redact import redact_url
 
@@ -137,6 +147,24 @@ class Layer(ABC):
     @abstractmethod
     async def group_send(self, group: str, message: bytes) -> None:
         """Deliver ``message`` to every member of ``group``; never raises ``ChannelFull``."""
+
+    async def declare_durable(self, channel: str, settings: Durability) -> None:
+        """Make ``channel`` durable with ``settings`` (idempotent; before its first use).
+
+        From then on this layer's ``send`` on ``channel`` stores durably and
+        :meth:`receive_durable` reads it. Layers without durable channels raise
+        :class:`~svcbus.errors.ConfigurationError`.
+        """
+        raise not_durable_here(self.system)
+
+    async def receive_durable(self, channel: str, limit: int) -> list[Delivery]:
+        """Wait for at least one delivery on durable ``channel``; return up to ``limit``.
+
+        Each must be settled (ack, nak, term) or it is redelivered after the
+        channel's ``ack_wait``. Cancelling a waiting call loses no message (at
+        worst a delivery taken meanwhile comes back after ``ack_wait``).
+        """
+        raise not_durable_here(self.system)
 
     async def flush(self) -> None:  # noqa: B027 - optional hook
         """Wait until every message sent so far has been handed to the server."""

@@ -42,6 +42,7 @@ from .layer import Layer
 from .names import is_reply_channel
 from .ratelog import DEFAULT_WINDOW, RateLimitedLog
 from .redact import redact_text
+from .runtime_durable import DurableChannel, prepare_durable, work_durable
 from .service import Service, run_hooks
 
 log = logging.getLogger("svcbus.runtime")
@@ -79,6 +80,10 @@ class DeadLetter(Contract):
     """Size of the raw message in bytes."""
     truncated: bool = False
     """True when the whole message would not fit in a dead letter: ``payload`` holds its start."""
+    attempts: int | None = None
+    """On a durable channel: how many times the consumer ran (None: rejected unread)."""
+    error_type: str | None = None
+    """The class name of the consumer's last exception, when it failed."""
 
 
 class _IdPeek(BaseModel):
@@ -106,6 +111,8 @@ class ConsumerStats:
     """Messages whose reply channel is not a process-specific channel: not replied to."""
     receive_errors: int = 0
     """Receives that failed (the layer raised); each was retried after a backoff."""
+    retried: int = 0
+    """Durable channels: failed attempts that were given back for a retry after a backoff."""
 
 
 @dataclass
@@ -116,6 +123,8 @@ class _Bound:
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     receive_failing: bool = False
     """Set by the first failed receive, cleared by the next good one (log once each)."""
+    durable: DurableChannel | None = None
+    """Set at start when the channel's contract is durable (runtime_durable.py handles it)."""
 
 
 _TOO_LARGE = object()
@@ -211,11 +220,14 @@ class Runtime:
                 outer.start_soon(self._watch_signals)
             outer.start_soon(self._summarize_logs)
             await run_hooks(self.service.startup_hooks, self.bus)
+            for bound in self._bound:
+                bound.durable = await prepare_durable(self, bound.consumer.channel)
             try:
                 async with anyio.create_task_group() as workers:
                     for bound in self._bound:
                         for _ in range(bound.concurrency):
-                            workers.start_soon(self._work, bound)
+                            work = self._work if bound.durable is None else self._work_durable
+                            workers.start_soon(work, bound)
                     outer.start_soon(self._drain_on_stop, workers.cancel_scope)
                     self.started.set()
                 log.info(
@@ -315,6 +327,16 @@ class Runtime:
                     if unyielded >= BATCH_SIZE:
                         unyielded = 0
                         await anyio.lowlevel.checkpoint()
+        finally:
+            self._workers.discard(worker)
+
+    async def _work_durable(self, bound: _Bound) -> None:
+        """One worker of a durable channel (acks, retries, dead letters: runtime_durable.py)."""
+        assert bound.durable is not None
+        worker = _Worker()
+        self._workers.add(worker)
+        try:
+            await work_durable(self, bound, bound.durable, worker)
         finally:
             self._workers.discard(worker)
 
@@ -570,8 +592,14 @@ class Runtime:
         )
         await self._reject(bound, data, reason)
 
-    async def _reject(self, bound: _Bound, data: bytes, reason: str) -> None:
-        """Count, log (rate-limited), answer a waiting requester, dead-letter."""
+    async def _reject(
+        self, bound: _Bound, data: bytes, reason: str, dead_letter: str | None = None
+    ) -> None:
+        """Count, log (rate-limited), answer a waiting requester, dead-letter.
+
+        ``dead_letter`` overrides the runtime's dead-letter channel (a durable
+        channel's own).
+        """
         channel = bound.consumer.channel
         bound.stats.invalid += 1
         try:
@@ -594,16 +622,29 @@ class Runtime:
                 )
             except SvcbusError as exc:
                 log.error("could not report the invalid request to %s: %s", peek.rc, exc)
-        if self.dead_letter is not None:
-            await self._dead_letter(self.dead_letter, bound, data, reason, message_id)
+        to = dead_letter or self.dead_letter
+        if to is not None:
+            await self._dead_letter(to, bound, data, reason, message_id)
 
     async def _dead_letter(
-        self, to: str, bound: _Bound, data: bytes, reason: str, message_id: str | None
-    ) -> None:
-        """Send a DeadLetter; one that would be too large keeps the message's first bytes."""
+        self,
+        to: str,
+        bound: _Bound,
+        data: bytes,
+        reason: str,
+        message_id: str | None,
+        *,
+        attempts: int | None = None,
+        error_type: str | None = None,
+    ) -> bool:
+        """Send a DeadLetter; one that would be too large keeps the message's first bytes.
+
+        Returns whether the dead-letter channel took it.
+        """
         channel = bound.consumer.channel
         whole = len(data) <= self._max_size
-        letter = _letter(channel, reason, message_id, data, truncate=not whole)
+        extra = {"attempts": attempts, "error_type": error_type}
+        letter = _letter(channel, reason, message_id, data, truncate=not whole, **extra)
         try:
             try:
                 await self.bus.send(to, letter)
@@ -611,15 +652,24 @@ class Runtime:
                 if not whole:
                     raise
                 # JSON escaping made the letter bigger than the message: send its start.
-                letter = _letter(channel, reason, message_id, data, truncate=True)
+                letter = _letter(channel, reason, message_id, data, truncate=True, **extra)
                 await self.bus.send(to, letter)
             bound.stats.dead_lettered += 1
+            return True
         except SvcbusError as exc:
             log.error("dead-letter channel %s refused a message: %s", to, exc)
+            return False
 
 
 def _letter(
-    channel: str, reason: str, message_id: str | None, data: bytes, *, truncate: bool
+    channel: str,
+    reason: str,
+    message_id: str | None,
+    data: bytes,
+    *,
+    truncate: bool,
+    attempts: int | None = None,
+    error_type: str | None = None,
 ) -> DeadLetter:
     raw = data[:DEAD_LETTER_HEAD] if truncate else data
     return DeadLetter(
@@ -629,6 +679,8 @@ def _letter(
         payload=raw.decode("utf-8", "replace"),
         size=len(data),
         truncated=truncate,
+        attempts=attempts,
+        error_type=error_type,
     )
 
 

@@ -23,6 +23,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from svcbus.durable import Delivery, Durability
 from svcbus.errors import ConfigurationError, LayerError
 from svcbus.layer import Layer, LayerOptions
 from svcbus.names import validate_channel
@@ -37,6 +38,7 @@ from .config import (
     parse_url,
 )
 from .connection import Connection
+from .durable import DurableChannels
 from .groups import Groups
 from .losses import Losses
 from .process import ProcessChannels
@@ -119,6 +121,7 @@ class NatsLayer(Layer):
         )
         self.processes = ProcessChannels(self.conn, self.options, self.subjects, self.losses)
         self.groups = Groups(self.conn, self.options, self.subjects, self.processes, self.streams)
+        self.durable = DurableChannels(self.conn, self.options, prefix, self.sender.ack_timeout)
         self.conn.setup = self._setup
         self.conn.on_disconnect.append(self.sender.on_disconnected)
         self.conn.on_reconnect.append(self._on_reconnected)
@@ -229,6 +232,10 @@ class NatsLayer(Layer):
     # the layer interface ----------------------------------------------------------------
 
     async def send(self, channel: str, message: bytes) -> None:
+        if self.durable.settings and channel in self.durable.settings:
+            self.options.check_size(channel, message)
+            await self.durable.send(channel, message)
+            return
         out = self.sender.outgoing.get(channel)
         if out is None:
             validate_channel(channel)
@@ -251,6 +258,14 @@ class NatsLayer(Layer):
             if "!" in channel:
                 return await self.processes.receive(channel, limit)
         return await self.receivers.receive(channel, limit)
+
+    async def declare_durable(self, channel: str, settings: Durability) -> None:
+        """Create or update ``channel``'s JetStream stream and consumer (durable.py)."""
+        validate_channel(channel)
+        await self.durable.declare(channel, settings)
+
+    async def receive_durable(self, channel: str, limit: int) -> list[Delivery]:
+        return await self.durable.receive(channel, limit)
 
     async def new_channel(self, prefix: str = "specific") -> str:
         return await self.processes.new_channel(prefix)
@@ -296,6 +311,7 @@ class NatsLayer(Layer):
             return
         try:
             if nc.is_connected:
+                await self.durable.close()
                 await self.receivers.close()
                 with contextlib.suppress(LayerError):
                     await self._flush(3.0)

@@ -1,0 +1,215 @@
+"""Durable channels on JetStream: a file-stored work queue and one shared explicit-ack consumer.
+
+Apart from the at-most-once channel streams (``streams.py``): a durable channel
+``C`` is the stream ``<prefix>_dur_C`` on subject ``<prefix>.dur.C``
+(docs/protocol.md, "Durable channels"):
+
+* file storage, ``num_replicas`` from the channel's settings (R1 by default);
+* work-queue retention, so an acknowledged message leaves the stream and
+  ``max_msgs`` (the channel's capacity, discard-new) counts exactly the
+  messages not yet acknowledged;
+* ``duplicate_window``: a publish carries ``Nats-Msg-Id`` = the envelope id, so
+  a publish retried after a lost answer is stored once;
+* the pull consumer ``workers`` with explicit acks and ``ack_wait``, shared by
+  every process. ``max_deliver`` is unlimited on purpose: the runtime counts
+  attempts and dead-letters a delivery beyond ``max_attempts`` without running
+  its handler, so no message is ever stuck in the stream undelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError
+
+from svcbus.durable import Delivery, Durability, message_id_of
+from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, LayerError
+from svcbus.layer import LayerOptions
+
+from .connection import Connection
+from .wire import STREAM_CONFIG_DIFFERS, STREAM_FULL_CODES
+
+WORKERS = "workers"
+"""Durable name of the explicit-ack pull consumer every process shares on a durable stream."""
+
+FETCH_WAIT = 1.0
+"""Seconds one pull request waits at the server; a waiting receiver renews it."""
+
+PUBLISH_TRIES = 3
+"""Publishes of one message while no storage confirmation comes back (same id: stored once)."""
+
+
+class NatsDelivery(Delivery):
+    """A JetStream message delivered by the ``workers`` consumer."""
+
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        super().__init__(msg.data, msg.metadata.num_delivered or 1)
+        self._msg = msg
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def nak(self, delay: float) -> None:
+        await self._msg.nak(delay=delay)
+
+    async def in_progress(self) -> None:
+        await self._msg.in_progress()  # +WPI: restarts the delivery's ack_wait
+
+    async def term(self) -> None:
+        await self._msg.term()  # +TERM: never redelivered
+
+
+class DurableChannels:
+    """The durable channels one layer declared, their streams and pull subscriptions."""
+
+    def __init__(
+        self, conn: Connection, options: LayerOptions, prefix: str, ack_timeout: float
+    ) -> None:
+        self._conn = conn
+        self._options = options
+        self._prefix = prefix
+        self.ack_timeout = ack_timeout
+        """Seconds a publish waits for JetStream's storage confirmation."""
+        self.settings: dict[str, Durability] = {}
+        """Declared durable channels; ``send`` on one of them stores durably."""
+        self._pulls: dict[str, JetStreamContext.PullSubscription] = {}
+        self._fetching: dict[str, asyncio.Lock] = {}
+
+    def stream(self, channel: str) -> str:
+        """The stream of durable ``channel`` ('.' is not allowed in stream names)."""
+        return f"{self._prefix}_dur_{channel.replace('.', ':')}"
+
+    def subject(self, channel: str) -> str:
+        """The subject durable ``channel``'s messages are published on."""
+        return f"{self._prefix}.dur.{channel}"
+
+    def config(self, channel: str, settings: Durability) -> api.StreamConfig:
+        """The stream of durable ``channel``."""
+        return api.StreamConfig(
+            name=self.stream(channel),
+            subjects=[self.subject(channel)],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            discard=api.DiscardPolicy.NEW,
+            max_msgs=self._options.capacity_for(channel),
+            max_age=settings.max_age,
+            duplicate_window=settings.duplicate_window,
+            num_replicas=settings.replicas,
+        )
+
+    async def declare(self, channel: str, settings: Durability) -> None:
+        """Create or update ``channel``'s stream and consumer with ``settings``."""
+        if "!" in channel:
+            raise InvalidChannelName(f"{channel!r}: only named channels can be durable")
+        js = (await self._conn.client()).jetstream()
+        config = self.config(channel, settings)
+        consumer = api.ConsumerConfig(
+            durable_name=WORKERS,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait,
+            max_deliver=-1,
+            max_waiting=512,
+        )
+        try:
+            try:
+                await js.add_stream(config)
+            except APIError as exc:
+                if exc.err_code != STREAM_CONFIG_DIFFERS:
+                    raise
+                # Made with other settings (capacity, replicas): the declaring side's win.
+                await js.update_stream(config)
+            await js.add_consumer(config.name, consumer)  # creates or updates
+        except nats.errors.NoRespondersError:
+            raise LayerError(
+                "JetStream is not enabled on the NATS server: start nats-server with -js "
+                "(durable channels are JetStream streams)"
+            ) from None
+        except APIError as exc:
+            raise ConfigurationError(
+                f"cannot set up the durable stream of {channel!r}: {exc.description} "
+                f"(JetStream error {exc.err_code})"
+            ) from None
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise LayerError(f"cannot set up the durable stream of {channel!r}: {exc!r}") from None
+        self.settings[channel] = settings
+
+    async def send(self, channel: str, message: bytes) -> None:
+        """Publish and return once JetStream confirmed it stored ``message``."""
+        js = (await self._conn.client()).jetstream()
+        message_id = message_id_of(message)
+        headers = {"Nats-Msg-Id": message_id} if message_id is not None else None
+        error: BaseException | None = None
+        for _ in range(PUBLISH_TRIES):
+            try:
+                await js.publish(
+                    self.subject(channel),
+                    message,
+                    timeout=self.ack_timeout / PUBLISH_TRIES,
+                    stream=self.stream(channel),
+                    headers=headers,
+                )
+                return
+            except APIError as exc:
+                if exc.err_code in STREAM_FULL_CODES:
+                    raise ChannelFull(
+                        f"durable channel {channel!r} holds {self._options.capacity_for(channel)} "
+                        "unacknowledged messages (its capacity); its consumers are behind: retry "
+                        "later or raise channel_capacity"
+                    ) from None
+                raise LayerError(f"JetStream refused a message for {channel!r}: {exc}") from None
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                # No answer (a reconnect, a stream leader election): publish again with
+                # the same id; the duplicate window stores it once.
+                error = exc
+            except nats.errors.Error as exc:
+                raise LayerError(f"NATS connection failed: {exc!r}") from None
+        raise LayerError(
+            f"JetStream did not confirm storing a message for {channel!r} within "
+            f"{self.ack_timeout:g}s ({error!r}); it may be stored: sending the same message id "
+            "again is safe within the duplicate window"
+        )
+
+    async def receive(self, channel: str, limit: int) -> list[Delivery]:
+        """Wait for deliveries from the shared ``workers`` consumer; up to ``limit``."""
+        if channel not in self.settings:
+            raise ConfigurationError(
+                f"{channel!r} is not a durable channel here: declare_durable() it first"
+            )
+        pull = await self._pull(channel)
+        lock = self._fetching[channel]
+        while True:
+            # One pull subscription per channel and process: its fetches share an
+            # inbox, so the process's workers take turns (handling stays concurrent).
+            async with lock:
+                try:
+                    msgs = await pull.fetch(limit, timeout=FETCH_WAIT)
+                except nats.errors.TimeoutError:
+                    continue
+                except nats.errors.Error as exc:
+                    raise LayerError(f"NATS connection failed: {exc!r}") from None
+            # A message fetched after a cancelled wait stays in the subscription's
+            # queue: the next fetch returns it first.
+            return [NatsDelivery(msg) for msg in msgs]
+
+    async def _pull(self, channel: str) -> JetStreamContext.PullSubscription:
+        pull = self._pulls.get(channel)
+        if pull is None:
+            self._fetching.setdefault(channel, asyncio.Lock())
+            js = (await self._conn.client()).jetstream()
+            pull = await js.pull_subscribe_bind(durable=WORKERS, stream=self.stream(channel))
+            self._pulls[channel] = pull
+        return pull
+
+    async def close(self) -> None:
+        """Leave the pull subscriptions; unacknowledged deliveries return after ``ack_wait``."""
+        pulls, self._pulls = list(self._pulls.values()), {}
+        for pull in pulls:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await pull.unsubscribe()

@@ -128,9 +128,14 @@ def demo_app(layer: str) -> EdgeApp:
 
 def _add_checkout_to_path() -> None:
     # `services` is a folder of the repository, not an installed package: put the
-    # checkout first so its examples are found from any working directory.
-    if (CHECKOUT / "services" / "example_chat").is_dir() and str(CHECKOUT) not in sys.path:
-        sys.path.insert(0, str(CHECKOUT))
+    # checkout first so its examples are found. An editable install knows where it
+    # is; a regular one (`pip install .`) looks in the working directory and its
+    # parents, so `svc demo` works from inside a clone either way.
+    for root in (CHECKOUT, Path.cwd(), *Path.cwd().parents):
+        if (root / "services" / "example_chat").is_dir():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -113,3 +113,52 @@ def test_an_unreachable_nats_is_one_line_without_a_reconnect_warning():
     assert result.returncode != 0
     assert "disconnected" not in result.stdout + result.stderr
     assert "cannot reach NATS" in _one_line_error(result)
+
+
+def test_svc_demo_from_a_regular_install_finds_the_examples_in_the_clone(tmp_path):
+    """`pip install .` (not editable) copies svcbus away from the examples; run from a
+    clone, `svc demo` still finds them."""
+    target = tmp_path / "site"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert build.returncode == 0, build.stderr
+    assert (target / "svcbus" / "cli" / "demo.py").is_file()
+    env = {**os.environ, "PYTHONPATH": str(target), "SVCBUS_LAYER": ""}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "svcbus.cli", "demo", "--port", "0"],
+        cwd=ROOT / "docs",  # somewhere inside the clone
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        line = demo.stdout.readline()
+        assert line.startswith("open http://"), line + demo.stderr.read() if demo.stderr else line
+    finally:
+        demo.terminate()
+        demo.wait(10)
+    # The installed copy was the one running, not the checkout's.
+    check = subprocess.run(
+        [sys.executable, "-c", "import svcbus; print(svcbus.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert check.stdout.strip().startswith(str(target)), check.stdout

@@ -220,7 +220,7 @@ def open_layer(url: str, **options: Any) -> Layer:
             f"the {scheme}:// layer needs an optional dependency ({exc.name}): "
             f"pip install 'svcbus[{extra}]'"
         ) from None
-    layer_class = getattr(module, class_name)
+    layer_class: type[Layer] = getattr(module, class_name)
     common = {k: v for k, v in options.items() if k in _OPTION_TYPES}
     own = {k: v for k, v in options.items() if k not in _OPTION_TYPES}
     layer_options, params = split_options(url, common)

@@ -279,7 +279,7 @@ class EdgeMetrics:
         frame_in, frame_out, closes = self._in, self._out, self.metrics.closes
 
         async def counting_receive() -> dict[str, Any]:
-            event = await receive()
+            event: dict[str, Any] = await receive()
             kind = event["type"]
             if kind == "websocket.receive":
                 frame_in.inc()

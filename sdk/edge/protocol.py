@@ -53,7 +53,7 @@ _BUSY = (
 
 def limits_of(config: Config) -> Limits:
     """The Limits of the EdgeApp that ``config`` serves (through uvicorn's middleware)."""
-    found = getattr(config, "_svcbus_limits", None)
+    found: Limits | None = getattr(config, "_svcbus_limits", None)
     if found is not None:
         return found
     from .app import EdgeApp  # app imports routing, http...: not needed at module import

@@ -81,12 +81,12 @@ def docs(
     ] = False,
 ) -> None:
     """Generate contract docs (AsyncAPI 3.0.0, static HTML with a diagram, Markdown)."""
-    from svcbus import load_service
     from svcbus.docs import collect
     from svcbus.docs.asyncapi import build_document, to_json, to_yaml
     from svcbus.docs.html import render_site
     from svcbus.docs.markdown import render_markdown
     from svcbus.errors import SvcbusError
+    from svcbus.service import load_service
 
     from .app import fail, say
 

@@ -61,7 +61,7 @@ class LayerOptions:
 
     def capacity_for(self, channel: str) -> int:
         """The capacity of ``channel``: the first matching pattern, else ``capacity``."""
-        cache: dict[str, int] = self._capacity_cache  # type: ignore[attr-defined]
+        cache: dict[str, int] = self._capacity_cache  # type: ignore[attr-defined]  # set in __post_init__ of the frozen dataclass
         found = cache.get(channel)
         if found is None:
             found = self.capacity

@@ -275,7 +275,7 @@ class EdgeApp:
         cache = self._reply_cache
         found = cache.get(data, False)
         if found is not False:
-            return found  # type: ignore[return-value]
+            return found  # type: ignore[return-value]  # False is the miss sentinel, ruled out above
         decoded: Decoded | None
         try:
             envelope = _ReplyEnvelope.model_validate_json(data)

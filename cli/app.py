@@ -198,7 +198,8 @@ def run(
     trace: TraceOption = "off",
 ) -> None:
     """Run a service's consumers until SIGINT/SIGTERM (in-flight messages finish)."""
-    from svcbus import Runtime, load_service, open_layer
+    from svcbus import Runtime, open_layer
+    from svcbus.service import load_service
 
     setup_logging(log_level, log_format)
     url = layer_url(layer)

@@ -81,12 +81,12 @@ def docs(
     ] = False,
 ) -> None:
     """Generate contract docs (AsyncAPI 3.0.0, static HTML with a diagram, Markdown)."""
-    from svcbus import load_service
     from svcbus.docs import collect
     from svcbus.docs.asyncapi import build_document, to_json, to_yaml
     from svcbus.docs.html import render_site
     from svcbus.docs.markdown import render_markdown
     from svcbus.errors import SvcbusError
+    from svcbus.service import load_service
 
     from .app import fail, say
 
@@ -121,14 +121,7 @@ def docs(
 
     stale_pages = _stale_pages(out_dir, files) if "html" in chosen else []
     if check_only:
-        stale = [p for p, t in files.items() if not p.exists() or p.read_text("utf-8") != t]
-        stale += stale_pages
-        if stale:
-            for path in sorted(stale):
-                say("[yellow]out of date:[/]", str(path))
-            say("", "run `svc docs` with the same arguments, without --check, to regenerate")
-            raise typer.Exit(1)
-        say("[green]up to date:[/]", f"{len(files)} files in {out_dir}")
+        _check_up_to_date(out_dir, files, stale_pages)
         return
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +133,20 @@ def docs(
         f"wrote {len(files)} files to {out_dir} "
         f"({len(system.channels)} channels, {len(system.services)} services)",
     )
+
+
+def _check_up_to_date(out_dir: Path, files: dict[Path, str], stale_pages: list[Path]) -> None:
+    """``--check``: exit 1 naming every file that differs from what would be generated."""
+    from .app import say
+
+    stale = [p for p, t in files.items() if not p.exists() or p.read_text("utf-8") != t]
+    stale += stale_pages
+    if stale:
+        for path in sorted(stale):
+            say("[yellow]out of date:[/]", str(path))
+        say("", "run `svc docs` with the same arguments, without --check, to regenerate")
+        raise typer.Exit(1)
+    say("[green]up to date:[/]", f"{len(files)} files in {out_dir}")
 
 
 def _formats(given: list[str] | None) -> list[str]:

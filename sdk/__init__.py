@@ -14,14 +14,14 @@ Declare contracts, consume them, run services on any layer::
 Run it with ``svc run mymodule --layer nats://localhost:4222``.
 """
 
-from . import tracing
+from importlib.metadata import PackageNotFoundError, version
+
 from .blocking import BlockingBus, connect_blocking
 from .bus import Bus, connect
-from .consumer import Consumer, consumes
+from .consumer import consumes
 from .context import Context
-from .contract import Contract, ContractRegistry, registry
-from .durable import Delivery, Durability
-from .envelope import Envelope
+from .contract import Contract
+from .durable import Durability
 from .errors import (
     ChannelFull,
     ConfigurationError,
@@ -37,24 +37,27 @@ from .errors import (
 )
 from .layer import Layer, LayerOptions, open_layer
 from .runtime import DeadLetter, Runtime
-from .service import Service, load_service
+from .service import Service
 
-__version__ = "0.1.0"
+try:
+    # The one place the version is written is pyproject.toml.
+    __version__ = version("svcbus")
+except PackageNotFoundError:  # pragma: no cover - imported from a checkout, not installed
+    __version__ = "0+unknown"
 
+# What users write in their code. Internals live in their submodules
+# (svcbus.envelope, svcbus.contract.registry, svcbus.service.load_service...);
+# tests/test_public_api.py pins this list.
 __all__ = [
     "BlockingBus",
     "Bus",
     "ChannelFull",
     "ConfigurationError",
-    "Consumer",
     "Context",
     "Contract",
     "ContractError",
-    "ContractRegistry",
     "DeadLetter",
-    "Delivery",
     "Durability",
-    "Envelope",
     "InvalidChannelName",
     "Layer",
     "LayerError",
@@ -67,12 +70,8 @@ __all__ = [
     "Runtime",
     "Service",
     "SvcbusError",
-    "__version__",
     "connect",
     "connect_blocking",
     "consumes",
-    "load_service",
     "open_layer",
-    "registry",
-    "tracing",
 ]

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -38,6 +38,8 @@ from .errors import SvcbusError
 from .layer import Layer, open_layer
 from .runtime import Runtime
 from .service import Service
+
+T = TypeVar("T")
 
 
 class BlockingBus:
@@ -116,7 +118,7 @@ class BlockingBus:
         """The layer underneath."""
         return self.bus.layer
 
-    def _call(self, func: Callable[..., Any], *args: Any) -> Any:
+    def _call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         return self.portal.call(func, *args)
 
     @contextlib.contextmanager
@@ -148,7 +150,7 @@ class BlockingBus:
         Raises ``MessageInvalid`` (nothing sent), ``ChannelFull``, ``MessageTooLarge``.
         """
         with self._span(channel, "send") as trace:
-            return self._call(  # type: ignore[no-any-return]
+            return self._call(
                 lambda: self.bus.send(
                     channel, message, reply_channel=reply_channel, trace=trace, headers=headers
                 )
@@ -188,7 +190,7 @@ class BlockingBus:
 
     def new_channel(self, prefix: str = "specific") -> str:
         """A new process-specific channel that only this client receives."""
-        return self._call(self.bus.new_channel, prefix)  # type: ignore[no-any-return]
+        return self._call(self.bus.new_channel, prefix)
 
     def receive(
         self, channel: str, *, timeout: float | None = None, body_type: Any = None
@@ -202,7 +204,7 @@ class BlockingBus:
             with anyio.fail_after(timeout):
                 return await self.bus.receive(channel, body_type)
 
-        return self._call(receive)  # type: ignore[no-any-return]
+        return self._call(receive)
 
     def flush(self) -> None:
         """Wait until the layer has handed every message sent so far to its server."""

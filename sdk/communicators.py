@@ -232,7 +232,8 @@ class WebsocketCommunicator:
         event = await self._next(timeout)
         if event["type"] == "websocket.send":
             text = event.get("text")
-            return text if text is not None else event["bytes"]
+            frame: str | bytes = text if text is not None else event["bytes"]
+            return frame
         if event["type"] == "websocket.close":
             self.close_code = event.get("code", 1000)
             raise WebsocketClosed(self.close_code, event.get("reason") or "")

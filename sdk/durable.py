@@ -68,7 +68,7 @@ class Durability:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based) before the next one."""
-        return min(self.backoff_max, self.backoff_first * 2 ** max(0, attempt - 1))
+        return min(self.backoff_max, self.backoff_first * 2.0 ** max(0, attempt - 1))
 
     def dead_letter_channel(self, channel: str, runtime_default: str | None = None) -> str:
         """Where ``channel``'s exhausted messages go."""

@@ -79,7 +79,7 @@ def envelope_type(body: Any) -> type[Envelope[Any]]:
     """The (cached) envelope model whose body is validated as ``body``."""
     cls = _envelope_types.get(body)
     if cls is None:
-        cls = _envelope_types[body] = Envelope[body]  # type: ignore[valid-type]
+        cls = _envelope_types[body] = Envelope[body]
     return cls
 
 

@@ -6,6 +6,9 @@ wrong and their messages say what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class SvcbusError(Exception):
     """Base class of every svcbus error."""
@@ -38,10 +41,16 @@ class MessageInvalid(SvcbusError, ValueError):
     (each with the field location) when validation was the cause.
     """
 
-    def __init__(self, message: str, *, channel: str, errors: list[dict] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        channel: str,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.channel = channel
-        self.errors = errors or []
+        self.errors: list[Mapping[str, Any]] = list(errors or [])
 
 
 class RequestTimeout(SvcbusError, TimeoutError):

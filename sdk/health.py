@@ -159,7 +159,7 @@ class LayerProbe:
 async def _probe(layer: Layer) -> str | None:
     system = layer.system
     if system == "nats":
-        nc = layer.connection  # type: ignore[attr-defined]
+        nc = layer.connection  # type: ignore[attr-defined]  # NatsLayer's, checked by system above
         if not nc.is_connected:
             return "the NATS connection is down (reconnecting)"
         # A round trip, not just the flag: a half-open TCP connection looks connected.

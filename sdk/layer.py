@@ -71,7 +71,7 @@ class LayerOptions:
 
     def capacity_for(self, channel: str) -> int:
         """The capacity of ``channel``: the first matching pattern, else ``capacity``."""
-        cache: dict[str, int] = self._capacity_cache  # type: ignore[attr-defined]
+        cache: dict[str, int] = self._capacity_cache  # type: ignore[attr-defined]  # set in __post_init__ of the frozen dataclass
         found = cache.get(channel)
         if found is None:
             found = self.capacity
@@ -248,7 +248,7 @@ def open_layer(url: str, **options: Any) -> Layer:
             f"the {scheme}:// layer needs an optional dependency ({exc.name}): "
             f"pip install 'svcbus[{extra}]'"
         ) from None
-    layer_class = getattr(module, class_name)
+    layer_class: type[Layer] = getattr(module, class_name)
     common = {k: v for k, v in options.items() if k in _OPTION_TYPES}
     own = {k: v for k, v in options.items() if k not in _OPTION_TYPES}
     layer_options, params = split_options(url, common)

@@ -30,7 +30,7 @@ try:
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
     from prometheus_client.process_collector import ProcessCollector
 except ImportError:  # pragma: no cover - exercised by the missing-extra test
-    CollectorRegistry = None  # type: ignore[assignment,misc]
+    CollectorRegistry = None  # type: ignore[assignment,misc]  # marks the missing extra
 
 INSTALL_HINT = "metrics need prometheus-client: pip install 'svcbus[metrics]'"
 
@@ -278,7 +278,7 @@ class EdgeMetrics:
         frame_in, frame_out, closes = self._in, self._out, self.metrics.closes
 
         async def counting_receive() -> dict[str, Any]:
-            event = await receive()
+            event: dict[str, Any] = await receive()
             kind = event["type"]
             if kind == "websocket.receive":
                 frame_in.inc()

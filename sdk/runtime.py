@@ -643,8 +643,19 @@ class Runtime:
         """
         channel = bound.consumer.channel
         whole = len(data) <= self._max_size
-        extra = {"attempts": attempts, "error_type": error_type}
-        letter = _letter(channel, reason, message_id, data, truncate=not whole, **extra)
+
+        def letter_of(truncate: bool) -> DeadLetter:
+            return _letter(
+                channel,
+                reason,
+                message_id,
+                data,
+                truncate=truncate,
+                attempts=attempts,
+                error_type=error_type,
+            )
+
+        letter = letter_of(not whole)
         try:
             try:
                 await self.bus.send(to, letter)
@@ -652,7 +663,7 @@ class Runtime:
                 if not whole:
                     raise
                 # JSON escaping made the letter bigger than the message: send its start.
-                letter = _letter(channel, reason, message_id, data, truncate=True, **extra)
+                letter = letter_of(True)
                 await self.bus.send(to, letter)
             bound.stats.dead_lettered += 1
             return True

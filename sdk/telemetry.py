@@ -29,12 +29,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import ConfigurationError
 
-try:
-    # Only the base class is needed at import; without the SDK, build_provider
-    # fails first, with the install hint.
+if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor as _ProcessorBase
-except ImportError:  # pragma: no cover - the SDK is the `tracing` extra
-    _ProcessorBase = object  # type: ignore[assignment,misc]
+else:
+    try:
+        # Only the base class is needed at import; without the SDK, build_provider
+        # fails first, with the install hint.
+        from opentelemetry.sdk.trace import SpanProcessor as _ProcessorBase
+    except ImportError:  # pragma: no cover - the SDK is the `tracing` extra
+        _ProcessorBase = object
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -115,7 +118,7 @@ class _Seen:
         self.service: str | None = None
 
 
-class ReadableSpanProcessor(_ProcessorBase):  # type: ignore[misc,valid-type]
+class ReadableSpanProcessor(_ProcessorBase):
     """Writes a compact, human-readable line per finished span (not the SDK's JSON dump).
 
     Lines are held per trace until every span of that trace started in this
@@ -252,7 +255,7 @@ def format_span(span: ReadableSpan, depth: int, service: str) -> str:
         status = f"ERROR {description}" if description else f"ERROR {error}"
     else:
         status = "ok"
-    parts = [f"{key}={attributes[name]}" for name, key in _SHOWN if name in attributes]
+    parts = [f"{key}={attributes[name]!s}" for name, key in _SHOWN if name in attributes]
     destination = attributes.get("messaging.destination.name")
     if destination is not None and str(destination) not in span.name:
         parts.append(f"to={destination}")

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from svcbus import Contract, ContractError, Service, consumes, load_service
+from svcbus import Contract, ContractError, Service, consumes
 from svcbus.consumer import consumers_of
 from svcbus.errors import ConfigurationError
+from svcbus.service import load_service
 
 
 class Answer(Contract):

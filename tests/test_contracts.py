@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from svcbus import Bus, Contract, ContractError, MessageInvalid, registry
+from svcbus import Bus, Contract, ContractError, MessageInvalid
+from svcbus.contract import registry
 from svcbus.layers.memory import MemoryLayer
 
 pytestmark = pytest.mark.anyio

@@ -5,7 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from svcbus import Bus, ConfigurationError, Contract, ContractError, Durability, registry
+from svcbus import Bus, ConfigurationError, Contract, ContractError, Durability
+from svcbus.contract import registry
 from svcbus.durable import message_id_of
 from svcbus.envelope import encode, encode_plain
 

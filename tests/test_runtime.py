@@ -235,7 +235,7 @@ async def test_undeclared_sends_warn_in_development_mode():
 
 
 async def test_an_invalid_request_gets_an_error_reply_at_once():
-    from svcbus import ContractRegistry
+    from svcbus.contract import ContractRegistry
 
     async with harness(make_service()) as h:
         # A client that does not know the contract (another runtime, an old

@@ -328,7 +328,8 @@ def channel_message(document: dict[str, Any], channel_id: str) -> dict[str, Any]
     channel = document.get("channels", {}).get(channel_id) or {}
     for ref in (channel.get("messages") or {}).values():
         key = ref.get("$ref", "").rsplit("/", 1)[-1]
-        return document.get("components", {}).get("messages", {}).get(key)
+        message: dict[str, Any] | None = document.get("components", {}).get("messages", {}).get(key)
+        return message
     return None
 
 

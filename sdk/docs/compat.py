@@ -267,9 +267,11 @@ def channels_of(document: dict[str, Any]) -> dict[str, ChannelView]:
             messages=_messages(document, channel),
         )
     for reply_id, request_id in reply_ids.items():
-        name = ids_to_name.get(request_id)
-        if name is not None:
-            views[name].replies = _messages(document, _follow(document, raw.get(reply_id, {})))
+        request_name = ids_to_name.get(request_id)
+        if request_name is not None:
+            views[request_name].replies = _messages(
+                document, _follow(document, raw.get(reply_id, {}))
+            )
     return views
 
 
@@ -626,6 +628,11 @@ def _kinds(schema: Any, schemas: dict[str, Any]) -> set[str] | None:
             return found
     if "allOf" in schema and len(schema["allOf"]) == 1:
         return _kinds(schema["allOf"][0], schemas)
+    return _own_kinds(schema)
+
+
+def _own_kinds(schema: dict[str, Any]) -> set[str] | None:
+    """The JSON types a schema without branches accepts; ``None`` for any."""
     kind = schema.get("type")
     if isinstance(kind, str):
         return {kind}

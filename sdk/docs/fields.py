@@ -58,7 +58,7 @@ def resolve(schema: Any, schemas: dict[str, Any]) -> Any:
 def ref_name(schema: Any) -> str | None:
     """The component name a ``$ref`` points to, if ``schema`` is one."""
     if isinstance(schema, dict) and isinstance(schema.get("$ref"), str):
-        ref = schema["$ref"]
+        ref: str = schema["$ref"]
         if ref.startswith(REF_PREFIX):
             return ref[len(REF_PREFIX) :]
     return None
@@ -74,33 +74,51 @@ def type_name(schema: Any, schemas: dict[str, Any]) -> str:
     if name is not None:
         target = schemas.get(name, {})
         return str(target.get("title") or name)
-    for key in ("anyOf", "oneOf"):
-        if key in schema:
-            return " | ".join(type_name(branch, schemas) for branch in schema[key])
-    if "allOf" in schema and len(schema["allOf"]) == 1:
-        return type_name(schema["allOf"][0], schemas)
+    combined = _combined_name(schema, schemas)
+    if combined is not None:
+        return combined
     if "const" in schema:
         return json.dumps(schema["const"])
     kind = schema.get("type")
     if isinstance(kind, list):
         return " | ".join(type_name({**schema, "type": k}, schemas) for k in kind)
     if kind == "array":
-        if isinstance(schema.get("prefixItems"), list):  # pydantic's tuples
-            return "tuple[" + ", ".join(type_name(i, schemas) for i in schema["prefixItems"]) + "]"
-        items = schema.get("items")
-        if isinstance(items, list):  # a tuple
-            return "tuple[" + ", ".join(type_name(i, schemas) for i in items) + "]"
-        return f"list[{type_name(items if items is not None else {}, schemas)}]"
+        return _array_name(schema, schemas)
     if kind == "object":
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict) and not schema.get("properties"):
-            return f"dict[str, {type_name(extra, schemas)}]"
-        return str(schema.get("title") or "object")
+        return _object_name(schema, schemas)
     if kind == "string" and schema.get("format") in ("base64url", "base64", "binary"):
         return "bytes"
     if kind is None:
         return "any"
     return str(kind)
+
+
+def _combined_name(schema: dict[str, Any], schemas: dict[str, Any]) -> str | None:
+    """``A | B`` for a union, the one member of a single ``allOf``; else None."""
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return " | ".join(type_name(branch, schemas) for branch in schema[key])
+    if "allOf" in schema and len(schema["allOf"]) == 1:
+        return type_name(schema["allOf"][0], schemas)
+    return None
+
+
+def _array_name(schema: dict[str, Any], schemas: dict[str, Any]) -> str:
+    """``list[X]``, or ``tuple[X, Y]`` for fixed-length arrays."""
+    if isinstance(schema.get("prefixItems"), list):  # pydantic's tuples
+        return "tuple[" + ", ".join(type_name(i, schemas) for i in schema["prefixItems"]) + "]"
+    items = schema.get("items")
+    if isinstance(items, list):  # a tuple
+        return "tuple[" + ", ".join(type_name(i, schemas) for i in items) + "]"
+    return f"list[{type_name(items if items is not None else {}, schemas)}]"
+
+
+def _object_name(schema: dict[str, Any], schemas: dict[str, Any]) -> str:
+    """``dict[str, X]`` for a plain mapping, else the model's title."""
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict) and not schema.get("properties"):
+        return f"dict[str, {type_name(extra, schemas)}]"
+    return str(schema.get("title") or "object")
 
 
 def constraints(schema: Any, schemas: dict[str, Any]) -> list[str]:

@@ -16,7 +16,7 @@ Consumers answer connections with :class:`Accept`, :class:`Send`,
 See ``docs/edge.md``.
 """
 
-from .app import EdgeApp, EdgeStats, Request
+from .app import EdgeApp, EdgeStats
 from .contracts import (
     Accept,
     Close,
@@ -31,6 +31,7 @@ from .contracts import (
     WebSocketDisconnect,
     WebSocketReceive,
 )
+from .request import Request
 from .routing import HttpRoute, PathPattern, Routes, StaticRoute, WebSocketRoute
 from .security import (
     DROPPED_HEADERS,

@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qsl
 
 import anyio
 from pydantic import ValidationError
@@ -31,7 +30,9 @@ from .groups import Fanout
 from .http import Receive, handle_request, secure_headers, send_error, send_response
 from .http import Send as AsgiSend
 from .logs import Quiet, redact_access_logs
-from .routing import PathParams, Routes
+from .replies import Decoded, ready
+from .request import Request
+from .routing import Routes
 from .security import (
     DROPPED_HEADERS,
     Authenticate,
@@ -41,18 +42,16 @@ from .security import (
     OriginPolicy,
     call_hook,
     parse_cookies,
-    sanitise_headers,
     secret_query_params,
 )
 from .static import serve_static
-from .websocket import Decoded, handle_websocket, ready
+from .websocket import handle_websocket
 
 log = logging.getLogger("svcbus.edge")
 
-MAX_QUERY_PARAMS = 64
 REPLY_CACHE_SIZE = 128
 
-_ReplyEnvelope = Envelope[EdgeReply]  # type: ignore[valid-type]
+_ReplyEnvelope = Envelope[EdgeReply]
 
 
 @dataclass
@@ -83,32 +82,6 @@ class EdgeStats:
     """Sends tried again because the channel was full or the bus unreachable."""
     invalid_replies: int = 0
     http_requests: int = 0
-
-
-class Request:
-    """One HTTP request or WebSocket handshake, parsed once: what may travel and what may not."""
-
-    __slots__ = ("client", "headers", "params", "query", "raw_query", "scope")
-
-    def __init__(self, edge: EdgeApp, scope: dict[str, Any], params: PathParams) -> None:
-        self.scope = scope
-        self.params = params
-        raw = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        cap = edge.limits.max_header_length
-        self.raw_query = {k: v for k, v in raw[:MAX_QUERY_PARAMS]}
-        # Credentials in the query (?access_token=) are for the auth hook only.
-        secret = edge.secret_query_params
-        self.query = {k[:cap]: v[:cap] for k, v in self.raw_query.items() if k not in secret}
-        self.headers = sanitise_headers(scope["headers"], edge.limits, edge.dropped_headers)
-        client = scope.get("client")
-        self.client = f"{client[0]}:{client[1]}" if client else None
-
-    def header(self, name: bytes) -> str | None:
-        """A raw request header (first occurrence), credentials included."""
-        for key, value in self.scope["headers"]:
-            if key == name:
-                return value.decode("latin-1")
-        return None
 
 
 class EdgeApp:
@@ -218,10 +191,9 @@ class EdgeApp:
 
     async def _lifespan(self, receive: Receive, send: AsgiSend) -> None:
         await receive()  # lifespan.startup
-        owned = self._bus is None
-        started = False
+        started = owned = False
         try:
-            bus = Bus(self.layer) if owned else self._bus  # type: ignore[arg-type]
+            bus, owned = self._lifespan_bus()  # inside: a bad layer URL fails the startup
             async with _open(bus, owned), anyio.create_task_group() as services:
                 self._bus = bus
                 runtimes = [Runtime(service, bus) for service in self.services]
@@ -248,6 +220,14 @@ class EdgeApp:
             if owned:
                 self._bus = None
         await send({"type": "lifespan.shutdown.complete"})
+
+    def _lifespan_bus(self) -> tuple[Bus, bool]:
+        """The bus to serve on, and whether the edge owns it (opens and closes it)."""
+        if self._bus is not None:
+            return self._bus, False
+        if isinstance(self.layer, Bus):  # given as layer= after construction (load_edge)
+            return self.layer, False
+        return Bus(self.layer), True
 
     async def _refresh_groups(self, every: float, scope: anyio.CancelScope) -> None:
         with scope:
@@ -295,7 +275,7 @@ class EdgeApp:
         cache = self._reply_cache
         found = cache.get(data, False)
         if found is not False:
-            return found  # type: ignore[return-value]
+            return found  # type: ignore[return-value]  # False is the miss sentinel, ruled out above
         decoded: Decoded | None
         try:
             envelope = _ReplyEnvelope.model_validate_json(data)

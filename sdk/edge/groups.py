@@ -8,10 +8,12 @@ then costs the layer one delivery per *edge process*, and the edge decodes it
 once and writes it to each local socket in a plain loop, as a hand-written
 server would: no task switch, no layer call, no decode per socket.
 
-A slow client must not stall the room: each write is started eagerly and, if
-the socket's buffer is full, finished by a task of its own while the loop goes
-on; later messages queue behind it (up to ``MAX_BACKLOG``, then they are
-dropped for that client: at-most-once, like the layers).
+A slow client must not stall the room: the pump only queues each message for
+each socket, and a writer task per socket (an ordinary asyncio task, alive
+while its queue is not empty) writes it with plain awaits. A batch of messages
+for one socket costs one task; a socket whose buffer is full delays only
+itself, and its queue holds up to ``MAX_BACKLOG`` messages, then further ones
+are dropped for that client: at-most-once, like the layers.
 
 Memberships are refreshed on the layer every half ``group_expiry`` so a
 long-lived room never lapses; the last local socket leaving removes the edge's
@@ -22,14 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ..errors import SvcbusError
 from ..names import validate_group
 from . import tracing
+from .replies import CLOSE, SEND, Decoded
 
 if TYPE_CHECKING:
     from .app import EdgeApp
@@ -128,8 +130,6 @@ class Fanout:
             await self._drop(local)
 
     async def _pump(self, local: LocalGroup) -> None:
-        from .websocket import CLOSE, SEND
-
         edge = self.edge
         receive_many = edge.bus.layer.receive_many
         decode = edge.decode_reply
@@ -152,13 +152,16 @@ class Fanout:
                 )
                 kind, payload = item
                 if kind == SEND:
-                    # send_eagerly never awaits, so the set cannot change under the loop.
+                    # queue_write never awaits, so the set cannot change under the loop.
                     for conn in members:
                         if conn.accepted and not conn.closed:
-                            send_eagerly(conn, payload)
+                            queue_write(conn, item)
                 elif kind == CLOSE:
                     for conn in list(members):
-                        await conn.apply(item)
+                        if conn.backlog is None:
+                            await conn.apply(item)
+                        else:
+                            queue_write(conn, item)  # after the sends it has queued
                 else:
                     log.warning(
                         "group %s got a %s message; only Send and Close make sense for a group",
@@ -167,56 +170,39 @@ class Fanout:
                     )
                 if span is not None:
                     span.end()
+            # Let the writers empty their queues before the next batch fills them.
+            await asyncio.sleep(0)
 
 
-def send_eagerly(conn: Connection, event: dict[str, Any]) -> None:
-    """Write ``event`` to ``conn`` now if its socket can take it, else in a task of its own.
+def queue_write(conn: Connection, item: Decoded) -> None:
+    """Queue ``item`` for ``conn``'s socket; the socket's writer task acts on the queue in order.
 
-    ASGI ``send`` is a coroutine that, on a writable socket, finishes without
-    ever suspending. Stepping it once by hand does that write with no task;
-    only a socket whose buffer is full gets a task that waits for it.
+    The writer is an ordinary task, started when the queue is empty, that ends
+    when it has emptied it: a socket whose buffer is full delays only itself.
+    A queue longer than ``MAX_BACKLOG`` drops further sends for that socket
+    (at most once, like the layers); a Close always queues, behind the sends.
     """
     backlog = conn.backlog
-    if backlog is not None:
-        if len(backlog) < MAX_BACKLOG:
-            backlog.append(event)
-        else:
-            conn.edge.stats.dropped += 1
-        return
-    coro = conn.send(event)
-    try:
-        waiting_on = coro.send(None)
-    except StopIteration:
-        return
-    except (OSError, RuntimeError):
-        return  # the client is gone; its connection task cleans up
-    conn.backlog = []
-    asyncio.get_running_loop().create_task(_finish(conn, coro, waiting_on))
+    if backlog is None:
+        conn.backlog = [item]
+        conn.writer = asyncio.get_running_loop().create_task(_write(conn))
+    elif len(backlog) < MAX_BACKLOG or item[0] == CLOSE:
+        backlog.append(item)
+    else:
+        conn.edge.stats.dropped += 1
 
 
-async def _finish(conn: Connection, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    """Drive a suspended send to completion, then flush the socket's backlog in order."""
+async def _write(conn: Connection) -> None:
+    """Act on the socket's queued group items in order, then mark it idle."""
+    backlog = conn.backlog
     try:
-        try:
-            while True:
-                if waiting_on is None:
-                    await asyncio.sleep(0)  # a bare yield: just give the loop a turn
-                else:
-                    # Wait without taking the outcome: the send sees it when resumed.
-                    await asyncio.wait([waiting_on])
-                try:
-                    waiting_on = coro.send(None)
-                except StopIteration:
-                    break
-        except asyncio.CancelledError:
-            coro.close()
-            raise
-        while conn.backlog:
-            await conn.send(conn.backlog.pop(0))
+        while backlog and await conn.apply(backlog.pop(0)):
+            pass
     except (OSError, RuntimeError):
         pass  # the client is gone; its connection task cleans up
     finally:
         conn.backlog = None
+        conn.writer = None
 
 
 async def drain(edge: EdgeApp, channel: str) -> None:

@@ -36,7 +36,8 @@ from .routing import HttpRoute
 from .security import AuthenticationFailed
 
 if TYPE_CHECKING:
-    from .app import EdgeApp, Request
+    from .app import EdgeApp
+    from .request import Request
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -53,7 +53,7 @@ _BUSY = (
 
 def limits_of(config: Config) -> Limits:
     """The Limits of the EdgeApp that ``config`` serves (through uvicorn's middleware)."""
-    found = getattr(config, "_svcbus_limits", None)
+    found: Limits | None = getattr(config, "_svcbus_limits", None)
     if found is not None:
         return found
     from .app import EdgeApp  # app imports routing, http...: not needed at module import
@@ -64,7 +64,7 @@ def limits_of(config: Config) -> Limits:
             break
         app = getattr(app, "app", None)
     limits = app.limits if isinstance(app, EdgeApp) else Limits()
-    config._svcbus_limits = limits  # type: ignore[attr-defined]
+    config._svcbus_limits = limits  # type: ignore[attr-defined]  # our mark on uvicorn's Config
     return limits
 
 
@@ -76,7 +76,7 @@ class EdgeHttpProtocol(H11Protocol):
         self.limits = limits_of(config)
         self.header_timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows BaseTransport too
         super().connection_made(transport)
         # Counted from the start (uvicorn's own limit looks only at finished headers,
         # which a slow-header client never sends).

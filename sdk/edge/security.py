@@ -210,7 +210,7 @@ def bearer_token(verify: Verify, *, query_param: str | None = "access_token") ->
             return None
         return await _verified(verify, token.strip(), "bearer token")
 
-    authenticate.secret_query_params = (query_param,) if query_param else ()  # type: ignore[attr-defined]
+    authenticate.secret_query_params = (query_param,) if query_param else ()  # type: ignore[attr-defined]  # read back by secret_query_params()
     return authenticate
 
 

@@ -92,5 +92,6 @@ async def serve_static(route: StaticRoute, subpath: str, scope: dict[str, Any], 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
-            return value.decode("latin-1")
+            text: str = value.decode("latin-1")
+            return text
     return None

@@ -163,7 +163,7 @@ async def forward(conn: Connection, text: str | None, binary: bytes | None) -> i
     attributes["messaging.destination.name"] = channel
     attributes["messaging.message.body.size"] = len(text or binary or "")
     tracer = conn.edge.bus.tracer
-    with tracer.start_span(  # type: ignore[union-attr]
+    with tracer.start_span(  # type: ignore[union-attr]  # called only with tracing on
         f"WS receive {conn.route.path}",
         kind=SpanKind.SERVER,
         attributes=attributes,
@@ -181,7 +181,7 @@ def start_disconnect(conn: Connection, code: int) -> trace.Span:
     attributes = _ws_attributes(conn)
     attributes["messaging.destination.name"] = conn.route.disconnect
     attributes["websocket.close.code"] = code
-    return conn.edge.bus.tracer.start_span(  # type: ignore[union-attr]
+    return conn.edge.bus.tracer.start_span(  # type: ignore[union-attr]  # called only with tracing on
         f"WS disconnect {conn.route.path}",
         kind=SpanKind.SERVER,
         attributes=attributes,

@@ -30,9 +30,7 @@ from ..errors import InvalidChannelName, SvcbusError
 from . import tracing
 from .contracts import (
     Accept,
-    Close,
-    Join,
-    Send,
+    PathParams,
     WebSocketConnect,
     WebSocketDisconnect,
     WebSocketReceive,
@@ -40,7 +38,9 @@ from .contracts import (
 from .delivery import DELIVERED, INTERNAL_ERROR
 from .groups import drain
 from .http import with_security_headers
-from .routing import PathParams, WebSocketRoute
+from .replies import ACCEPT, CLOSE, JOIN, SEND, Decoded
+from .request import Request
+from .routing import WebSocketRoute
 from .security import BUDGET_EXTENSION, AuthenticationFailed, FrameBudget
 
 if TYPE_CHECKING:
@@ -50,11 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("svcbus.edge")
 
-# Decoded replies, ready for the socket: (kind, payload). Kinds are small ints
-# so the per-message dispatch in the pump is a cheap comparison.
-SEND, CLOSE, ACCEPT, JOIN, LEAVE = range(5)
-Decoded = tuple[int, Any]
-
 # Close codes (RFC 6455 section 7.4.1).
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
@@ -62,21 +57,6 @@ INVALID_DATA = 1007
 TRY_AGAIN_LATER = 1013
 
 PUMP_BATCH = 32
-
-
-def ready(reply: Any) -> Decoded:
-    """A decoded reply turned into what a connection acts on (ASGI events built once)."""
-    if isinstance(reply, Send):
-        if reply.text is not None:
-            return SEND, {"type": "websocket.send", "text": reply.text}
-        return SEND, {"type": "websocket.send", "bytes": reply.binary}
-    if isinstance(reply, Close):
-        return CLOSE, {"type": "websocket.close", "code": reply.code, "reason": reply.reason}
-    if isinstance(reply, Accept):
-        return ACCEPT, reply
-    if isinstance(reply, Join):
-        return JOIN, tuple(reply.groups)
-    return LEAVE, tuple(reply.groups)
 
 
 class Connection:
@@ -98,6 +78,7 @@ class Connection:
         "send",
         "span",
         "subprotocols",
+        "writer",
     )
 
     def __init__(
@@ -121,8 +102,10 @@ class Connection:
         self.reply_channel = ""
         self.order = 0
         self.groups: set[str] | None = None
-        self.backlog: list[dict[str, Any]] | None = None
-        """Group messages waiting for a slow socket (see groups.send_eagerly)."""
+        self.backlog: list[Decoded] | None = None
+        """Group messages waiting for this socket's writer (see groups.queue_write)."""
+        self.writer: asyncio.Task[None] | None = None
+        """The task writing ``backlog``, while there is one (kept: the loop holds tasks weakly)."""
         self.accepted = False
         self.closed = False
         self.budget = budget or FrameBudget()
@@ -306,8 +289,6 @@ async def handle_websocket(
     edge: EdgeApp, scope: dict[str, Any], receive: Receive, send: AsgiSend
 ) -> None:
     """The ASGI handler of one WebSocket connection."""
-    from .app import Request  # app imports this module
-
     if (await receive())["type"] != "websocket.connect":
         return
     found = edge.routes.match_websocket(scope["path"])

@@ -21,12 +21,12 @@ from svcbus import (
     ConfigurationError,
     Context,
     DeadLetter,
-    Delivery,
     Durability,
     Layer,
     Runtime,
     Service,
 )
+from svcbus.durable import Delivery
 from svcbus.envelope import encode_plain, now_ms
 
 pytestmark = pytest.mark.anyio

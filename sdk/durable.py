@@ -133,6 +133,6 @@ def message_id_of(data: bytes) -> str | None:
 def not_durable_here(system: str) -> ConfigurationError:
     """The error of a layer that has no durable channels yet."""
     return ConfigurationError(
-        f"durable channels are not available on {system}:// yet; use nats:// or memory:// "
+        f"durable channels are not available on {system}:// yet; use memory://, nats:// or redis:// "
         "for contracts declared durable=True"
     )

@@ -190,7 +190,9 @@ class DurableChannels:
             async with lock:
                 try:
                     msgs = await pull.fetch(limit, timeout=FETCH_WAIT)
-                except nats.errors.TimeoutError:
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    # nats-py raises the plain asyncio one when the wait ran out
+                    # before the request went out: nothing came, pull again.
                     continue
                 except nats.errors.Error as exc:
                     raise LayerError(f"NATS connection failed: {exc!r}") from None

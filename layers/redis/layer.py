@@ -20,11 +20,13 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from svcbus.durable import Delivery, Durability
 from svcbus.errors import ConfigurationError, InvalidChannelName, LayerError
 from svcbus.layer import Layer, LayerOptions
 from svcbus.layers._fanout import LocalGroups
 from svcbus.names import validate_channel, validate_group
 
+from .durable import DurableStreams
 from .pipe import Pipe
 from .receiving import Receivers
 from .resp import bulk, now_ms, pack
@@ -71,6 +73,8 @@ class RedisLayer(Layer):
         self._receivers = Receivers(
             self._shards, self.options, self.key_of, prefix, lambda: self._closed
         )
+        self.durable = DurableStreams(self._shards, self.options, prefix, self._token)
+        """Durable channels (``durable.py``): streams, apart from the at-most-once lists."""
         # Groups this process has members in, and until when.
         self._members = LocalGroups()
         self._acks: dict[str, asyncio.Future[None]] = {}
@@ -195,6 +199,7 @@ class RedisLayer(Layer):
                     asyncio.gather(*(s.pipe.drained.wait() for s in self._shards)), 2.0
                 )
             await self._receivers.return_unreceived(self._sender.expiry_ms)
+            await self.durable.close()
         self._closed = True
         await self._stop_tasks()
         self._receivers.close()
@@ -224,7 +229,23 @@ class RedisLayer(Layer):
         validate_channel(channel)
         if len(message) > self.options.max_message_size:
             self.options.check_size(channel, message)
+        if self.durable.settings and channel in self.durable.settings:
+            await self.durable.send(channel, message)
+            return
         await self._sender.send(channel, message)
+
+    # durable channels ---------------------------------------------------------------
+
+    async def declare_durable(self, channel: str, settings: Durability) -> None:
+        """Create ``channel``'s stream and consumer group if missing (``durable.py``)."""
+        await self._ready()
+        validate_channel(channel)
+        await self.durable.declare(channel, settings)
+
+    async def receive_durable(self, channel: str, limit: int) -> list[Delivery]:
+        if self._closed:
+            raise LayerError("this redis layer is closed; open a new one")
+        return await self.durable.receive(channel, limit)
 
     # receiving ----------------------------------------------------------------------
 

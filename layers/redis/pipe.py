@@ -13,8 +13,12 @@ from redis.exceptions import ResponseError
 from svcbus.errors import LayerError
 from svcbus.redis_wire import POP_SCRIPT, SEND_SCRIPT
 
+from .durable_wire import DURABLE_SCRIPTS
 from .resp import pack
 from .shard import RETRYABLE, Backoff, Shard, layer_error
+
+SCRIPTS = (SEND_SCRIPT, POP_SCRIPT, *DURABLE_SCRIPTS)
+"""Loaded on every new pipe connection, so EVALSHA always finds them."""
 
 HOLD_FOR = 5.0
 """Seconds pipelined sends (whose ``send`` returned) wait for an unreachable server
@@ -114,11 +118,11 @@ class Pipe:
             # Scripts are not kept across a server restart or failover: load them on
             # every new connection (EVALSHA then always finds them).
             await conn.send_packed_command(
-                pack(b"SCRIPT", b"LOAD", SEND_SCRIPT) + pack(b"SCRIPT", b"LOAD", POP_SCRIPT),
+                b"".join(pack(b"SCRIPT", b"LOAD", script) for script in SCRIPTS),
                 check_health=False,
             )
-            await conn.read_response()
-            await conn.read_response()
+            for _ in SCRIPTS:
+                await conn.read_response()
         except RETRYABLE as exc:
             if conn is not None:
                 with contextlib.suppress(Exception):

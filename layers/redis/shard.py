@@ -57,9 +57,17 @@ class Backoff:
         self.delay = self.FIRST
 
 
+class Unreachable(LayerError):
+    """A command that got no answer because its server could not be reached.
+
+    The command may or may not have run; durable sends repeat it (their message
+    id makes that safe), other callers see a plain LayerError.
+    """
+
+
 def layer_error(shard: Shard, exc: BaseException, what: str) -> LayerError:
     """The LayerError a caller sees when ``shard`` cannot be reached."""
-    return LayerError(
+    return Unreachable(
         f"{what}: redis at {shard.name} is unreachable ({exc}). Is redis-server running "
         "and the layer URL right? The layer reconnects by itself; retry later"
     )

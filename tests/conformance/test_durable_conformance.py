@@ -3,8 +3,8 @@
 At least once (README "Delivery guarantees"): stored on send, acknowledged after
 the handler, retried after a failure with the attempt number, dead-lettered
 after the last attempt, redelivered after ``ack_wait`` when a receiver vanished
-without settling, deduplicated by message id, bounded by capacity. Redis has no
-durable channels yet: it must refuse them with a clear error.
+without settling, deduplicated by message id, bounded by capacity. Every layer
+passes it: memory (in process), NATS (JetStream), Redis (Streams).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import pytest
 from svcbus import (
     Bus,
     ChannelFull,
-    ConfigurationError,
     Context,
     DeadLetter,
     Durability,
@@ -31,15 +30,12 @@ from svcbus.envelope import encode_plain, now_ms
 
 pytestmark = pytest.mark.anyio
 
-REDIS_REASON = "durable channels are not available on redis:// yet"
 QUICK = Durability(max_attempts=3, backoff_first=0.2, backoff_max=0.4, ack_wait=1.0)
 
 
 @pytest.fixture
-def durable_layers(make_layer, layer_url: str):
-    """``make_layer``, for layers that have durable channels (Redis: skipped, see below)."""
-    if layer_url.startswith("redis"):
-        pytest.skip(f"{REDIS_REASON} (Redis Streams are phase 2 of issue 14)")
+def durable_layers(make_layer):
+    """``make_layer``: every layer has durable channels."""
     return make_layer
 
 
@@ -60,14 +56,6 @@ async def nothing(layer: Layer, channel: str, seconds: float) -> None:
     with anyio.move_on_after(seconds):
         got = await layer.receive_durable(channel, 1)
         pytest.fail(f"expected nothing on {channel} yet, got {got[0].data!r}")
-
-
-async def test_redis_refuses_durable_channels(make_layer, layer_url: str, uniq):
-    if not layer_url.startswith("redis"):
-        pytest.skip("only layers without durable channels refuse them")
-    layer = await make_layer()
-    with pytest.raises(ConfigurationError, match=REDIS_REASON):
-        await layer.declare_durable(uniq("orders"), QUICK)
 
 
 async def test_acknowledged_message_is_not_redelivered(durable_layers, uniq):

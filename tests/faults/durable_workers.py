@@ -1,7 +1,7 @@
 """A durable worker service for the durable fault test (``svc run faults.durable_workers``).
 
 Every tenth item fails its first two attempts; each handled item is confirmed on
-``durable.fault.done`` with the worker's pid and the attempt that succeeded.
+the durable ``durable.fault.done`` with the worker's pid and the attempt that succeeded.
 """
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ class FaultItem(Contract, channel="durable.fault.item", durable=SETTINGS):
     """A numbered work item."""
 
     n: int
+
+
+class FaultDone(Contract, channel="durable.fault.done", durable=SETTINGS):
+    """A handled item, confirmed durably: a server restart must not lose the books either."""
+
+    n: int
+    pid: int
+    a: int
 
 
 service = Service("durable-fault-workers")

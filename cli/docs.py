@@ -114,8 +114,8 @@ def docs(
         files[out_dir / "asyncapi.json"] = to_json(document)
         files[out_dir / "asyncapi.yaml"] = to_yaml(document)
     if "html" in chosen:
-        for path, text in render_site(system, document).items():
-            files[out_dir / "html" / path] = text
+        for page, text in render_site(system, document).items():
+            files[out_dir / "html" / page] = text
     if "markdown" in chosen:
         files[out_dir / "README.md"] = render_markdown(system, document)
 

@@ -86,7 +86,8 @@ async def _redis(url: str, bare: str, prefix: str) -> Status:
             groups.setdefault(name, {"group": name, "channels": 0, "processes": 0})
             groups[name]["channels"] = await client.zcard(key)
         for channel in await client.pubsub_channels(f"{prefix}:g:*"):
-            name = channel.decode().split(":g:", 1)[1]
+            text = channel.decode() if isinstance(channel, bytes) else channel
+            name = text.split(":g:", 1)[1]
             groups.setdefault(name, {"group": name, "channels": 0, "processes": 0})
             groups[name]["processes"] = dict(await client.pubsub_numsub(channel)).get(channel, 0)
         snapshot.groups = sorted(groups.values(), key=lambda g: g["group"])
@@ -110,7 +111,7 @@ async def _nats(url: str, bare: str, prefix: str) -> Status:
         js = nc.jetstream()
         head = f"{prefix}_ch_"
         for info in await js.streams_info():
-            name = info.config.name
+            name = info.config.name or ""
             if not name.startswith(head):
                 continue
             snapshot.channels.append(

@@ -52,7 +52,9 @@ class StatsUpdated(Contract, version=1):
     wants every update, and a named channel that nobody consumes would fill up.
     """
 
-    type: Literal["stats"] = Field("stats", description="Frame type for the page: always 'stats'.")
+    type: Literal["stats"] = Field(
+        default="stats", description="Frame type for the page: always 'stats'."
+    )
     stats: RoomStats
     at: Timestamp
 

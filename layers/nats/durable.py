@@ -125,7 +125,7 @@ class DurableChannels:
                     raise
                 # Made with other settings (capacity, replicas): the declaring side's win.
                 await js.update_stream(config)
-            await js.add_consumer(config.name, consumer)  # creates or updates
+            await js.add_consumer(self.stream(channel), consumer)  # creates or updates
         except nats.errors.NoRespondersError:
             raise LayerError(
                 "JetStream is not enabled on the NATS server: start nats-server with -js "

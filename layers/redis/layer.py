@@ -102,6 +102,11 @@ class RedisLayer(Layer):
         return self._receivers.dropped
 
     @property
+    def connected(self) -> bool:
+        """Whether :meth:`connect` has succeeded (and the layer is not closed)."""
+        return self._connected and not self._closed
+
+    @property
     def reconnects(self) -> int:
         """How many outages this layer noticed, over all its servers."""
         return sum(shard.epoch for shard in self._shards)
@@ -147,7 +152,7 @@ class RedisLayer(Layer):
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._connected:
+            if self.connected:  # another task connected while this one waited for the lock
                 return
             try:
                 for shard in self._shards:

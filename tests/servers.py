@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 __all__ = [
     "NATS_URL_ENV",
     "REDIS_URL_ENV",
+    "NatsCluster",
     "NatsServer",
     "ProvidedServer",
     "RedisServer",
@@ -54,6 +55,7 @@ __all__ = [
     "find_redis_server",
     "free_port",
     "nats_url_from_env_or_start",
+    "probe_jetstream",
     "probe_nats",
     "probe_redis",
     "redis_url_from_env_or_start",
@@ -144,6 +146,39 @@ def probe_nats(host: str, port: int, timeout: float = 1.0) -> dict[str, Any]:
         raise ConnectionError(f"expected an INFO line, got {line[:80]!r}")
     info: dict[str, Any] = json.loads(line[5:])
     return info
+
+
+def probe_jetstream(host: str, port: int, timeout: float = 1.0) -> dict[str, Any]:
+    """Ask the server for ``$JS.API.INFO`` over raw TCP and return the answer.
+
+    On a cluster the answer comes only once JetStream has a meta leader (before
+    that: no answer, or an error answer), so a success means "streams can be made".
+    Raises ``OSError`` when JetStream cannot answer yet.
+    """
+    inbox = f"_INBOX.probe{uuid.uuid4().hex[:12]}"
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        _recv_until(sock, b"\r\n")  # INFO
+        sock.sendall(
+            b'CONNECT {"verbose":false,"pedantic":false,"headers":false}\r\n'
+            + f"SUB {inbox} 1\r\nPUB $JS.API.INFO {inbox} 0\r\n\r\n".encode()
+        )
+        buf = b""
+        while b"MSG " not in buf or not buf.split(b"MSG ", 1)[1].count(b"\r\n") >= 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed before the JetStream answer")
+            buf += chunk
+            if buf.startswith(b"PING"):
+                sock.sendall(b"PONG\r\n")
+            if b"-ERR" in buf:
+                raise ConnectionError(buf.decode("utf-8", "replace")[:200])
+    head, rest = buf.split(b"MSG ", 1)[1].split(b"\r\n", 1)
+    size = int(head.split()[-1])
+    answer: dict[str, Any] = json.loads(rest[:size])
+    if "error" in answer:
+        raise ConnectionError(f"JetStream not ready: {answer['error']}")
+    return answer
 
 
 def probe_redis(host: str, port: int, timeout: float = 1.0) -> dict[str, str]:
@@ -435,6 +470,128 @@ class NatsServer(_ManagedServer):
     def __enter__(self) -> NatsServer:
         self.start()
         return self
+
+
+class ClusterNode(NatsServer):
+    """One ``nats-server -js`` of a :class:`NatsCluster`: its routes go to the other nodes."""
+
+    def __init__(
+        self, binary: str, *, cluster_name: str, cluster_port: int, route_ports: list[int]
+    ) -> None:
+        super().__init__(binary)
+        self.cluster_name = cluster_name
+        self.cluster_port = cluster_port
+        self.route_ports = route_ports
+
+    def _command(self) -> list[str]:
+        routes = ",".join(f"nats://{self.host}:{port}" for port in self.route_ports)
+        return [
+            *super()._command(),
+            "--cluster_name",
+            self.cluster_name,
+            "--cluster",
+            f"nats://{self.host}:{self.cluster_port}",
+            "--routes",
+            routes,
+        ]
+
+
+class NatsCluster:
+    """Three ``nats-server -js`` processes routed into one JetStream cluster on loopback.
+
+    Each node has its own store dir and keeps its ports across :meth:`kill` /
+    :meth:`start`, so clients and routes find it again. Ready means every running
+    node answers and JetStream has a meta leader (``$JS.API.INFO`` answers).
+    """
+
+    size = 3
+
+    def __init__(self, binary: str | None = None, *, start_timeout: float = 15.0) -> None:
+        found = binary or find_nats_server()
+        if found is None:
+            raise ServerUnavailable("no nats-server binary found")
+        self.start_timeout = start_timeout
+        name = f"svcbus-test-{uuid.uuid4().hex[:8]}"
+        cluster_ports = [free_port() for _ in range(self.size)]
+        self.nodes = [
+            ClusterNode(
+                found,
+                cluster_name=name,
+                cluster_port=port,
+                route_ports=[p for p in cluster_ports if p != port],
+            )
+            for port in cluster_ports
+        ]
+
+    @property
+    def ports(self) -> list[int]:
+        """Client ports of the nodes, in node order."""
+        return [node.port for node in self.nodes]
+
+    @property
+    def urls(self) -> str:
+        """Seed URL of all nodes: ``nats://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3``."""
+        return self.url_from(0)
+
+    def url_from(self, first: int) -> str:
+        """Seed URL listing node ``first`` first, then the others in node order."""
+        order = [first] + [i for i in range(self.size) if i != first]
+        return "nats://" + ",".join(f"{LOCALHOST}:{self.nodes[i].port}" for i in order)
+
+    def start(self, index: int | None = None) -> None:
+        """Start node ``index`` (all nodes when None) and wait until JetStream is ready."""
+        chosen = range(self.size) if index is None else [index]
+        deadline = time.monotonic() + self.start_timeout
+        # Start every process before waiting on any: a node's JetStream needs its peers.
+        for i in chosen:
+            node = self.nodes[i]
+            node.start_timeout = max(0.5, deadline - time.monotonic())
+            node.start()
+        self.wait_ready(max(0.5, deadline - time.monotonic()))
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until every running node's ``$JS.API.INFO`` answers (a meta leader exists)."""
+        running = [node for node in self.nodes if node.running]
+        if not running:
+            raise ServerStartError("no node of the cluster is running")
+
+        def probe() -> None:
+            for node in running:
+                probe_jetstream(node.host, node.port)
+
+        try:
+            _wait_ready(probe, timeout, "JetStream meta leader of the cluster")
+        except ServerStartError as exc:
+            tails = "\n".join(f"--- {n.server_name} ---\n{n.log_tail(15)}" for n in self.nodes)
+            raise ServerStartError(f"{exc}\n{tails}") from None
+
+    def kill(self, index: int) -> None:
+        """``kill -9`` node ``index`` (its store dir and ports stay for :meth:`start`)."""
+        self.nodes[index].kill()
+
+    def index_of(self, server_name: str) -> int:
+        """The node whose ``-n`` server name is ``server_name``."""
+        for i, node in enumerate(self.nodes):
+            if node.server_name == server_name:
+                return i
+        raise KeyError(server_name)
+
+    def close(self) -> None:
+        """Stop every node and delete their store dirs. Idempotent."""
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> NatsCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class RedisServer(_ManagedServer):

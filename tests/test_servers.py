@@ -291,3 +291,17 @@ def test_redis_server_fixture_can_restart(redis_server: RedisServer) -> None:
     redis_server.restart()
     assert redis_server.port == port
     probe_redis("127.0.0.1", port)
+
+
+@needs_nats_binary
+def test_nats_cluster_has_a_jetstream_leader_through_every_node_and_survives_a_kill() -> None:
+    with servers.NatsCluster() as cluster:
+        assert cluster.urls == "nats://" + ",".join(f"127.0.0.1:{p}" for p in cluster.ports)
+        for port in cluster.ports:
+            assert servers.probe_jetstream("127.0.0.1", port)["api"]["errors"] == 0
+        cluster.kill(0)
+        cluster.wait_ready(10)  # two of three keep a meta leader
+        with pytest.raises(OSError):
+            servers.probe_jetstream("127.0.0.1", cluster.ports[0])
+        cluster.start(0)  # same ports, same store dir
+        assert servers.probe_jetstream("127.0.0.1", cluster.ports[0])["api"]["errors"] == 0

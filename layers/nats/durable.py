@@ -25,7 +25,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 from svcbus.durable import Delivery, Durability, message_id_of
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, LayerError
@@ -40,8 +40,17 @@ WORKERS = "workers"
 FETCH_WAIT = 1.0
 """Seconds one pull request waits at the server; a waiting receiver renews it."""
 
+LEADERLESS_LIMIT = 30.0
+"""Seconds a receiver keeps pulling while no consumer leader answers (503) before it fails."""
+
 PUBLISH_TRIES = 3
-"""Publishes of one message while no storage confirmation comes back (same id: stored once)."""
+"""A publish waits at most ``ack_timeout / PUBLISH_TRIES`` for its answer before the next try."""
+
+RETRY_PAUSE = 0.1
+"""Seconds between two publishes of one message that no stream answered (same id)."""
+
+NO_ANSWER = (nats.errors.TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError)
+"""Publish failures after which the message may or may not be stored: publish it again."""
 
 
 class NatsDelivery(Delivery):
@@ -141,40 +150,51 @@ class DurableChannels:
         self.settings[channel] = settings
 
     async def send(self, channel: str, message: bytes) -> None:
-        """Publish and return once JetStream confirmed it stored ``message``."""
+        """Publish and return once JetStream confirmed it stored ``message``.
+
+        Without an answer (a reconnect, a stream leader election: a 503 or a
+        timeout) it publishes again with the same id until ``ack_timeout`` has
+        passed; the duplicate window stores the message once.
+        """
         js = (await self._conn.client()).jetstream()
         message_id = message_id_of(message)
         headers = {"Nats-Msg-Id": message_id} if message_id is not None else None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_timeout
         error: BaseException | None = None
-        for _ in range(PUBLISH_TRIES):
+        while (left := deadline - loop.time()) > 0:
+            tried = loop.time()
             try:
                 await js.publish(
                     self.subject(channel),
                     message,
-                    timeout=self.ack_timeout / PUBLISH_TRIES,
+                    timeout=min(left, self.ack_timeout / PUBLISH_TRIES),
                     stream=self.stream(channel),
                     headers=headers,
                 )
                 return
             except APIError as exc:
-                if exc.err_code in STREAM_FULL_CODES:
-                    raise ChannelFull(
-                        f"durable channel {channel!r} holds {self._options.capacity_for(channel)} "
-                        "unacknowledged messages (its capacity); its consumers are behind: retry "
-                        "later or raise channel_capacity"
-                    ) from None
-                raise LayerError(f"JetStream refused a message for {channel!r}: {exc}") from None
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-                # No answer (a reconnect, a stream leader election): publish again with
-                # the same id; the duplicate window stores it once.
+                raise self._refused(channel, exc) from None
+            except NO_ANSWER as exc:
                 error = exc
             except nats.errors.Error as exc:
                 raise LayerError(f"NATS connection failed: {exc!r}") from None
+            # A 503 comes back at once: give the election a moment before the next try.
+            await asyncio.sleep(max(0.0, min(RETRY_PAUSE - (loop.time() - tried), left)))
         raise LayerError(
             f"JetStream did not confirm storing a message for {channel!r} within "
             f"{self.ack_timeout:g}s ({error!r}); it may be stored: sending the same message id "
             "again is safe within the duplicate window"
         )
+
+    def _refused(self, channel: str, exc: APIError) -> ChannelFull | LayerError:
+        if exc.err_code in STREAM_FULL_CODES:
+            return ChannelFull(
+                f"durable channel {channel!r} holds {self._options.capacity_for(channel)} "
+                "unacknowledged messages (its capacity); its consumers are behind: retry "
+                "later or raise channel_capacity"
+            )
+        return LayerError(f"JetStream refused a message for {channel!r}: {exc}")
 
     async def receive(self, channel: str, limit: int) -> list[Delivery]:
         """Wait for deliveries from the shared ``workers`` consumer; up to ``limit``."""
@@ -184,6 +204,7 @@ class DurableChannels:
             )
         pull = await self._pull(channel)
         lock = self._fetching[channel]
+        leaderless_since: float | None = None
         while True:
             # One pull subscription per channel and process: its fetches share an
             # inbox, so the process's workers take turns (handling stays concurrent).
@@ -192,13 +213,31 @@ class DurableChannels:
                     msgs = await pull.fetch(limit, timeout=FETCH_WAIT)
                 except (nats.errors.TimeoutError, asyncio.TimeoutError):
                     # nats-py raises the plain asyncio one when the wait ran out
-                    # before the request went out: nothing came, pull again.
+                    # before the request went out (seen on a cluster): nothing came,
+                    # pull again.
                     continue
+                except ServiceUnavailableError:
+                    msgs = None
                 except nats.errors.Error as exc:
                     raise LayerError(f"NATS connection failed: {exc!r}") from None
+            if msgs is None:
+                # 503 to a pull: no consumer leader answers. On a cluster that is a
+                # node's death and the election after it (a few seconds), or our
+                # reconnect to another node: pull again, outside the lock.
+                leaderless_since = leaderless_since or asyncio.get_running_loop().time()
+                await self._wait_for_leader(channel, leaderless_since)
+                continue
             # A message fetched after a cancelled wait stays in the subscription's
             # queue: the next fetch returns it first.
             return [NatsDelivery(msg) for msg in msgs]
+
+    async def _wait_for_leader(self, channel: str, since: float) -> None:
+        if asyncio.get_running_loop().time() - since > LEADERLESS_LIMIT:
+            raise LayerError(
+                f"no JetStream consumer leader for durable channel {channel!r} answered for "
+                f"{LEADERLESS_LIMIT:g}s: are enough cluster nodes up for its replicas?"
+            )
+        await asyncio.sleep(FETCH_WAIT / 4)
 
     async def _pull(self, channel: str) -> JetStreamContext.PullSubscription:
         pull = self._pulls.get(channel)

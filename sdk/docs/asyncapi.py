@@ -23,6 +23,7 @@ cleanly.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
@@ -76,6 +77,9 @@ def build_document(system: System) -> dict[str, Any]:
             entry["messages"] = {key: {"$ref": f"#/components/messages/{key}"}}
             entry["summary"] = _summary(chan.contract)
         entry.update(transport_bindings(name, prefixes))
+        durable = durable_extension(chan.contract)
+        if durable is not None:
+            entry["x-svcbus-durable"] = durable
         if chan.routes:
             entry["x-svcbus-routes"] = [
                 {"kind": r.kind, "path": r.path, **({"detail": r.detail} if r.detail else {})}
@@ -280,6 +284,29 @@ def server_entries(urls: list[str]) -> list[tuple[str, dict[str, Any]]]:
         used.add(server_id)
         entries.append((server_id, server))
     return entries
+
+
+def durable_extension(contract: type[Contract] | None) -> dict[str, Any] | None:
+    """The ``x-svcbus-durable`` object of a durable contract's channel, or None.
+
+    Every setting of :class:`~svcbus.durable.Durability`, seconds as numbers, with
+    the dead-letter channel resolved, so readers (and ``svc contracts check``)
+    need no defaults of their own.
+    """
+    settings = getattr(contract, "__durability__", None) if contract is not None else None
+    if settings is None:
+        return None
+    found: dict[str, Any] = {"delivery": "at-least-once", **dataclasses.asdict(settings)}
+    found["dead_letter"] = settings.dead_letter_channel(contract.__channel__)  # type: ignore[union-attr]
+    return found
+
+
+def durable_summary(durable: dict[str, Any]) -> str:
+    """One line for HTML and Markdown: the settings a reader acts on."""
+    return (
+        f"at least once: {durable['max_attempts']} attempts, ack wait {durable['ack_wait']:g}s, "
+        f"dead letters to {durable['dead_letter']}, {durable['replicas']} replica(s)"
+    )
 
 
 def transport_prefixes(urls: list[str]) -> dict[str, str]:

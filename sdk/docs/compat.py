@@ -208,6 +208,8 @@ class ChannelView:
     description: str = ""
     messages: dict[str, MessageView] = field(default_factory=dict)
     replies: dict[str, MessageView] = field(default_factory=dict)
+    durable: bool = False
+    """Whether the channel carries ``x-svcbus-durable`` (at least once)."""
 
 
 def _follow(document: dict[str, Any], node: Any) -> Any:
@@ -265,6 +267,7 @@ def channels_of(document: dict[str, Any]) -> dict[str, ChannelView]:
             name=name,
             description=str(channel.get("description") or ""),
             messages=_messages(document, channel),
+            durable=isinstance(channel.get("x-svcbus-durable"), dict),
         )
     for reply_id, request_id in reply_ids.items():
         request_name = ids_to_name.get(request_id)
@@ -298,10 +301,21 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> Report:
             changes.append(
                 Change(name, "description-changed", "channel description changed", OK, OK)
             )
+        changes += _durability(name, before, after)
         differ.messages(before.messages, after.messages, reply=False)
         differ.replies(before, after)
         changes += differ.changes
     return Report(changes)
+
+
+def _durability(name: str, before: ChannelView, after: ChannelView) -> list[Change]:
+    """Durability off breaks both sides: senders lose "stored on send", consumers retries."""
+    if before.durable and not after.durable:
+        detail = "durability turned off: messages are at most once now (no storage, no retries)"
+        return [Change(name, "durability-removed", detail, BREAK, BREAK)]
+    if after.durable and not before.durable:
+        return [Change(name, "durability-added", "durability turned on (at least once)", OK, OK)]
+    return []
 
 
 class _Differ:

@@ -14,7 +14,7 @@ from html import escape
 from typing import Any
 
 from . import svg
-from .asyncapi import REPLY_SUFFIX, channel_message
+from .asyncapi import REPLY_SUFFIX, channel_message, durable_extension, durable_summary
 from .collect import ChannelDoc, System
 from .fields import FieldRow, rows
 
@@ -152,6 +152,9 @@ def channel_page(system: System, chan: ChannelDoc, document: dict[str, Any]) -> 
     ]
     if chan.reply is not None:
         facts.append(("Reply", escape(f"{chan.reply.__contract_name__} v{chan.reply.__version__}")))
+    durable = durable_extension(chan.contract)
+    if durable is not None:
+        facts.append(("Durable", escape(durable_summary(durable))))
     if chan.routes:
         routes = [
             f"{escape(r.kind)} <code>{escape(r.path)}</code> {escape(r.detail)}".strip()

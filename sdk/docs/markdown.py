@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .asyncapi import REPLY_SUFFIX, channel_message
+from .asyncapi import REPLY_SUFFIX, channel_message, durable_extension, durable_summary
 from .collect import ChannelDoc, System
 from .fields import FieldRow, rows
 from .svg import edges
@@ -123,6 +123,9 @@ def _channel_section(chan: ChannelDoc, document: dict[str, Any]) -> list[str]:
         out.append(
             f"- **Reply:** {text(f'{chan.reply.__contract_name__} v{chan.reply.__version__}')}"
         )
+    durable = durable_extension(chan.contract)
+    if durable is not None:
+        out.append(f"- **Durable:** {text(durable_summary(durable))}")
     for route in chan.routes:
         out.append(
             f"- **Edge route:** {text(route.kind)} {code(route.path)} {text(route.detail)}".rstrip()

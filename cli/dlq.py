@@ -107,7 +107,10 @@ def nats_only(url: str) -> None:
             "process (bus.layer.receive_durable('<channel>.dlq', n)); svc dlq reads nats:// servers"
         )
     if scheme.startswith("redis"):
-        fail("svc dlq is not available on redis:// yet (durable Redis channels are being built)")
+        fail(
+            "svc dlq is not available on redis:// yet: read a dead-letter channel's stream "
+            "with redis-cli (XRANGE <prefix>:d:<channel>.dlq - +) meanwhile"
+        )
     if scheme not in ("nats", "tls"):
         fail(f"svc dlq reads nats:// layers, not {scheme}://")
 

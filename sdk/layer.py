@@ -38,7 +38,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .durable import Delivery, Durability, not_durable_here
 from .errors import ConfigurationError, MessageTooLarge
@@ -192,6 +192,26 @@ LAYER_SCHEMES: dict[str, str] = {
 }
 
 _OPTION_TYPES = {f.name: f.type for f in fields(LayerOptions)}
+
+
+def keep_options(url: str, base: str) -> str:
+    """``url`` plus the common options (``capacity``, ``channel_capacity``...) of ``base``
+    that ``url`` does not set itself.
+
+    A layer URL given on the command line replaces an application's layer, but the
+    channel settings the application chose (capacities, expiry) belong to it, not to
+    the server address: they carry over unless the command line sets them too.
+    """
+    given = {key for key, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+    kept = [
+        (key, value)
+        for key, value in parse_qsl(urlsplit(base).query, keep_blank_values=True)
+        if key in _OPTION_TYPES and key not in given
+    ]
+    if not kept:
+        return url
+    extra = urlencode(kept, safe=":,*.")
+    return f"{url}{'&' if '?' in url else '?'}{extra}"
 
 
 def split_options(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bus import Bus
 from ..errors import ConfigurationError
-from ..layer import Layer
+from ..layer import Layer, keep_options
 from ..references import resolve
 from .app import EdgeApp
 from .routing import Routes
@@ -26,7 +26,8 @@ def load_edge(ref: str, layer: str | Layer | Bus | None = None) -> EdgeApp:
     """The edge ``ref`` (``module:attribute``) names: a Routes table, an EdgeApp or a factory.
 
     A Routes table gets an :class:`EdgeApp` with default security and limits;
-    ``layer`` (if given) replaces the app's layer.
+    ``layer`` (if given) replaces the app's layer; a URL keeps the app's common
+    options it does not set itself (:func:`svcbus.layer.keep_options`).
     """
     found: Any = resolve(ref, example="myapp.routing:routes")
     if callable(found) and not isinstance(found, EdgeApp | Routes):
@@ -34,7 +35,10 @@ def load_edge(ref: str, layer: str | Layer | Bus | None = None) -> EdgeApp:
     if isinstance(found, Routes):
         return EdgeApp(found, layer=layer if layer is not None else "memory://")
     if isinstance(found, EdgeApp):
-        if layer is not None:
+        if isinstance(layer, str) and isinstance(found.layer, str):
+            # The app's channel settings (capacity patterns...) stay; the address changes.
+            found.layer = keep_options(layer, found.layer)
+        elif layer is not None:
             found.layer = layer
         return found
     raise ConfigurationError(

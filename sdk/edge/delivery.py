@@ -124,19 +124,17 @@ class Delivery:
                 return DELIVERED
             return await self._confirmed(ticket, deadline)
 
-    def doubt(self, error: BaseException, tickets: list[asyncio.Future[int]] | None = None) -> None:
-        """A flush reported losses among ``tickets`` (default: every unconfirmed frame).
+    def doubt(self, error: BaseException) -> None:
+        """A flush (or shutdown) reported losses: settle the frames not yet confirmed.
 
         ``MessagesLost`` that names a channel dooms only the frames sent to it,
         with 1013 when it was a full channel; any other error all of them, 1011.
         """
         channel = error.channel if isinstance(error, MessagesLost) else None
         code = TRY_AGAIN_LATER if channel is not None else INTERNAL_ERROR
-        for ticket in list(self._unconfirmed) if tickets is None else tickets:
-            target = self._unconfirmed.get(ticket)
-            if target is None or (channel is not None and target != channel):
-                continue
-            self._settle(ticket, code)
+        for ticket, target in list(self._unconfirmed.items()):
+            if channel is None or target == channel:
+                self._settle(ticket, code)
 
     async def close(self) -> None:
         """Stop confirming (edge shutdown); frames still waiting are settled as failed."""

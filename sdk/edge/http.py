@@ -191,9 +191,8 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
 
     A full channel means the request was not queued, so any request may be
     sent again; a broken connection may have carried it, so only safe methods
-    are. The error may also report other clients' earlier sends (pipelining
-    layers report late): the edge's delivery settles those, and this request,
-    which was not sent, is retried rather than failed for them.
+    are. A send's error is about that send only (layers report earlier losses
+    from ``flush``).
     """
     limits = edge.limits
     deadline = time.monotonic() + min(limits.accept_timeout, limits.request_timeout)

@@ -25,7 +25,7 @@ from svcbus.names import validate_group
 from .config import Subjects
 from .connection import Connection
 from .losses import Losses
-from .wire import as_error, connection_error, round_trip, too_large, wake
+from .wire import as_error, connection_error, round_trip, too_large, wait_turn, wake
 
 
 class Local:
@@ -163,7 +163,7 @@ class ProcessChannels:
             if batch:
                 return batch
             try:
-                await self._wait(box)
+                await wait_turn(box.waiters, box.items)
             finally:
                 if not box.items and not box.waiters and locals_.get(channel) is box:
                     del locals_[channel]
@@ -184,21 +184,6 @@ class ProcessChannels:
             elif not items and not box.waiters:
                 del self.locals[channel]
         return batch
-
-    @staticmethod
-    async def _wait(box: Local) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        box.waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                if box.items:
-                    wake(box.waiters)  # hand our wake-up to the next receiver
-            else:
-                with contextlib.suppress(ValueError):
-                    box.waiters.remove(waiter)
-            raise
 
     def sweep(self, now: float) -> None:
         """Drop expired messages, and buffers nobody uses."""

@@ -27,7 +27,7 @@ from .connection import Connection
 from .losses import Losses
 from .publisher import Outgoing, Publisher
 from .streams import Streams
-from .wire import connection_error, unsubscribe, wake
+from .wire import connection_error, unsubscribe, wait_turn, wake
 
 log = logging.getLogger("svcbus.layers.nats")
 
@@ -152,26 +152,19 @@ class Receivers:
         return batch
 
     async def _wait(self, box: Inbox, limit: int) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        box.waiters.append(waiter)
         box.demand += limit
         try:
-            if not box.listening and self.live:
-                await self._listen(box)
-            await self._pull(box)
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                if box.items:
-                    wake(box.waiters)  # hand our wake-up to the next receiver
-            else:
-                with contextlib.suppress(ValueError):
-                    box.waiters.remove(waiter)
-            raise
+            await wait_turn(box.waiters, box.items, lambda: self._ask(box))
         finally:
             box.demand -= limit
             if not box.demand:
                 box.idle_since = time.monotonic()
+
+    async def _ask(self, box: Inbox) -> None:
+        """A receiver is about to wait: listen live (if not yet) and pull from the stream."""
+        if not box.listening and self.live:
+            await self._listen(box)
+        await self._pull(box)
 
     async def _open(self, channel: str) -> Inbox:
         box = self.inboxes.get(channel)

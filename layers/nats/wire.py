@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
+from collections.abc import Awaitable, Callable, Sized
 from typing import Any
 
 import nats.errors
@@ -95,6 +96,33 @@ def connection_error(exc: BaseException) -> LayerError:
 def as_error(exc: BaseException) -> Exception:
     """``exc`` fit for a future that others await (cancellation becomes a LayerError)."""
     return exc if isinstance(exc, Exception) else LayerError("cancelled")
+
+
+async def wait_turn(
+    waiters: deque[asyncio.Future[None]],
+    items: Sized,
+    prepare: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Queue up behind ``waiters`` until :func:`wake` says ``items`` has something.
+
+    ``prepare`` runs once the waiter is queued (ask the server for messages). A
+    cancelled wait never swallows a wake-up: one that came already is handed to
+    the next waiter, so no message is left with nobody woken for it.
+    """
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        if prepare is not None:
+            await prepare()
+        await waiter
+    except BaseException:
+        if waiter.done() and not waiter.cancelled():
+            if items:
+                wake(waiters)  # hand our wake-up to the next receiver
+        else:
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+        raise
 
 
 def wake(waiters: deque[asyncio.Future[None]]) -> None:

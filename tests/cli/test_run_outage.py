@@ -68,6 +68,26 @@ def server(request):
     return request.getfixturevalue(f"{request.param}_server")
 
 
+def stop_service(service: subprocess.Popen[str]) -> str:
+    """SIGTERM ``svc run`` (if still running) and return the rest of its stderr."""
+    if service.poll() is None:
+        service.send_signal(signal.SIGTERM)
+    try:
+        _, rest = service.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        service.kill()
+        _, rest = service.communicate()
+    return rest
+
+
+def warning_lines(output: str, service: subprocess.Popen[str], tries: int) -> list[str]:
+    """The WARNING and ERROR lines of ``output``, printed with how the run went."""
+    warnings = [line for line in output.splitlines() if " WARNING " in line or " ERROR " in line]
+    print(f"requests until served again: {tries}; exit {service.returncode}; warning lines:")
+    print("\n".join(warnings))
+    return warnings
+
+
 def test_svc_run_survives_its_server_crashing_and_restarting(server):
     url = server.url
     service = start_service(url)
@@ -82,17 +102,9 @@ def test_svc_run_survives_its_server_crashing_and_restarting(server):
         assert reply == "AFTER"
         assert service.poll() is None
     finally:
-        if service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-        try:
-            _, rest = service.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            _, rest = service.communicate()
+        rest = stop_service(service)
     output = "".join(early) + rest
-    warnings = [line for line in output.splitlines() if " WARNING " in line or " ERROR " in line]
-    print(f"requests until served again: {tries}; exit {service.returncode}; warning lines:")
-    print("\n".join(warnings))
+    warnings = warning_lines(output, service, tries)
     assert service.returncode == 0, output
     assert "Traceback" not in output
     assert 1 <= len(warnings) <= 10, output
@@ -118,17 +130,9 @@ def test_svc_run_retries_receives_that_redis_refuses(redis_server):
         assert reply == "AFTER"
     finally:
         raw.close()
-        if service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-        try:
-            _, rest = service.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            _, rest = service.communicate()
+        rest = stop_service(service)
     output = "".join(early) + rest
-    warnings = [line for line in output.splitlines() if " WARNING " in line or " ERROR " in line]
-    print(f"requests until served again: {tries}; exit {service.returncode}; warning lines:")
-    print("\n".join(warnings))
+    warnings = warning_lines(output, service, tries)
     assert service.returncode == 0, output
     assert "Traceback" not in output
     # The Redis layer itself keeps its receivers waiting and retries the pop, saying

@@ -12,7 +12,9 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,6 +50,20 @@ class Books:
         assert not stray, f"{len(stray)} delivered that no send accepted: {sorted(stray)[:10]}"
         assert self.duplicates == 0, self.summary()
         assert self.unreported <= 0, self.summary()
+
+
+def stop(processes: Iterable[subprocess.Popen[Any]], timeout: float = 10.0) -> None:
+    """SIGTERM every process, then wait for each (SIGKILL one that outlives ``timeout``)."""
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class ConsumerProcess:

@@ -28,6 +28,7 @@ from servers import NatsCluster
 from svcbus import Bus
 from svcbus.errors import LayerError
 
+from .books import stop as stop_processes
 from .cluster_workers import SETTINGS, ClusterItem
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats, pytest.mark.nats_cluster]
@@ -94,15 +95,7 @@ async def start_workers(bus: Bus, cluster: NatsCluster, params: str) -> list[Wor
 
 
 def stop(workers: list[Worker]) -> None:
-    for worker in workers:
-        if worker.process.poll() is None:
-            worker.process.terminate()
-    for worker in workers:
-        try:
-            worker.process.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait()
+    stop_processes(worker.process for worker in workers)
 
 
 async def send_all(bus: Bus, tally: Tally) -> None:

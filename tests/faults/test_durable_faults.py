@@ -30,6 +30,7 @@ from servers import RedisServer
 
 from svcbus import Bus
 
+from .books import stop
 from .durable_workers import SETTINGS, FaultItem
 
 pytestmark = pytest.mark.anyio
@@ -46,18 +47,6 @@ def worker_processes(url: str) -> list[subprocess.Popen[bytes]]:
     return [
         subprocess.Popen(command, cwd=TESTS, env=env, stdin=subprocess.DEVNULL) for _ in range(2)
     ]
-
-
-def stop(workers: list[subprocess.Popen[bytes]]) -> None:
-    for worker in workers:
-        if worker.poll() is None:
-            worker.terminate()
-    for worker in workers:
-        try:
-            worker.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
 
 
 class Books:

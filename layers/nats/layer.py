@@ -245,9 +245,7 @@ class NatsLayer(Layer):
                 return
         elif len(message) > self.options.max_message_size:
             self.options.check_size(channel, message)
-        if self.conn.nc is None:
-            await self.conn.open()
-        await self.sender.send(channel, message)
+        await self.sender.send(channel, message, out)
 
     async def receive(self, channel: str) -> bytes:
         return (await self.receive_many(channel, 1))[0]

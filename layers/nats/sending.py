@@ -84,9 +84,13 @@ class Sender:
 
     # sending ----------------------------------------------------------------------
 
-    async def send(self, channel: str, message: bytes) -> None:
-        """Send to the named channel ``channel`` (name and size already checked)."""
-        out = self.outgoing.get(channel) or await self._open(channel)
+    async def send(self, channel: str, message: bytes, out: Outgoing | None = None) -> None:
+        """Send to the named channel ``channel`` (name and size already checked).
+
+        ``out``: its sending state, when the caller already looked it up.
+        """
+        if out is None:
+            out = await self._open(channel)
         if (
             len(self._publisher.in_flight) >= MAX_IN_FLIGHT
             or len(self.unconfirmed) >= MAX_UNCONFIRMED
@@ -178,6 +182,9 @@ class Sender:
 
     async def _open(self, channel: str) -> Outgoing:
         """The channel's sending state, made once (with its stream) for concurrent senders."""
+        found = self.outgoing.get(channel)
+        if found is not None:
+            return found
         opening = self._opening.get(channel)
         if opening is not None:
             return await asyncio.shield(opening)

@@ -1,4 +1,5 @@
-"""`svc dlq` against a real NATS server: dead letters made by the runtime, listed, replayed, purged."""
+"""`svc dlq` against a real nats-server and redis-server: dead letters made by the runtime,
+listed, shown, replayed, purged; the same scenario and output on both."""
 
 from __future__ import annotations
 
@@ -57,9 +58,21 @@ def listed(url: str, channel: str) -> list[dict[str, object]]:
     return letters
 
 
-@pytest.mark.nats
-async def test_list_show_replay_and_purge_dead_letters(nats_url: str) -> None:
-    url = f"{nats_url}?prefix=t{uuid.uuid4().hex[:8]}"
+SERVERS = [
+    pytest.param("nats", marks=pytest.mark.nats, id="nats"),
+    pytest.param("redis", marks=pytest.mark.redis, id="redis"),
+]
+
+
+@pytest.fixture(params=SERVERS)
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A layer URL on a real server with a key/subject prefix of this test's own."""
+    base = str(request.getfixturevalue(f"{request.param}_url"))
+    return f"{base}{'&' if '?' in base else '?'}prefix=t{uuid.uuid4().hex[:8]}"
+
+
+async def test_list_show_replay_and_purge_dead_letters(server_url: str) -> None:
+    url = server_url
     channel = f"t{uuid.uuid4().hex[:8]}.orders"
     await dead_letters(url, channel, 3)
 
@@ -100,6 +113,8 @@ def test_dlq_says_where_it_cannot_work() -> None:
     memory = svc("dlq", "list", "orders.dlq", "--layer", "memory://x")
     assert memory.returncode != 0 and "inside one process" in memory.stderr
     redis = svc("dlq", "purge", "orders.dlq", "--layer", "redis://127.0.0.1:1/0")
-    assert redis.returncode != 0 and "not available on redis:// yet" in redis.stderr
+    assert redis.returncode != 0 and "cannot connect to redis" in redis.stderr
+    other = svc("dlq", "list", "orders.dlq", "--layer", "kafka://x")
+    assert other.returncode != 0 and "nats:// and redis://" in other.stderr
     both = svc("dlq", "replay", "orders.dlq", "--layer", "memory://x")
     assert both.returncode != 0 and "--id ID or --all" in both.stderr

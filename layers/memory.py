@@ -130,6 +130,8 @@ class MemoryHub:
             self.count_expired(channel, queue.drop_expired(now))
             if not queue.items and not queue.waiters:
                 del self.queues[channel]
+        for durable in self.durable.values():
+            durable.expire(now)
 
     def clear(self) -> None:
         """Drop every message and group (tests)."""
@@ -262,9 +264,10 @@ class MemoryLayer(Layer):
         validate_channel(channel)
         if "!" in channel:
             raise InvalidChannelName(f"{channel!r}: only named channels can be durable")
+        settings = self.options.durability_for(channel, settings)  # the URL's, per channel
         queue = self.hub.durable.get(channel)
         if queue is None:
-            self.hub.durable[channel] = DurableQueue(channel, settings)
+            self.hub.durable[channel] = DurableQueue(channel, settings, self.hub.count_expired)
         else:
             queue.settings = settings  # the last declaration wins, as on a server
 
@@ -333,7 +336,8 @@ class MemoryLayer(Layer):
 
     @property
     def lost(self) -> int:
-        """Messages that expired unread in this layer's hub (shared by its ``memory://`` name)."""
+        """Messages that expired in this layer's hub (shared by its ``memory://`` name): unread
+        after ``expiry``, or durable ones after ``max_age``."""
         return self.hub.expired
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 
 import anyio
 
@@ -36,7 +37,12 @@ class _Stored:
 class DurableQueue:
     """One durable channel of a memory hub."""
 
-    def __init__(self, channel: str, settings: Durability) -> None:
+    def __init__(
+        self,
+        channel: str,
+        settings: Durability,
+        on_expired: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.channel = channel
         self.settings = settings
         self.stored: dict[int, _Stored] = {}  # by sequence: insertion order is FIFO
@@ -45,6 +51,8 @@ class DurableQueue:
         self._changed = anyio.Event()
         self.expired = 0
         """Messages dropped after ``max_age`` (handled or not, like a JetStream stream)."""
+        self._on_expired = on_expired
+        """Told each drop, so the hub counts and logs it with its other losses."""
 
     def _wake(self) -> None:
         self._changed.set()
@@ -57,7 +65,7 @@ class DurableQueue:
             self._forget_ids(now)
             if message_id in self._seen:
                 return  # a republished message: stored once (JetStream's Nats-Msg-Id)
-        self._expire(now)
+        self.expire(now)
         if len(self.stored) >= capacity:
             raise ChannelFull(
                 f"durable channel {self.channel!r} holds {capacity} unacknowledged messages "
@@ -77,22 +85,28 @@ class DurableQueue:
                 break
             del seen[message_id]
 
-    def _expire(self, now: float) -> None:
+    def expire(self, now: float) -> None:
+        """Drop (and count) the messages older than ``max_age``, handled or not."""
         too_old = now - self.settings.max_age
         stored = self.stored
+        dropped = 0
         # Stored in arrival order: the expired ones are in front.
         while stored:
             seq, item = next(iter(stored.items()))
             if item.arrived > too_old:
                 break
             del stored[seq]
-            self.expired += 1
+            dropped += 1
+        if dropped:
+            self.expired += dropped
+            if self._on_expired is not None:
+                self._on_expired(self.channel, dropped)
 
     async def take(self, limit: int) -> list[Delivery]:
         """Wait for deliverable messages and deliver up to ``limit`` of them."""
         while True:
             now = time.monotonic()
-            self._expire(now)
+            self.expire(now)
             taken: list[Delivery] = []
             next_ready = None
             for item in self.stored.values():

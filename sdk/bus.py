@@ -85,17 +85,30 @@ class Bus:
     # durable channels ----------------------------------------------------
 
     def durability(self, channel: str) -> Durability | None:
-        """``channel``'s durable settings (its contract's, or declared here), or None."""
+        """``channel``'s durable settings, or None.
+
+        Its contract's (or those declared here), with what the layer URL's per-channel
+        durable settings (``durable_max_attempts=orders.*:3``...) change for it.
+        """
         if "!" in channel:
             return None
         found = self._durable.get(channel)
-        return found if found is not None else self.contracts.durability(channel)
+        if found is None:
+            found = self.contracts.durability(channel)
+        if found is not None and self.layer.options.channel_durability:
+            return self.layer.options.durability_for(channel, found)
+        return found
 
     async def declare_durable(self, channel: str, settings: Durability) -> None:
-        """Make ``channel`` durable on this bus and its layer (for channels without a contract)."""
+        """Make ``channel`` durable on this bus and its layer (for channels without a contract).
+
+        The layer URL's per-channel durable settings apply over ``settings``.
+        """
         validate_channel(channel)
         self._durable[channel] = settings
-        await self.layer.declare_durable(channel, settings)
+        await self.layer.declare_durable(
+            channel, self.layer.options.durability_for(channel, settings)
+        )
         self._prepared.add(channel)
 
     async def _prepare(self, channel: str) -> None:

@@ -13,11 +13,15 @@ retries, backoff and dead letters, once for every layer.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidChannelName
+from .names import validate_channel
 
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_ACK_WAIT = 30.0
@@ -128,6 +132,88 @@ def message_id_of(data: bytes) -> str | None:
     except (ValueError, AttributeError):
         return None
     return found if isinstance(found, str) else None
+
+
+SETTING_TYPES: dict[str, type] = {
+    "max_attempts": int,
+    "backoff_first": float,
+    "backoff_max": float,
+    "ack_wait": float,
+    "dead_letter": str,
+    "max_age": float,
+    "duplicate_window": float,
+    "replicas": int,
+}
+"""The :class:`Durability` settings a layer URL may set per channel pattern, and their types."""
+
+URL_PREFIX = "durable_"
+"""Layer URL options ``durable_<setting>=pattern:value,...`` (``durable_max_attempts=orders.*:3``)."""
+
+
+def check_overrides(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{setting: {pattern: value}}`` with known settings and values of the right type."""
+    checked: dict[str, dict[str, Any]] = {}
+    for setting, patterns in overrides.items():
+        kind = SETTING_TYPES.get(setting)
+        if kind is None:
+            raise ConfigurationError(
+                f"unknown durable setting {setting!r} in the layer options; per-channel durable "
+                f"settings are {', '.join(SETTING_TYPES)}"
+            )
+        checked[setting] = {p: _setting_value(setting, kind, v) for p, v in patterns.items()}
+    return checked
+
+
+def _setting_value(setting: str, kind: type, value: Any) -> Any:
+    try:
+        converted = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"durable setting {setting}={value!r} is not {'a number' if kind is not str else 'text'}"
+        ) from None
+    if setting == "dead_letter":
+        try:
+            validate_channel(converted)
+        except InvalidChannelName as exc:
+            raise ConfigurationError(f"durable setting dead_letter: {exc}") from None
+        if "!" in converted:
+            raise ConfigurationError("durable setting dead_letter must be a named channel")
+    return converted
+
+
+def parse_url_option(key: str, value: str) -> tuple[str, dict[str, Any]]:
+    """The setting and ``{pattern: value}`` of one ``durable_<setting>=pattern:value,...`` option."""
+    setting = key[len(URL_PREFIX) :]
+    try:
+        pairs = [item.rsplit(":", 1) for item in value.split(",") if item]
+        patterns = {pattern: found for pattern, found in pairs}
+    except ValueError:
+        raise ConfigurationError(
+            f"bad {key} {value!r} in layer URL; write pattern:value,pattern:value "
+            f"({key}=orders.*:3)"
+        ) from None
+    return setting, check_overrides({setting: patterns})[setting]
+
+
+def override(
+    settings: Durability, channel: str, overrides: Mapping[str, Mapping[str, Any]]
+) -> Durability:
+    """``settings`` with each setting ``overrides`` sets for ``channel``'s first matching pattern."""
+    changes: dict[str, Any] = {}
+    for setting, patterns in overrides.items():
+        for pattern, value in patterns.items():
+            if fnmatch.fnmatchcase(channel, pattern):
+                changes[setting] = value
+                break
+    if not changes:
+        return settings
+    try:
+        return replace(settings, **changes)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"the layer's durable settings for {channel!r} ({changes}) do not fit its contract's: "
+            f"{exc}"
+        ) from None
 
 
 def not_durable_here(system: str) -> ConfigurationError:

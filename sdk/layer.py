@@ -40,7 +40,15 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from .durable import Delivery, Durability, not_durable_here
+from .durable import (
+    URL_PREFIX,
+    Delivery,
+    Durability,
+    check_overrides,
+    not_durable_here,
+    override,
+    parse_url_option,
+)
 from .errors import ConfigurationError, MessageTooLarge
 from .redact import redact_url
 
@@ -59,6 +67,9 @@ class LayerOptions:
     """Seconds a group membership lasts after its last ``group_add``."""
     max_message_size: int = 1024 * 1024
     """Largest encoded message, in bytes."""
+    channel_durability: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Durable settings per channel pattern, over the contracts': ``{setting: {pattern: value}}``
+    (``{"max_attempts": {"orders.*": 3}}``; URL: ``durable_max_attempts=orders.*:3``)."""
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -68,6 +79,8 @@ class LayerOptions:
         if self.max_message_size < 64:
             raise ConfigurationError(f"max_message_size {self.max_message_size} is too small")
         object.__setattr__(self, "_capacity_cache", {})
+        object.__setattr__(self, "channel_durability", check_overrides(self.channel_durability))
+        object.__setattr__(self, "_durable_cache", {})
 
     def capacity_for(self, channel: str) -> int:
         """The capacity of ``channel``: the first matching pattern, else ``capacity``."""
@@ -81,6 +94,21 @@ class LayerOptions:
                     break
             if len(cache) < 10_000:  # bounded: process channels are unbounded in number
                 cache[channel] = found
+        return found
+
+    def durability_for(self, channel: str, settings: Durability) -> Durability:
+        """``settings`` (a contract's) with what ``channel_durability`` sets for ``channel``.
+
+        Per setting, the first pattern that matches wins, as for capacities.
+        """
+        if not self.channel_durability:
+            return settings
+        cache: dict[tuple[str, Durability], Durability] = self._durable_cache  # type: ignore[attr-defined]  # set in __post_init__ of the frozen dataclass
+        found = cache.get((channel, settings))
+        if found is None:
+            found = override(settings, channel, self.channel_durability)
+            if len(cache) < 10_000:
+                cache[(channel, settings)] = found
         return found
 
     def check_size(self, channel: str, message: bytes) -> None:
@@ -206,7 +234,7 @@ def keep_options(url: str, base: str) -> str:
     kept = [
         (key, value)
         for key, value in parse_qsl(urlsplit(base).query, keep_blank_values=True)
-        if key in _OPTION_TYPES and key not in given
+        if (key in _OPTION_TYPES or key.startswith(URL_PREFIX)) and key not in given
     ]
     if not kept:
         return url
@@ -220,7 +248,13 @@ def split_options(
     """Split a URL's query into :class:`LayerOptions` and the layer's own parameters."""
     common: dict[str, Any] = {}
     rest: dict[str, str] = {}
+    durable: dict[str, dict[str, Any]] = {}
     for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if key.startswith(URL_PREFIX):
+            # durable_max_attempts=orders.*:3,payments.*:10
+            setting, patterns = parse_url_option(key, value)
+            durable[setting] = patterns
+            continue
         if key == "channel_capacity":
             # channel_capacity=http.*:200,chat.receive:50
             try:
@@ -236,6 +270,8 @@ def split_options(
             common[key] = _number(key, value, float)
         else:
             rest[key] = value
+    if durable:
+        common["channel_durability"] = durable
     common.update(overrides or {})
     return LayerOptions(**common), rest
 

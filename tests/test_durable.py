@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import anyio
 import pytest
 
@@ -9,6 +11,7 @@ from svcbus import Bus, ConfigurationError, Contract, ContractError, Durability
 from svcbus.contract import registry
 from svcbus.durable import message_id_of
 from svcbus.envelope import encode, encode_plain
+from svcbus.layer import keep_options, split_options
 
 pytestmark = pytest.mark.anyio
 
@@ -82,3 +85,63 @@ async def test_durable_messages_expire_with_the_stream_not_the_channel_expiry() 
         with anyio.move_on_after(0.2):
             await bus.layer.receive_durable("dtest.orders.place", 1)
             pytest.fail("an acknowledged message came back")
+
+
+def test_layer_url_sets_durable_settings_per_channel_pattern() -> None:
+    options, rest = split_options(
+        "nats://h:4222?durable_max_attempts=orders.vip:9,orders.*:2"
+        "&durable_ack_wait=orders.*:4.5&durable_dead_letter=orders.*:ops.failed"
+        "&durable_backoff_first=orders.*:0.5&durable_backoff_max=orders.*:2"
+        "&durable_max_age=orders.*:3600&durable_replicas=orders.*:3&capacity=7"
+    )
+    assert rest == {} and options.capacity == 7
+    contract = Durability(max_attempts=5, duplicate_window=60)
+    vip, plain = (
+        options.durability_for("orders.vip", contract),
+        options.durability_for("orders.place", contract),
+    )
+    assert (vip.max_attempts, plain.max_attempts) == (9, 2)  # the first matching pattern wins
+    assert (plain.ack_wait, plain.dead_letter, plain.max_age, plain.replicas) == (
+        4.5,
+        "ops.failed",
+        3600.0,
+        3,
+    )
+    assert [plain.backoff(a) for a in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    assert plain.duplicate_window == 60  # not set by the URL: the contract's
+    assert options.durability_for("payments.refund", contract) is contract
+
+
+@pytest.mark.parametrize(
+    ("query", "complaint"),
+    [
+        ("durable_retries=orders.*:3", "unknown durable setting 'retries'"),
+        ("durable_max_attempts=orders.*", "write pattern:value"),
+        ("durable_ack_wait=orders.*:soon", "is not a number"),
+        ("durable_dead_letter=orders.*:Bad*", "wildcard"),
+        ("durable_max_attempts=orders.*:0", "max_attempts must be >= 1"),
+    ],
+)
+def test_bad_durable_url_settings_say_what_is_wrong(query: str, complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(complaint)):
+        options, _ = split_options(f"memory://x?{query}")
+        options.durability_for("orders.place", Durability())
+
+
+def test_durable_url_settings_carry_over_a_command_line_layer_url() -> None:
+    kept = keep_options("nats://other:4222", "memory://app?durable_max_attempts=orders.*:2")
+    options, _ = split_options(kept)
+    assert options.durability_for("orders.place", Durability()).max_attempts == 2
+
+
+async def test_bus_applies_the_url_settings_over_the_contracts() -> None:
+    url = (
+        "memory://dtest-url?durable_max_attempts=dtest.*:2&durable_dead_letter=dtest.*:dtest.failed"
+    )
+    async with Bus(url) as bus:
+        settings = bus.durability("dtest.refund")
+        assert settings == Durability(max_attempts=2, replicas=3, dead_letter="dtest.failed")
+        assert bus.durability("dtest.orders.place") == Durability(
+            max_attempts=2, dead_letter="dtest.failed"
+        )
+        assert bus.durability("dtest.not.durable") is None  # the URL does not make one durable

@@ -26,6 +26,7 @@ from svcbus import (
     Bus,
     ChannelFull,
     ConfigurationError,
+    Durability,
     LayerError,
     MessagesLost,
     Runtime,
@@ -643,3 +644,29 @@ def test_the_nats_py_private_hooks_the_layer_uses_are_there() -> None:
     assert "force_flush" in inspect.signature(Client._flush_pending).parameters
     assert inspect.iscoroutinefunction(Client._send_unsubscribe)
     assert list(inspect.signature(Client._send_unsubscribe).parameters)[:2] == ["self", "sid"]
+
+
+# Durable settings from the layer URL -------------------------------------------------------
+
+
+async def test_durable_settings_from_the_url_reach_the_stream_and_consumer(nats_url: str) -> None:
+    url = isolated(
+        nats_url,
+        durable_max_age="orders.*:3600",
+        durable_duplicate_window="orders.*:30",
+        durable_ack_wait="orders.*:7",
+        durable_replicas="orders.big:3",
+    )
+    layer = await connected(url)
+    try:
+        await layer.declare_durable("orders.place", Durability())  # 7 days, 120 s, 30 s, R1
+        js = (await layer.conn.client()).jetstream()
+        stream = layer.durable.stream("orders.place")
+        config = (await js.stream_info(stream)).config
+        consumer = (await js.consumer_info(stream, "workers")).config
+        assert (config.max_age, config.duplicate_window, consumer.ack_wait) == (3600, 30, 7)
+        # R3 asked of a single server: JetStream's refusal names the replicas.
+        with pytest.raises(ConfigurationError, match=r"(?i)replica"):
+            await layer.declare_durable("orders.big", Durability())
+    finally:
+        await layer.close()

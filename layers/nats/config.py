@@ -135,7 +135,7 @@ def parse_url(url: str, params: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigurationError(
             f"nats:// layer does not understand {', '.join(unknown)}; it knows "
             f"{', '.join(URL_PARAMS)} and the common capacity, channel_capacity, expiry, "
-            "group_expiry, max_message_size"
+            "group_expiry, max_message_size, durable_<setting>"
         )
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()

@@ -260,7 +260,8 @@ class NatsLayer(Layer):
     async def declare_durable(self, channel: str, settings: Durability) -> None:
         """Create or update ``channel``'s JetStream stream and consumer (durable.py)."""
         validate_channel(channel)
-        await self.durable.declare(channel, settings)
+        # The layer URL's per-channel durable settings (durable_ack_wait=...) over the contract's.
+        await self.durable.declare(channel, self.options.durability_for(channel, settings))
 
     async def receive_durable(self, channel: str, limit: int) -> list[Delivery]:
         return await self.durable.receive(channel, limit)

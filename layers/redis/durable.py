@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -36,8 +37,9 @@ from redis.exceptions import ResponseError
 from svcbus.durable import Delivery, Durability, message_id_of
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, LayerError
 from svcbus.layer import LayerOptions
+from svcbus.ratelog import RateLimitedLog
 
-from .durable_wire import ADD_SHA, CLAIM_SHA, GROUP, LEAVE_SHA, SETTLE_SHA
+from .durable_wire import ADD_SHA, CLAIM_SHA, EXPIRE_SHA, GROUP, LEAVE_SHA, SETTLE_SHA
 from .resp import pack
 from .shard import RETRYABLE, Backoff, Shard, Unreachable
 from .url import shard_of
@@ -51,6 +53,9 @@ CLAIM_EVERY = 0.1
 
 SEND_PATIENCE = 10.0
 """Seconds a durable send keeps repeating while its server does not answer."""
+
+log = logging.getLogger("svcbus.layers.redis")
+_expiry_notes = RateLimitedLog(log, "reports of expired durable messages")
 
 
 class RedisDelivery(Delivery):
@@ -105,6 +110,8 @@ class DurableStreams:
         self.settings: dict[str, Durability] = {}
         """Declared durable channels; ``send`` on one of them stores durably."""
         self._claims: dict[str, _Claims] = {}
+        self.expired = 0
+        """Stored messages this process dropped after ``max_age`` (handled or not), logged."""
 
     def key(self, channel: str) -> str:
         """The stream of durable ``channel``."""
@@ -167,11 +174,55 @@ class DurableStreams:
         )
         # Repeating the same bytes is safe: the window key stores them once.
         reply = await self._call(channel, command, "storing a durable message")
-        if reply == -1:
+        if reply == 1 or reply == 0:
+            return
+        # Stored (1 + e) or full (-1 - e) after dropping e expired entries.
+        self.count_expired(channel, reply - 1 if reply > 0 else -reply - 1)
+        if reply < 0:
             raise ChannelFull(
                 f"durable channel {channel!r} holds {capacity} unacknowledged messages "
                 "(its capacity); its consumers are behind: retry later or raise channel_capacity"
             )
+
+    def count_expired(self, channel: str, count: int) -> None:
+        """Count (and log, rate-limited) ``count`` messages of ``channel`` dropped after max_age."""
+        if count:
+            self.expired += count
+            _expiry_notes.log(
+                channel,
+                "%d durable message(s) on %s expired after max_age (%d so far)",
+                count,
+                channel,
+                self.expired,
+            )
+
+    async def expire(self) -> None:
+        """Drop and count the expired messages of every declared channel (housekeeping).
+
+        Sends drop them too; this reaches channels nobody sends to. A server that
+        is away is skipped: the next round (or send) catches up.
+        """
+        channels = list(self.settings.items())
+        replies = await asyncio.gather(
+            *(
+                self.shard(channel).pipe.call(
+                    pack(
+                        b"EVALSHA",
+                        EXPIRE_SHA,
+                        1,
+                        self.key(channel),
+                        max(1, int(settings.max_age * 1000)),
+                    )
+                )
+                for channel, settings in channels
+            ),
+            return_exceptions=True,
+        )
+        for (channel, _), reply in zip(channels, replies, strict=True):
+            if isinstance(reply, int):
+                self.count_expired(channel, reply)
+            else:
+                log.debug("could not expire durable channel %s: %s", channel, reply)
 
     async def settle(self, channel: str, entry: bytes, idle_ms: int | None) -> None:
         """Remove ``entry`` (None) or set its idle time, if this consumer still holds it."""

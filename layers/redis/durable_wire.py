@@ -16,16 +16,17 @@ GROUP = b"workers"
 ADD_SCRIPT = b"""\
 -- KEYS[1] stream, KEYS[2] duplicate-window key of the message id (absent: no id)
 -- ARGV[1] capacity, ARGV[2] duplicate window ms, ARGV[3] max age ms, ARGV[4] message
--- Returns 1 stored, 0 a duplicate within the window (stored before), -1 full.
+-- Returns 0 a duplicate within the window (stored before), 1 + e stored, -1 - e full,
+-- where e is the number of entries older than max age it dropped (expired).
 if redis.replicate_commands then redis.replicate_commands() end
 if #KEYS == 2 and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XTRIM', KEYS[1], 'MINID', now - tonumber(ARGV[3]))
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
+local e = redis.call('XTRIM', KEYS[1], 'MINID', now - tonumber(ARGV[3]))
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 - e end
 redis.call('XADD', KEYS[1], '*', 'd', ARGV[4])
 if #KEYS == 2 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
-return 1
+return 1 + e
 """
 
 CLAIM_SCRIPT = b"""\
@@ -73,6 +74,17 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
 
 
+EXPIRE_SCRIPT = b"""\
+-- KEYS[1] stream; ARGV[1] max age ms. Drops entries older than max age (by the
+-- server's clock, as the add script does) and returns how many: a channel nobody
+-- sends to still expires its messages, and they are counted.
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('XTRIM', KEYS[1], 'MINID', now - tonumber(ARGV[1]))
+"""
+
+
 def _sha(script: bytes) -> bytes:
     return hashlib.sha1(script).hexdigest().encode("ascii")
 
@@ -81,6 +93,7 @@ ADD_SHA = _sha(ADD_SCRIPT)
 CLAIM_SHA = _sha(CLAIM_SCRIPT)
 SETTLE_SHA = _sha(SETTLE_SCRIPT)
 LEAVE_SHA = _sha(LEAVE_SCRIPT)
+EXPIRE_SHA = _sha(EXPIRE_SCRIPT)
 
-DURABLE_SCRIPTS = (ADD_SCRIPT, CLAIM_SCRIPT, SETTLE_SCRIPT, LEAVE_SCRIPT)
+DURABLE_SCRIPTS = (ADD_SCRIPT, CLAIM_SCRIPT, SETTLE_SCRIPT, LEAVE_SCRIPT, EXPIRE_SCRIPT)
 """Loaded by every pipe connection (``pipe.py``)."""

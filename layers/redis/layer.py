@@ -88,8 +88,9 @@ class RedisLayer(Layer):
     @property
     def lost(self) -> int:
         """Messages lost after their ``send`` returned (a pipelined send the server refused,
-        or one a broken connection may have lost) or while popped; each is logged."""
-        return self._sender.lost + self._receivers.lost_pops
+        or one a broken connection may have lost), while popped, or durable ones dropped
+        after ``max_age`` by this process's sends and housekeeping; each is logged."""
+        return self._sender.lost + self._receivers.lost_pops + self.durable.expired
 
     @property
     def foreign(self) -> int:
@@ -245,7 +246,8 @@ class RedisLayer(Layer):
         """Create ``channel``'s stream and consumer group if missing (``durable.py``)."""
         await self._ready()
         validate_channel(channel)
-        await self.durable.declare(channel, settings)
+        # The layer URL's per-channel durable settings (durable_ack_wait=...) over the contract's.
+        await self.durable.declare(channel, self.options.durability_for(channel, settings))
 
     async def receive_durable(self, channel: str, limit: int) -> list[Delivery]:
         if self._closed:
@@ -438,6 +440,8 @@ class RedisLayer(Layer):
             self._receivers.sweep(self.options.expiry)
             self._members.expire(time.monotonic())
             await self._leave_empty_groups()
+            if self.durable.settings:
+                await self.durable.expire()
 
     async def _leave_empty_groups(self) -> None:
         """Unsubscribe from the groups this process no longer has members in."""

@@ -10,7 +10,7 @@ passes it: memory (in process), NATS (JetStream), Redis (Streams).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import pytest
@@ -24,6 +24,7 @@ from svcbus import (
     Layer,
     Runtime,
     Service,
+    open_layer,
 )
 from svcbus.durable import Delivery
 from svcbus.envelope import encode_plain, now_ms
@@ -152,19 +153,24 @@ def service_on(channel: str, handler: Callable[..., object]) -> Service:
     return service
 
 
-async def test_runtime_retries_with_attempt_numbers_then_acks(durable_layers, uniq):
+@pytest.mark.parametrize("kind", ["async", "def"])
+async def test_runtime_retries_with_attempt_numbers_then_acks(durable_layers, uniq, kind):
+    """The same acks, retries and attempt numbers for a plain ``def`` consumer (worker threads)."""
     layer = await durable_layers()
     channel = uniq("orders")
     attempts: dict[int, list[int]] = {}
 
-    async def handle(message: dict[str, int], ctx: Context) -> None:
+    def handle_sync(message: dict[str, int], ctx: Context) -> None:
         attempts.setdefault(message["n"], []).append(ctx.attempt)
         if message["n"] % 2 and ctx.attempt < 3:
             raise RuntimeError(f"not yet ({ctx.attempt})")
 
+    async def handle(message: dict[str, int], ctx: Context) -> None:
+        handle_sync(message, ctx)
+
     async with Bus(layer) as bus:
         await bus.declare_durable(channel, QUICK)
-        runtime = Runtime(service_on(channel, handle), bus)
+        runtime = Runtime(service_on(channel, handle if kind == "async" else handle_sync), bus)
         async with runtime.running():
             for n in range(4):
                 await bus.send(channel, {"n": n})
@@ -207,3 +213,154 @@ async def test_runtime_dead_letters_after_the_last_attempt(durable_layers, uniq)
         {"n": 42},
     )
     assert runtime.stats[channel].dead_lettered == 1
+
+
+# -- settings from the layer URL ---------------------------------------------------------
+
+
+def with_query(url: str, query: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+@pytest.fixture
+async def url_layers(layer_url: str) -> AsyncIterator[Callable[[str], Awaitable[Layer]]]:
+    """Open connected layers on ``layer_url`` plus a query of the test's own."""
+    opened: list[Layer] = []
+
+    async def make(query: str) -> Layer:
+        layer = open_layer(with_query(layer_url, query))
+        await layer.connect()
+        opened.append(layer)
+        return layer
+
+    yield make
+    for layer in reversed(opened):
+        await layer.close()
+
+
+async def test_layer_url_durable_settings_override_the_contracts(url_layers, uniq):
+    """Attempts, backoff and dead-letter channel from the URL's channel pattern, not the defaults."""
+    channel, failed = uniq("orders"), uniq("failed.orders")
+    pattern = channel.rsplit(".", 1)[0] + ".*"
+    query = (
+        f"durable_max_attempts={pattern}:2&durable_backoff_first={pattern}:0.1"
+        f"&durable_backoff_max={pattern}:0.2&durable_dead_letter={pattern}:{failed}"
+        f"&durable_ack_wait={pattern}:1"
+    )
+    layer = await url_layers(query)
+    calls: list[tuple[int, float]] = []
+
+    async def handle(message: dict[str, int], ctx: Context) -> None:
+        calls.append((ctx.attempt, anyio.current_time()))
+        raise RuntimeError("always")
+
+    async with Bus(layer) as bus:
+        await bus.declare_durable(channel, Durability())  # 5 attempts, 1 s backoff, .dlq
+        runtime = Runtime(service_on(channel, handle), bus)
+        async with runtime.running():
+            await bus.send(channel, {"n": 1})
+            letter = await take(layer, failed, 8)
+        await letter.ack()
+    assert [attempt for attempt, _ in calls] == [1, 2]
+    assert calls[1][1] - calls[0][1] < 0.9  # the URL's 0.1 s backoff, not the contract's 1 s
+    assert bus.decode(failed, letter.data, DeadLetter).b.attempts == 2
+
+
+async def test_layer_url_ack_wait_redelivers_sooner(url_layers, uniq):
+    channel = uniq("orders")
+    doomed = await url_layers(f"durable_ack_wait={channel}:1")
+    survivor = await url_layers(f"durable_ack_wait={channel}:1")
+    for layer in (doomed, survivor):
+        await layer.declare_durable(channel, Durability())  # ack_wait 30 s by contract
+    await survivor.send(channel, envelope(3))
+    taken = await take(doomed, channel)
+    await doomed.close()
+    again = await take(survivor, channel, 5)  # within seconds: the URL's 1 s ack wait
+    assert (again.data, again.attempt) == (taken.data, 2)
+    await again.ack()
+
+
+async def test_layer_url_max_age_drops_messages_sooner(url_layers, uniq):
+    channel = uniq("orders")
+    layer = await url_layers(f"durable_max_age={channel}:1&durable_duplicate_window={channel}:0.5")
+    await layer.declare_durable(channel, Durability())  # kept 7 days by contract
+    await layer.send(channel, envelope(1))
+    await anyio.sleep(2.6)  # the URL's 1 s, plus Redis' once-a-second sweep
+    await nothing(layer, channel, 0.5)
+
+
+# -- expiry -------------------------------------------------------------------------------
+
+SHORT_LIVED = Durability(max_age=1.0, duplicate_window=0.5, ack_wait=1.0)
+
+
+async def test_expired_durable_messages_are_dropped_and_counted(durable_layers, uniq):
+    """Stored longer than max_age: dropped, delivered or not, and counted in layer.lost.
+
+    On NATS the server drops them (JetStream max_age) without telling anyone: the
+    layer cannot count those; the runtime counts the ones it still receives.
+    """
+    layer = await durable_layers()
+    channel = uniq("orders")
+    await layer.declare_durable(channel, SHORT_LIVED)
+    before = layer.lost  # type: ignore[attr-defined]
+    await layer.send(channel, envelope(1))
+    await layer.send(channel, envelope(2))
+    taken = await take(layer, channel)  # delivered, never settled: expires all the same
+    # Redis drops expired entries on sends and on a sweep once a second.
+    await anyio.sleep(SHORT_LIVED.max_age + 1.6)
+    await nothing(layer, channel, SHORT_LIVED.ack_wait + 0.3)
+    await taken.ack()  # too late: gone already, and no error
+    if layer.system != "nats":
+        assert layer.lost - before == 2  # type: ignore[attr-defined]
+    await layer.send(channel, envelope(3))  # the channel goes on
+    fresh = await take(layer, channel)
+    assert json.loads(fresh.data)["b"] == {"n": 3}
+    await fresh.ack()
+
+
+async def test_runtime_counts_and_terminates_an_expired_delivery(durable_layers, uniq):
+    """A delivery whose envelope expired is counted, never handled, never redelivered."""
+    layer = await durable_layers()
+    channel = uniq("orders")
+    handled: list[int] = []
+
+    async def handle(message: dict[str, int]) -> None:
+        handled.append(message["n"])
+
+    async with Bus(layer) as bus:
+        await bus.declare_durable(channel, QUICK)
+        runtime = Runtime(service_on(channel, handle), bus)
+        async with runtime.running():
+            at = now_ms()
+            await layer.send(channel, encode_plain(b'{"n":1}', f"old-{at}", None, 1, at, at - 1))
+            await bus.send(channel, {"n": 2})
+            with anyio.fail_after(5):
+                while runtime.stats[channel].processed < 1 or not runtime.stats[channel].expired:
+                    await anyio.sleep(0.05)
+            await anyio.sleep(QUICK.ack_wait + 0.5)  # terminated: it does not come back
+    assert handled == [2]
+    assert runtime.stats[channel].expired == 1
+
+
+# -- send stores before it returns --------------------------------------------------------
+
+
+async def test_send_returns_once_the_message_is_stored(durable_layers, uniq):
+    """No durable send is pipelined: each returns after the server stored it, so a second
+    sender sees the room the first one's returned sends took, and a refusal raises
+    ChannelFull at its own send, never later from flush()."""
+    first, second = await durable_layers(capacity=4), await durable_layers(capacity=4)
+    channel = uniq("orders")
+    for layer in (first, second):
+        await layer.declare_durable(channel, QUICK)
+    for n in range(4):
+        await (first if n % 2 else second).send(channel, envelope(n))
+    for layer in (first, second):
+        with pytest.raises(ChannelFull):
+            await layer.send(channel, envelope(9))
+        await layer.flush()  # nothing late to report: every send answered for itself
+    taken = [await take(first, channel) for _ in range(4)]
+    assert sorted(json.loads(d.data)["b"]["n"] for d in taken) == [0, 1, 2, 3]
+    for delivery in taken:
+        await delivery.ack()

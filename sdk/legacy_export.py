@@ -17,6 +17,7 @@ import importlib
 import json
 import sys
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ def schemas_document(
         contract = bound[channel]
         entry = contract_entry(contract)
         entry["reply"] = contract_entry(contract.__reply__) if contract.__reply__ else None
+        durable = contract.__durability__
+        # The legacy worker consumes durable channels (NATS) with the same settings.
+        entry["durable"] = asdict(durable) if durable is not None else None
         out[channel] = entry
     return {"svcbus_schemas": FILE_VERSION, "channels": out}
 

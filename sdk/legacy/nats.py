@@ -30,6 +30,7 @@ from collections import deque
 from .compat import monotonic, random_hex, to_bytes, to_text
 from .errors import ChannelFull, ConfigurationError, LayerError, MessageTooLarge
 from .names import owner_token, validate_channel, validate_group
+from .nats_durable import NatsDurable
 
 log = logging.getLogger("svcbus.legacy.nats")
 
@@ -54,11 +55,12 @@ class ConnectionLost(LayerError):
 class _Incoming(object):
     """A named channel this process receives from: its stream, pull inbox and buffer."""
 
-    def __init__(self, channel, stream, inbox):
+    def __init__(self, channel, stream, inbox, consumer=CONSUMER):
         self.channel = channel
         self.stream = stream
         self.inbox = inbox
-        self.next_subject = "$JS.API.CONSUMER.MSG.NEXT.{0}.{1}".format(stream, CONSUMER)
+        self.durable = consumer != CONSUMER
+        self.next_subject = "$JS.API.CONSUMER.MSG.NEXT.{0}.{1}".format(stream, consumer)
         self.requested = 0
         self.pull_deadline = 0.0
         self.sid = None
@@ -88,7 +90,7 @@ def parse_url(url):
     return host or "127.0.0.1", int(port), auth
 
 
-class NatsTransport(object):
+class NatsTransport(NatsDurable):
     """Blocking NATS transport for one process; see the module docstring."""
 
     system = "nats"
@@ -124,6 +126,8 @@ class NatsTransport(object):
         self.lost = 0
         self._streams_out = set()
         self._incoming = {}
+        self._durable_in = {}  # durable channel -> its pull box (nats_durable.py)
+        self._durable_out = {}  # durable channel -> settings it was declared with
         self._heads = {}  # process head -> sid
         self._groups = {}  # group -> {"sid": sid, "members": {channel: deadline}}
         self._held = {}  # (group, named channel) -> (sid, deadline)
@@ -205,6 +209,7 @@ class NatsTransport(object):
             return
         try:
             if self._sock is not None and not self._down:
+                self._durable_release()
                 for channel in list(self._incoming):
                     for data in self.buffers.get(channel, ()):
                         self._pub(self._ch_root + channel, data)
@@ -268,6 +273,7 @@ class NatsTransport(object):
         for box in self._incoming.values():
             box.requested = 0
             self._ensure_channel(box.channel, box.stream, for_send=False)
+        self._durable_restore()
 
     def _ensure_up(self):
         if self._closed:
@@ -296,12 +302,19 @@ class NatsTransport(object):
             self._lost(exc)
             raise ConnectionLost(str(exc))
 
-    def _pub(self, subject, data, reply=None):
+    def _pub(self, subject, data, reply=None, headers=None):
         if len(data) > self.max_payload:
             raise MessageTooLarge(
                 "message for {0!r} is {1} bytes, more than the NATS server's max_payload "
                 "({2})".format(subject, len(data), self.max_payload)
             )
+        if headers:
+            # HPUB: only durable sends use headers (Nats-Msg-Id for deduplication).
+            head = "HPUB {0} {1}{2} {3}\r\n".format(
+                subject, reply + " " if reply else "", len(headers), len(headers) + len(data)
+            )
+            self._write(head.encode("utf-8") + headers + data + b"\r\n")
+            return
         if reply:
             head = "PUB {0} {1} {2}\r\n".format(subject, reply, len(data))
         else:
@@ -435,6 +448,7 @@ class NatsTransport(object):
         for box in self._incoming.values():
             if box.requested and now > box.pull_deadline:
                 box.requested = 0  # a pull request the server forgot (it restarted)
+        self._durable_sweep(now)
         for group, entry in list(self._groups.items()):
             members = entry["members"]
             for channel in [c for c, until in members.items() if until <= now]:
@@ -445,14 +459,14 @@ class NatsTransport(object):
         for key in [k for k, (_, until) in self._held.items() if until <= now]:
             self._unsubscribe(self._held.pop(key)[0])
 
-    def _request(self, subject, payload, timeout):
+    def _request(self, subject, payload, timeout, headers=None):
         """A core request/reply: returns (status or None, payload)."""
         self._ensure_up()
         self._next_req += 1
         number = "{0}".format(self._next_req)
         self._waiting.add(number)
         try:
-            self._pub(subject, payload, self._root + ".r." + number)
+            self._pub(subject, payload, self._root + ".r." + number, headers)
             deadline = monotonic() + timeout
             while number not in self._replies:
                 left = deadline - monotonic()
@@ -644,21 +658,27 @@ class NatsTransport(object):
         if channel in self._incoming or "!" in channel:
             return
         self._ensure_up()
-        box = _Incoming(
-            channel,
-            self._stream_name(channel),
-            "{0}.p{1}".format(self._root, len(self._incoming) + 1),
-        )
+        box = self._new_box(channel, self._stream_name(channel), CONSUMER)
         self._ensure_channel(channel, box.stream, for_send=False)
         box.sid = self._subscribe(box.inbox, self._pull_handler(box))
         self._incoming[channel] = box
         self.buffers.setdefault(channel, deque())
 
+    def _new_box(self, channel, stream, consumer):
+        number = len(self._incoming) + len(self._durable_in) + 1
+        return _Incoming(channel, stream, "{0}.p{1}".format(self._root, number), consumer)
+
     def want(self, channel, count):
-        """Make sure ``count`` messages of named ``channel`` are buffered or pulled for."""
-        box = self._incoming.get(channel)
+        """Make sure ``count`` messages of named ``channel`` are buffered or pulled for.
+
+        A durable channel gets one at a time: a delivery waiting in the buffer
+        would use up its ``ack_wait`` before its handler even started.
+        """
+        box = self._incoming.get(channel) or self._durable_in.get(channel)
         if box is None or self._sock is None:
             return
+        if box.durable:
+            count = 1
         missing = count - len(self.buffers[channel]) - box.requested
         if missing <= 0:
             return
@@ -672,22 +692,26 @@ class NatsTransport(object):
 
         def on_message(subject, reply, headers, payload):
             if headers is not None and not payload:
-                status = _status(headers)
-                if status == "100":
-                    return  # idle heartbeat
-                pending = _header(headers, b"Nats-Pending-Messages")
-                if pending is not None and pending.isdigit():
-                    box.requested = max(0, box.requested - int(pending))
-                else:
-                    box.requested = 0
-                if status not in ("404", "408", "409"):
-                    log.debug("pull status %s on %s", status, box.channel)
+                self._pull_status(box, headers)
                 return
             # No acknowledgement: the consumer is ack-none (delivered is done).
             box.requested = max(0, box.requested - 1)
             buffer.append(payload)
 
         return on_message
+
+    def _pull_status(self, box, headers):
+        """A status message on a pull inbox: the request ended (fully or partly)."""
+        status = _status(headers)
+        if status == "100":
+            return  # idle heartbeat
+        pending = _header(headers, b"Nats-Pending-Messages")
+        if pending is not None and pending.isdigit():
+            box.requested = max(0, box.requested - int(pending))
+        else:
+            box.requested = 0
+        if status not in ("404", "408", "409"):
+            log.debug("pull status %s on %s", status, box.channel)
 
     # process channels -----------------------------------------------------------------
 

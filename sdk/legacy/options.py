@@ -6,6 +6,7 @@ from __future__ import absolute_import, division, print_function, unicode_litera
 
 import fnmatch
 
+from .durable import URL_PREFIX, override, parse_url_option
 from .errors import ConfigurationError, MessageTooLarge
 
 
@@ -55,6 +56,7 @@ class Options(object):
         max_message_size=1024 * 1024,
         prefix="svcbus",
         connect_timeout=5.0,
+        channel_durability=None,
     ):
         if capacity < 1:
             raise ConfigurationError("capacity must be >= 1, got {0}".format(capacity))
@@ -69,6 +71,8 @@ class Options(object):
         self.max_message_size = max_message_size
         self.prefix = prefix
         self.connect_timeout = float(connect_timeout)
+        self.channel_durability = dict(channel_durability or {})
+        """Durable settings per channel pattern: {setting: {pattern: value}} (durable.py)."""
         self._capacities = {}
 
     def capacity_for(self, channel):
@@ -83,6 +87,12 @@ class Options(object):
             if len(self._capacities) < 10000:
                 self._capacities[channel] = found
         return found
+
+    def durability_for(self, channel, settings):
+        """``settings`` (a contract's) with the URL's ``durable_<setting>`` patterns applied."""
+        if not self.channel_durability:
+            return settings
+        return override(settings, channel, self.channel_durability)
 
     def check_size(self, channel, message):
         """Raise MessageTooLarge above ``max_message_size``."""
@@ -123,10 +133,16 @@ def split_url(url, overrides=None):
                 raise ConfigurationError("URL option {0}={1!r} is not a number".format(key, value))
         elif key == "prefix":
             values[key] = value
+        elif key.startswith(URL_PREFIX):
+            setting, patterns = parse_url_option(key, value)
+            values.setdefault("channel_durability", {})[setting] = patterns
         else:
             raise ConfigurationError(
                 "the legacy runtime does not understand the URL option {0!r}; it knows {1}".format(
-                    key, ", ".join(sorted(list(_NUMBERS) + ["channel_capacity", "prefix"]))
+                    key,
+                    ", ".join(
+                        sorted(list(_NUMBERS) + ["channel_capacity", "prefix", "durable_<setting>"])
+                    ),
                 )
             )
     values.update(overrides or {})

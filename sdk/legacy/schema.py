@@ -27,6 +27,7 @@ import re
 from collections import OrderedDict
 
 from .compat import integer_types, string_types
+from .durable import Durability
 from .errors import ConfigurationError
 
 FILE_VERSION = 1
@@ -59,8 +60,10 @@ class Contract(object):
 class ChannelSchemas(object):
     """The contract (and reply contract) of every channel in an exported schema file."""
 
-    def __init__(self, channels=None):
+    def __init__(self, channels=None, durable=None):
         self.channels = channels or {}
+        self.durable = durable or {}
+        """Durable channels' settings (``Durability``), from their contracts."""
 
     @classmethod
     def load(cls, path):
@@ -83,7 +86,10 @@ class ChannelSchemas(object):
                 "`python -m svcbus.legacy_export`".format(where, FILE_VERSION)
             )
         channels = {}
+        durable = {}
         for channel, entry in data.get("channels", {}).items():
+            if entry.get("durable"):
+                durable[channel] = Durability(**entry["durable"])
             reply = entry.get("reply")
             channels[channel] = (
                 Contract(entry["contract"], entry.get("version", 1), entry["schema"]),
@@ -91,7 +97,11 @@ class ChannelSchemas(object):
                 if reply
                 else None,
             )
-        return cls(channels)
+        return cls(channels, durable)
+
+    def durability(self, channel):
+        """The settings of ``channel`` if its contract is durable, else None."""
+        return self.durable.get(channel)
 
     def contract(self, channel):
         """The contract of ``channel``, or None for an untyped channel."""

@@ -27,6 +27,8 @@ import threading
 from collections import deque
 
 from .compat import monotonic, now_ms
+from .durable import Delivery
+from .durable_worker import DurableWorking
 from .envelope import decode, encode, new_message_id, peek_id
 from .errors import (
     ConfigurationError,
@@ -90,8 +92,19 @@ class Client(object):
         self.schemas = _load_schemas(schemas)
         self.request_timeout = request_timeout
         self._expiry_ms = int(self.options.expiry * 1000)
+        self._durable = {}  # channels declared durable here (dead-letter channels)
         self._inbox = None
         self._connected = False
+
+    def durability(self, channel):
+        """``channel``'s durable settings (its contract's, or declared here), or None.
+
+        The URL's ``durable_<setting>`` patterns apply over them.
+        """
+        if "!" in channel:
+            return None
+        found = self._durable.get(channel) or self.schemas.durability(channel)
+        return self.options.durability_for(channel, found) if found is not None else None
 
     # lifecycle ------------------------------------------------------------------
 
@@ -140,6 +153,9 @@ class Client(object):
                     channel=channel,
                 )
         sent_at = now_ms()
+        # A durable message lives as long as its stream keeps it (retries included).
+        durable = self.durability(channel) if self.schemas.durable or self._durable else None
+        lives = int(durable.max_age * 1000) if durable is not None else self._expiry_ms
         try:
             return encode(
                 message,
@@ -147,7 +163,7 @@ class Client(object):
                 contract=contract.name if contract is not None else None,
                 version=contract.version if contract is not None else 1,
                 sent_at=sent_at,
-                expires_at=sent_at + self._expiry_ms,
+                expires_at=sent_at + lives,
                 reply_channel=reply_channel,
                 reply_to=reply_to,
                 trace=trace or None,
@@ -174,7 +190,18 @@ class Client(object):
             trace=trace,
             message_id=message_id,
         )
-        self.transport.send(channel, data)
+        durable = self.durability(channel) if self.schemas.durable or self._durable else None
+        if durable is None:
+            self.transport.send(channel, data)
+            return message_id
+        # Durable: returns once the server stored it (NATS only).
+        if not hasattr(self.transport, "send_durable"):
+            raise ConfigurationError(
+                "{0!r} is durable: the legacy runtime sends to durable channels on nats:// "
+                "only; use the main SDK on redis://".format(channel)
+            )
+        self.transport.declare_durable(channel, durable)
+        self.transport.send_durable(channel, data, message_id)
         return message_id
 
     def group_send(self, group, message, trace=None):
@@ -372,14 +399,16 @@ class Context(object):
     through the legacy worker stays one trace.
     """
 
-    __slots__ = ("channel", "client", "message", "replied")
+    __slots__ = ("attempt", "channel", "client", "message", "replied")
 
-    def __init__(self, client, channel, message):
+    def __init__(self, client, channel, message, attempt=1):
         self.client = client
         self.channel = channel
         """The channel the message arrived on."""
         self.message = message
         """The whole decoded envelope (:class:`Message`)."""
+        self.attempt = attempt
+        """Which delivery this is (1-based; above 1 only on durable channels)."""
         self.replied = False
 
     @property
@@ -505,10 +534,11 @@ class Stats(object):
         "invalid",
         "processed",
         "received",
+        "retried",
     )
 
     def __init__(self):
-        self.received = self.processed = self.failed = 0
+        self.received = self.processed = self.failed = self.retried = 0
         self.invalid = self.expired = self.dead_lettered = 0
         self.bad_reply_channel = 0
 
@@ -518,7 +548,7 @@ class Stats(object):
         )
 
 
-class Worker(Client):
+class Worker(DurableWorking, Client):
     """Runs consumers in a blocking loop, one message at a time, until stopped.
 
     ``consumers`` are functions marked with ``@consumes`` (default: all of them).
@@ -553,6 +583,7 @@ class Worker(Client):
         self.stats = dict((channel, Stats()) for channel in self.consumers)
         self._stopping = False
         self._order = deque(self.consumers)
+        self._durable_channels = {}  # durable channel -> (settings, dead-letter channel)
 
     def stop(self):
         """Stop after the message being handled (safe from signal handlers and threads)."""
@@ -564,7 +595,11 @@ class Worker(Client):
         try:
             self.connect()
             for channel in self.consumers:
-                self.transport.listen(channel)
+                settings = self.durability(channel)
+                if settings is None:
+                    self.transport.listen(channel)
+                else:
+                    self._listen_durable(channel, settings)
             log.info("legacy worker consuming %s on %s", ", ".join(self.consumers), self.url)
             while not self._stopping:
                 try:
@@ -622,7 +657,13 @@ class Worker(Client):
             self.transport.poll(timeout)
         return None
 
+    def _context(self, channel, message, attempt):
+        return Context(self, channel, message, attempt)
+
     def _handle(self, channel, data):
+        if isinstance(data, Delivery):
+            self._handle_delivery(channel, data)  # durable_worker.py
+            return
         stats = self.stats[channel]
         stats.received += 1
         try:

@@ -259,6 +259,41 @@ class OptionsTest(unittest.TestCase):
         self.assertEqual(options.expiry, 2.0)
         self.assertRaises(legacy.ConfigurationError, split_url, "nats://h?bogus=1")
 
+    def test_durable_settings_from_the_schema_file_and_the_url(self):
+        from svcbus_legacy.durable import Durability, attempt_of
+        from svcbus_legacy.options import split_url
+
+        schemas = legacy.ChannelSchemas.from_dict(
+            {
+                "svcbus_schemas": 1,
+                "channels": {
+                    "o.place": {
+                        "contract": "Place",
+                        "version": 1,
+                        "schema": SCHEMA,
+                        "reply": None,
+                        "durable": {"max_attempts": 4, "ack_wait": 10.0, "dead_letter": None},
+                    }
+                },
+            }
+        )
+        contract = schemas.durability("o.place")
+        self.assertEqual(
+            (contract.max_attempts, contract.ack_wait, contract.backoff_max), (4, 10, 30)
+        )
+        _, options = split_url(
+            "nats://h?durable_max_attempts=o.*:2&durable_dead_letter=o.*:ops.dead"
+        )
+        settings = options.durability_for("o.place", contract)
+        self.assertEqual((settings.max_attempts, settings.ack_wait), (2, 10.0))
+        self.assertEqual(settings.dead_letter_channel("o.place"), "ops.dead")
+        self.assertEqual([settings.backoff(a) for a in (1, 2, 6)], [1.0, 2.0, 30.0])
+        self.assertIs(options.durability_for("x.y", contract), contract)
+        self.assertRaises(legacy.ConfigurationError, split_url, "nats://h?durable_retries=o.*:2")
+        self.assertRaises(legacy.ConfigurationError, Durability, max_attempts=0)
+        self.assertEqual(attempt_of(b"$JS.ACK.s.workers.3.10.9.1767225600000000000.0"), 3)
+        self.assertEqual(attempt_of("$JS.ACK.dom.acc.s.workers.2.10.9.1767225600000000000.0.x"), 2)
+
     def test_bad_urls(self):
         self.assertRaises(legacy.ConfigurationError, legacy.Client, "amqp://h")
         self.assertRaises(legacy.ConfigurationError, legacy.Client, "redis://a:1,b:2/0")

@@ -85,11 +85,24 @@ class NatsDurable(object):
         self._durable_out[channel] = settings
 
     def _api(self, subject, request, channel, fine):
-        status, data = self._request(subject, to_bytes(json.dumps(request)), 5.0)
-        if status == "503":
+        from .nats import ConnectionLost  # nats.py imports this module
+
+        payload = to_bytes(json.dumps(request))
+        for attempt in range(8):
+            try:
+                status, data = self._request(subject, payload, 5.0)
+            except ConnectionLost:
+                raise
+            except LayerError:
+                status, data = "timeout", None
+            if status not in ("503", "timeout"):
+                break
+            # A server that just restarted may still be starting JetStream.
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+        else:
             raise LayerError(
-                "JetStream is not enabled on the NATS server: start nats-server with -js "
-                "(durable channels are JetStream streams)"
+                "JetStream did not answer for {0!r}: is nats-server running with -js? "
+                "(durable channels are JetStream streams)".format(channel)
             )
         problem = json.loads(to_text(data)).get("error") if data else None
         if problem and problem.get("err_code") not in fine:

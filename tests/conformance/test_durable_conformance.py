@@ -10,6 +10,7 @@ passes it: memory (in process), NATS (JetStream), Redis (Streams).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
@@ -182,6 +183,33 @@ async def test_runtime_retries_with_attempt_numbers_then_acks(durable_layers, un
     assert attempts == {0: [1], 1: [1, 2, 3], 2: [1], 3: [1, 2, 3]}
     stats = runtime.stats[channel]
     assert (stats.failed, stats.retried, stats.dead_lettered) == (4, 4, 0)
+
+
+async def test_a_slow_def_consumer_keeps_its_delivery(durable_layers, uniq):
+    """A plain ``def`` handler running past ``ack_wait`` in its thread: the runtime's
+    in-progress signals keep the message from going to another receiver meanwhile."""
+    layer, other = await durable_layers(), await durable_layers()
+    channel = uniq("orders")
+    calls: list[int] = []
+
+    def slow(message: dict[str, int], ctx: Context) -> None:
+        calls.append(ctx.attempt)
+        time.sleep(2.5 * QUICK.ack_wait)
+
+    await other.declare_durable(channel, QUICK)
+    async with Bus(layer) as bus:
+        await bus.declare_durable(channel, QUICK)
+        runtime = Runtime(service_on(channel, slow), bus)
+        async with runtime.running():
+            await bus.send(channel, {"n": 1})
+            with anyio.fail_after(5):
+                while not calls:  # the runtime has it: from now on nobody else may get it
+                    await anyio.sleep(0.01)
+            await nothing(other, channel, 2 * QUICK.ack_wait)
+            with anyio.fail_after(3):
+                while runtime.stats[channel].processed < 1:
+                    await anyio.sleep(0.05)
+    assert calls == [1]
 
 
 async def test_runtime_dead_letters_after_the_last_attempt(durable_layers, uniq):

@@ -7,7 +7,8 @@ Schema of each channel's contract, read from a file this module writes::
 
 or from code: ``export_schemas("contracts.json")`` after importing the contracts.
 The file maps each channel to its contract's name, version and schema, plus the
-reply contract of request/reply channels (see ``sdk/legacy/schema.py``).
+reply contract of request/reply channels and a durable contract's settings
+(``"durable"``: the ``Durability`` fields, or null) (see ``sdk/legacy/schema.py``).
 """
 
 from __future__ import annotations

@@ -54,6 +54,9 @@ CLAIM_EVERY = 0.1
 SEND_PATIENCE = 10.0
 """Seconds a durable send keeps repeating while its server does not answer."""
 
+EXPIRE_PATIENCE = 2.0
+"""Seconds one expiry sweep waits for its answers (a server away is skipped)."""
+
 log = logging.getLogger("svcbus.layers.redis")
 _expiry_notes = RateLimitedLog(log, "reports of expired durable messages")
 
@@ -203,7 +206,7 @@ class DurableStreams:
         is away is skipped: the next round (or send) catches up.
         """
         channels = list(self.settings.items())
-        replies = await asyncio.gather(
+        calls = asyncio.gather(
             *(
                 self.shard(channel).pipe.call(
                     pack(
@@ -218,6 +221,11 @@ class DurableStreams:
             ),
             return_exceptions=True,
         )
+        try:
+            # Bounded: the housekeeping that calls this has other work each second.
+            replies = await asyncio.wait_for(calls, EXPIRE_PATIENCE)
+        except asyncio.TimeoutError:
+            return
         for (channel, _), reply in zip(channels, replies, strict=True):
             if isinstance(reply, int):
                 self.count_expired(channel, reply)

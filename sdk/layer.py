@@ -26,7 +26,10 @@ returns once the server stored the message (a repeated message id within the
 duplicate window is dropped), and receivers take :class:`~svcbus.durable.Delivery`
 objects from :meth:`Layer.receive_durable` that stay on the channel until
 acknowledged; unacknowledged ones are redelivered after ``ack_wait``. Capacity
-counts every stored, unacknowledged message. Layers without them raise
+counts every stored, unacknowledged message; a message stored longer than
+``max_age`` is dropped (and counted in ``lost`` where the server says so: memory,
+Redis). ``LayerOptions.channel_durability`` (URL ``durable_<setting>=pattern:value``)
+overrides settings per channel. Layers without them raise
 :class:`~svcbus.errors.ConfigurationError` from ``declare_durable``.
 """
 

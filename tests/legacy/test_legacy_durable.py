@@ -17,7 +17,7 @@ import anyio
 import pytest
 from test_interop import HERE, LEGACY, LegacyWorker
 
-from svcbus import Bus, Contract, DeadLetter, Durability
+from svcbus import Bus, Contract, DeadLetter, Durability, RemoteError
 from svcbus.legacy_export import export_schemas
 
 pytestmark = pytest.mark.anyio
@@ -102,6 +102,14 @@ async def test_legacy_worker_retries_acks_and_dead_letters(legacy: DurableLegacy
         assert dead.error_type == "ValueError" and "cannot take 7" in dead.reason
         assert json.loads(dead.payload)["b"] == {"n": 7}
 
+        # A requester waiting on a durable channel gets the error after the last attempt.
+        with pytest.raises(RemoteError, match="cannot take 8"):
+            await bus.request("lgd.broken", LgdBroken(n=8), timeout=10)
+        with anyio.fail_after(5):
+            (second,) = await bus.layer.receive_durable("lgd.broken.dlq", 1)
+        assert bus.decode("lgd.broken.dlq", second.data, DeadLetter).b.attempts == 2
+        await second.ack()
+
         # Acknowledged and terminated: nothing comes back after the ack wait.
         await anyio.sleep(QUICK.ack_wait + 1.0)
         with anyio.move_on_after(0.5):
@@ -109,7 +117,7 @@ async def test_legacy_worker_retries_acks_and_dead_letters(legacy: DurableLegacy
             pytest.fail(f"a handled message came back: {extra[0].data!r}")
     legacy.stop()
     log = legacy.log_text()
-    assert log.count("retrying in") == 3 * 2 + 1  # two retries per flaky message, one broken
+    assert log.count("retrying in") == 3 * 2 + 2  # two retries per flaky message, one per broken
     assert "dead-lettered to lgd.broken.dlq" in log
 
 

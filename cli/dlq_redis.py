@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from svcbus.durable import DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_AGE
+from svcbus.durable import DEFAULT_DUPLICATE_WINDOW
 from svcbus.errors import ChannelFull, LayerError
 
 from .app import fail
@@ -89,7 +90,9 @@ class RedisDeadLetters:
             f"{self.layer.prefix}:dd:{channel}:{replay_id}",
             capacity,
             int(DEFAULT_DUPLICATE_WINDOW * 1000),
-            int(DEFAULT_MAX_AGE * 1000),  # trims no more than the channel's own max_age would
+            # This command does not know the channel's max_age: a max age of half the
+            # time since 1970 trims nothing; the channel's own sends trim by theirs.
+            int(time.time() * 1000) // 2,
             data,
         )
         if reply < 0:

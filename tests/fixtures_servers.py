@@ -29,6 +29,7 @@ from servers import (
     NatsCluster,
     NatsServer,
     ProvidedServer,
+    RedisSentinelGroup,
     RedisServer,
     ServerUnavailable,
     find_nats_server,
@@ -121,3 +122,18 @@ def nats_cluster() -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture
+def redis_sentinel() -> Iterator[RedisSentinelGroup]:
+    """A Redis master, a replica and three Sentinels (``redis-server --sentinel``) private
+    to this test, all in sync; the test may ``kill_master()`` to make them fail over."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary on PATH (install the OS redis-server package)")
+    group = RedisSentinelGroup(binary)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.close()

@@ -102,7 +102,7 @@ class Subscriber:
                         pack(b"SUBSCRIBE", *sorted(self.wanted)), check_health=False
                     )
                 shard.back()
-                await self._read(conn)
+                await self._read(conn, epoch)
             except RETRYABLE as exc:
                 shard.lost(exc, epoch)
             finally:
@@ -111,9 +111,11 @@ class Subscriber:
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
 
-    async def _read(self, conn: AbstractConnection) -> None:
+    async def _read(self, conn: AbstractConnection, epoch: int) -> None:
+        """Hand on messages until the connection breaks or belongs to an old epoch
+        (a Sentinel named a new master: Shard.follow_master)."""
         on_message = self.on_message
-        while True:
+        while self.shard.epoch == epoch:
             reply = await conn.read_response(timeout=HOUSEKEEPING_SECONDS)
             if reply is None:
                 continue

@@ -99,6 +99,8 @@ class Shard:
         self._closed = closed
         self.master: tuple[str, int] | None = None
         """The master the Sentinels named at the last check (Sentinel-managed shards only)."""
+        self.moves = 0
+        """How many times the Sentinels named a new master (the subscriber then moves)."""
 
     def open(self) -> None:
         if self.pool is None:
@@ -180,6 +182,7 @@ class Shard:
                 "the sentinels name a new master for %s: %s:%d; reconnecting", self.name, *master
             )
             self.epoch += 1
+            self.moves += 1
             for conn in self.idle:
                 self._spawn(conn.disconnect(nowait=True))
             self.idle.clear()

@@ -3,21 +3,26 @@
 A master, one replica and three Sentinels (``redis-server --sentinel``, quorum 2)
 on loopback; two ``svc run`` workers and the test's senders connect through the
 Sentinels (``redis+sentinel://s1,s2,s3/svcbus``). 20,000 numbered items are sent
-concurrently; a quarter in, the master is killed (``kill -9``) and the Sentinels
-promote the replica while items flow. Everyone reconnects to the new master by
-asking the Sentinels again; no process is restarted.
+by concurrent senders at 2,000 a second; a quarter in, the failover:
+
+* ``kill``: the master is killed (``kill -9``) and the Sentinels promote the replica;
+* ``failover``: ``SENTINEL FAILOVER``; the old master keeps running, and accepting
+  writes, until the Sentinels turn it into a replica about 10 s later.
+
+Everyone follows the Sentinels to the new master; no process is restarted.
 
 Redis replicates asynchronously and svcbus does not use ``WAIT``: a send the old
-master answered but had not yet passed on is lost with it, and an
-acknowledgement it had not passed on comes back as a redelivery. The test does
-not assert 0 lost; it asserts that the books balance and that every loss and
-duplicate is explained by the failover:
+master answered but had not yet passed on is lost with it, so is one answered by
+a still-running old master before the clients moved, and an acknowledgement
+lost either way comes back as a redelivery. The test does not assert 0 lost; it
+prints the books (accepted = delivered + lost, duplicates) and asserts that every
+loss and duplicate is the failover's:
 
-* lost items (accepted, never handled) were all answered by the old master in
-  the last ``LAG`` seconds before it died, or before the replica's promotion;
-* duplicated items were first handled in that window or later (an ack the old
-  master never replicated, or one that failed during the outage), or were sent
-  again after a send raised.
+* lost items (accepted, never handled) were all answered between ``LAG`` seconds
+  before the fault and ``LAG`` seconds after the Sentinels named the new master;
+* duplicated items were first handled from ``LAG`` seconds before the fault on
+  (an ack the old master never replicated, or one that failed during the
+  outage), or were sent again after a send raised.
 
 Workers write their confirmations to files, not to Redis, so the books do not
 depend on the server that fails over.
@@ -267,8 +272,8 @@ async def test_sentinel_failover_books_balance(
     assert alive == [True, True], "a worker died with the master instead of reconnecting"
     assert len(ledger.accepted) == TOTAL
     assert not set(ledger.handled) - set(ledger.accepted), "handled items nobody sent"
-    # The books balance: accepted = delivered + lost, and every loss is the failover's.
-    assert len(ledger.accepted) == len(set(ledger.accepted) & set(ledger.handled)) + len(lost)
+    # accepted = delivered + lost holds by construction; what counts is every loss
+    # and every duplicate being the failover's.
     assert lost == explained_lost, f"lost outside the failover window: {lost - explained_lost}"
     assert doubled == explained_doubled, f"unexplained duplicates: {doubled - explained_doubled}"
     assert ledger.dead == 0

@@ -46,7 +46,7 @@ from svcbus import Bus
 from svcbus.errors import LayerError
 
 from .books import stop
-from .sentinel_workers import CONCURRENCY, SETTINGS, FailoverItem
+from .sentinel_workers import SETTINGS, FailoverItem
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -61,7 +61,9 @@ LAG = 2.0
 (on loopback the replica trails by milliseconds; 2 s is a generous bound under load),
 and after the Sentinels name the new master in which a client may still use the old one
 (the layer asks the Sentinels once a second)."""
-IN_FLIGHT = CONCURRENCY * 32
+MOVE_WITHIN = 3.0
+"""Seconds after the Sentinels name a new master by which every process has left the old
+one: the layer asks them once a second, and a subscriber notices within its 1 s read."""
 
 
 @dataclass
@@ -159,10 +161,76 @@ def demoted(group: RedisSentinelGroup, how: str) -> bool:
     return bool(redis_call(group.primary.port, "INFO", "replication")["role"] == "slave")
 
 
+def clients_left_on(port: int) -> list[str]:
+    """Connections of svcbus processes on the server at ``port`` (all but the Sentinels',
+    the replicas' and this query's own), each as ``cmd=... age=... idle=...``."""
+    listing = redis_call(port, "CLIENT", "LIST")
+    if isinstance(listing, str):
+        listing = [
+            dict(field.split("=", 1) for field in line.split() if "=" in field)
+            for line in listing.splitlines()
+        ]
+    return [
+        f"cmd={client.get('cmd')} age={client.get('age')} idle={client.get('idle')}"
+        for client in listing
+        if not str(client.get("name", "")).startswith("sentinel-")
+        and "S" not in str(client.get("flags", ""))
+        and client.get("cmd") not in ("client", "client|list")
+    ]
+
+
 FAULTS = {
     "kill": (kill_master, "kill -9 of the master"),
     "failover": (manual_failover, "SENTINEL FAILOVER, the old master alive"),
 }
+
+
+@dataclass
+class Timeline:
+    """When the failover's steps happened (``time.time()``) and what was seen then."""
+
+    sent_at_fault: int = -1
+    behind: int = -1  # bytes the replica lacked just before the fault
+    fault_at: float = 0.0
+    named_at: float = 0.0  # the Sentinels name the replica
+    demoted_at: float = 0.0  # the old master is gone or a replica
+    left_on_old: list[str] | None = (
+        None  # svcbus connections on a running old master LAG s after naming
+    )
+
+
+async def fail_over(group: RedisSentinelGroup, how: str, ledger: Ledger) -> Timeline:
+    """Make the fault ``how`` happen now and follow the failover to its end."""
+    fault, _ = FAULTS[how]
+    timeline = Timeline(sent_at_fault=len(ledger.accepted))
+    timeline.behind = await anyio.to_thread.run_sync(replication_behind, group)
+    timeline.fault_at = time.time()
+    await anyio.to_thread.run_sync(fault, group)
+    while not await anyio.to_thread.run_sync(named, group):
+        await anyio.sleep(0.02)
+    timeline.named_at = time.time()
+    if how == "failover":
+        # The old master still runs (and takes writes) for seconds yet: every
+        # process must have left it soon after the naming.
+        await anyio.sleep(MOVE_WITHIN)
+        timeline.left_on_old = await anyio.to_thread.run_sync(clients_left_on, group.primary.port)
+    while not await anyio.to_thread.run_sync(demoted, group, how):
+        await anyio.sleep(0.1)
+    timeline.demoted_at = time.time()
+    return timeline
+
+
+async def wait_handled(ledger: Ledger, files: dict[int, Path]) -> None:
+    """Wait for every accepted item, or for the handling to stop growing (an item
+    lost with the old master never comes)."""
+    last, quiet_since = -1, time.monotonic()
+    while time.monotonic() - quiet_since < 2 * SETTINGS.ack_wait + 1:
+        ledger.read(files)
+        if set(ledger.accepted) <= set(ledger.handled):
+            return
+        if len(ledger.handled) != last:
+            last, quiet_since = len(ledger.handled), time.monotonic()
+        await anyio.sleep(0.25)
 
 
 @pytest.mark.parametrize("how", list(FAULTS))
@@ -170,7 +238,6 @@ async def test_sentinel_failover_books_balance(
     redis_sentinel: RedisSentinelGroup, tmp_path: Path, how: str
 ) -> None:
     group = redis_sentinel
-    fault, what = FAULTS[how]
     url = group.url(f"?prefix=t{uuid.uuid4().hex[:8]}&capacity={TOTAL}")
     started = time.monotonic()
     ledger = Ledger()
@@ -181,9 +248,7 @@ async def test_sentinel_failover_books_balance(
         worker = spawn(url, path)
         workers.append(worker)
         files[worker.pid] = path
-    killed_at = named_at = demoted_at = 0.0
-    behind = -1
-    sent_at_kill = -1
+    timeline = Timeline()
     try:
         async with Bus(url) as bus:
             with anyio.fail_after(20):
@@ -203,27 +268,9 @@ async def test_sentinel_failover_books_balance(
                         p.exists() and p.stat().st_size for p in files.values()
                     ):
                         await anyio.sleep(0.01)
-                    behind = await anyio.to_thread.run_sync(replication_behind, group)
-                    sent_at_kill = len(ledger.accepted)
-                    killed_at = time.time()
-                    await anyio.to_thread.run_sync(fault, group)
-                    while not await anyio.to_thread.run_sync(named, group):
-                        await anyio.sleep(0.02)
-                    named_at = time.time()
-                    while not await anyio.to_thread.run_sync(demoted, group, how):
-                        await anyio.sleep(0.1)
-                    demoted_at = time.time()
+                    timeline = await fail_over(group, how, ledger)
                     await sent.wait()
-                    # Wait for every accepted item, or for the handling to stop growing
-                    # (an item lost with the old master never comes).
-                    last, quiet_since = -1, time.monotonic()
-                    while time.monotonic() - quiet_since < 2 * SETTINGS.ack_wait + 1:
-                        ledger.read(files)
-                        if set(ledger.accepted) <= set(ledger.handled):
-                            break
-                        if len(ledger.handled) != last:
-                            last, quiet_since = len(ledger.handled), time.monotonic()
-                        await anyio.sleep(0.25)
+                    await wait_handled(ledger, files)
                 # Redeliveries still under way would show up within one ack wait.
                 await anyio.sleep(SETTINGS.ack_wait + 0.5)
                 tg.cancel_scope.cancel()
@@ -234,42 +281,45 @@ async def test_sentinel_failover_books_balance(
     finally:
         stop(workers)
     ledger.read(files)
+    check(ledger, timeline, how, time.monotonic() - started)
+    assert alive == [True, True], "a worker died with the master instead of reconnecting"
 
+
+def check(ledger: Ledger, t: Timeline, how: str, seconds: float) -> None:
+    """Print the books and assert that every loss and duplicate is the failover's."""
     lost = set(ledger.accepted) - set(ledger.handled)
     # Answered by the old master shortly before the fault, or after it until the
     # clients followed the Sentinels to the new master: writes a failover drops.
-    explained_lost = {n for n in lost if killed_at - LAG <= ledger.accepted[n] <= named_at + LAG}
+    explained_lost = {n for n in lost if t.fault_at - LAG <= ledger.accepted[n] <= t.named_at + LAG}
     doubled = {n for n, seen in ledger.handled.items() if len(seen) > 1}
-    explained_doubled = {
-        n
-        for n in doubled
-        if n in ledger.resent or min(at for _, _, at in ledger.handled[n]) >= killed_at - LAG
-    }
+    first = {n: min(at for _, _, at in ledger.handled[n]) for n in doubled}
+    explained_doubled = {n for n in doubled if n in ledger.resent or first[n] >= t.fault_at - LAG}
     print(
-        f"\nRedis Sentinel failover ({what}; the Sentinels named the replica after "
-        f"{named_at - killed_at:.1f}s, the old master gone or a replica after "
-        f"{demoted_at - killed_at:.1f}s): accepted {len(ledger.accepted)}/{TOTAL}, delivered "
+        f"\nRedis Sentinel failover ({FAULTS[how][1]}; the Sentinels named the replica after "
+        f"{t.named_at - t.fault_at:.1f}s, the old master gone or a replica after "
+        f"{t.demoted_at - t.fault_at:.1f}s): accepted {len(ledger.accepted)}/{TOTAL}, delivered "
         f"{len(ledger.handled)}, duplicates {ledger.duplicates} (on {len(doubled)} items), "
         f"lost {len(lost)}, dead-lettered {ledger.dead}; resent sends {ledger.resends}; "
-        f"replica behind by {behind} bytes just before the kill; killed after {sent_at_kill} "
-        f"sends, {time.monotonic() - started:.1f}s"
+        f"replica behind by {t.behind} bytes just before the fault; fault after "
+        f"{t.sent_at_fault} sends, {seconds:.1f}s"
     )
-    in_window = sum(1 for at in ledger.accepted.values() if killed_at <= at <= named_at)
+    in_window = sum(1 for at in ledger.accepted.values() if t.fault_at <= at <= t.named_at)
     print(
-        f"sends answered between the fault and the new master's naming: {in_window}; duplicates "
-        f"first handled before / after the start: "
-        f"{sum(1 for n in doubled if min(a for _, _, a in ledger.handled[n]) < killed_at)} / "
-        f"{sum(1 for n in doubled if min(a for _, _, a in ledger.handled[n]) >= killed_at)}"
+        f"sends answered between the fault and the new master's naming: {in_window}; "
+        f"duplicates first handled before / after the fault: "
+        f"{sum(1 for n in doubled if first[n] < t.fault_at)} / "
+        f"{sum(1 for n in doubled if first[n] >= t.fault_at)}"
     )
+    if how == "failover":
+        print(f"left on the old master {MOVE_WITHIN:g}s after the naming: {t.left_on_old}")
     if lost:
         print(
-            "lost, answered this long before the kill (s):",
-            sorted(round(killed_at - ledger.accepted[n], 3) for n in lost)[:20],
+            "lost, answered this long before the fault (s):",
+            sorted(round(t.fault_at - ledger.accepted[n], 3) for n in lost)[:20],
         )
     if ledger.errors:
         print("send errors:", ledger.errors)
-    assert 0 <= sent_at_kill < TOTAL, "the failover came after the last send, not mid-stream"
-    assert alive == [True, True], "a worker died with the master instead of reconnecting"
+    assert 0 <= t.sent_at_fault < TOTAL, "the failover came after the last send, not mid-stream"
     assert len(ledger.accepted) == TOTAL
     assert not set(ledger.handled) - set(ledger.accepted), "handled items nobody sent"
     # accepted = delivered + lost holds by construction; what counts is every loss
@@ -277,3 +327,5 @@ async def test_sentinel_failover_books_balance(
     assert lost == explained_lost, f"lost outside the failover window: {lost - explained_lost}"
     assert doubled == explained_doubled, f"unexplained duplicates: {doubled - explained_doubled}"
     assert ledger.dead == 0
+    if how == "failover":
+        assert t.left_on_old == [], "processes stayed on the old master after the failover"

@@ -14,6 +14,8 @@ Fixtures:
   (:class:`servers.NatsServer` / :class:`servers.RedisServer`) that the test may
   ``stop()``, ``kill()`` or ``restart()`` -- for reconnection tests. Skipped when
   no binary is available.
+* ``redis_sentinel`` (function): a master, a replica and three Sentinels
+  (:class:`servers.RedisSentinelGroup`) in sync, for failover tests.
 
 Isolation: the session Redis (and NATS) may be a shared server given by the
 environment, so nothing here flushes or deletes data. Layer tests must use unique
@@ -29,6 +31,7 @@ from servers import (
     NatsCluster,
     NatsServer,
     ProvidedServer,
+    RedisSentinelGroup,
     RedisServer,
     ServerUnavailable,
     find_nats_server,
@@ -121,3 +124,18 @@ def nats_cluster() -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture
+def redis_sentinel() -> Iterator[RedisSentinelGroup]:
+    """A Redis master, a replica and three Sentinels (``redis-server --sentinel``) private
+    to this test, all in sync; ``kill_master()`` or ``SENTINEL FAILOVER`` fails them over."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary on PATH (install the OS redis-server package)")
+    group = RedisSentinelGroup(binary)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.close()

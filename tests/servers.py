@@ -9,6 +9,8 @@ Public API:
 * :class:`NatsServer`, :class:`RedisServer` -- start/stop/restart/kill a server on
   ``127.0.0.1`` and a free port; ``url`` gives the client URL; usable as context
   managers.
+* :class:`RedisSentinelGroup` -- a Redis master, a replica and three Sentinels
+  (:class:`RedisSentinel`) for failover tests; :func:`redis_call` sends one command.
 * :func:`free_port`, :func:`find_nats_server`, :func:`find_redis_server`.
 * :func:`probe_nats`, :func:`probe_redis` -- one readiness check over raw TCP.
 * :func:`nats_url_from_env_or_start`, :func:`redis_url_from_env_or_start` -- the
@@ -48,6 +50,8 @@ __all__ = [
     "NatsCluster",
     "NatsServer",
     "ProvidedServer",
+    "RedisSentinel",
+    "RedisSentinelGroup",
     "RedisServer",
     "ServerStartError",
     "ServerUnavailable",
@@ -58,6 +62,7 @@ __all__ = [
     "probe_jetstream",
     "probe_nats",
     "probe_redis",
+    "redis_call",
     "redis_url_from_env_or_start",
 ]
 
@@ -600,6 +605,8 @@ class RedisServer(_ManagedServer):
     kind = "redis-server"
     appendonly = False
     """Keep an append-only file synced on every write: a restart then loses no stored item."""
+    replica_of: int | None = None
+    """Port of a loopback master this server replicates (``--replicaof``), or None."""
 
     @classmethod
     def _find_binary(cls) -> str | None:
@@ -622,7 +629,7 @@ class RedisServer(_ManagedServer):
             str(self.workdir),
             "--daemonize",
             "no",
-        ]
+        ] + ([] if self.replica_of is None else ["--replicaof", self.host, str(self.replica_of)])
 
     def _check_ready(self) -> None:
         fields = probe_redis(self.host, self._port)
@@ -638,6 +645,158 @@ class RedisServer(_ManagedServer):
     def __enter__(self) -> RedisServer:
         self.start()
         return self
+
+
+def redis_call(port: int, *args: str, timeout: float = 2.0) -> Any:
+    """One command to the loopback Redis (or Sentinel) on ``port``; its decoded answer."""
+    import redis  # the redis extra; only the Sentinel helpers need it
+
+    client = redis.Redis(
+        host=LOCALHOST, port=port, socket_timeout=timeout, decode_responses=True, protocol=2
+    )
+    try:
+        return client.execute_command(*args)
+    finally:
+        client.close()
+
+
+class RedisSentinel(_ManagedServer):
+    """A ``redis-server --sentinel`` child process watching one loopback master.
+
+    The OS ``redis-server`` binary runs Sentinel with ``--sentinel`` (there need
+    not be a ``redis-sentinel`` binary). Sentinel rewrites its config file, so
+    the file lives in the workdir; it is written afresh at every start.
+    """
+
+    kind = "redis-sentinel"
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        master_port: int,
+        master_name: str = "svcbus",
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        start_timeout: float = 15.0,
+    ) -> None:
+        super().__init__(binary, start_timeout=start_timeout)
+        self.master_port = master_port
+        self.master_name = master_name
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.config = self.workdir / "sentinel.conf"
+
+    @classmethod
+    def _find_binary(cls) -> str | None:
+        return find_redis_server()
+
+    def _command(self) -> list[str]:
+        name = self.master_name
+        self.config.write_text(
+            f"port {self._port}\n"
+            f"bind {self.host}\n"
+            f"dir {self.workdir}\n"
+            f"sentinel monitor {name} {self.host} {self.master_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {name} 10000\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        return [self.binary, str(self.config), "--sentinel"]
+
+    def _check_ready(self) -> None:
+        fields = probe_redis(self.host, self._port)
+        proc = self._proc
+        if proc is not None and fields.get("process_id") != str(proc.pid):
+            raise ConnectionError(f"port answered by another redis: {fields.get('process_id')}")
+
+    @property
+    def url(self) -> str:
+        """``host:port`` of this Sentinel (a ``redis+sentinel://`` URL lists several)."""
+        return f"{self.host}:{self._port}"
+
+    def master(self) -> dict[str, str]:
+        """``SENTINEL MASTER <name>``: what this Sentinel knows of the master, as a dict."""
+        flat = redis_call(self._port, "SENTINEL", "MASTER", self.master_name)
+        if isinstance(flat, dict):
+            return {str(k): str(v) for k, v in flat.items()}
+        return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+    def master_port_now(self) -> int:
+        """The port of the master this Sentinel names now (changes after a failover)."""
+        _, port = redis_call(self._port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        return int(port)
+
+
+class RedisSentinelGroup:
+    """A loopback Redis master, one replica and three Sentinels (quorum 2) watching them.
+
+    ``url(params)`` is the ``redis+sentinel://`` layer URL naming all three
+    Sentinels. :meth:`kill_master` is the fault: ``kill -9`` of the master, after
+    which the Sentinels promote the replica (after ``down_after_ms`` and an election).
+    """
+
+    master_name = "svcbus"
+
+    def __init__(self, binary: str | None = None, *, down_after_ms: int = 1000) -> None:
+        found = binary or find_redis_server()
+        if found is None:
+            raise ServerUnavailable("no redis-server binary found")
+        self.primary = RedisServer(found)
+        self.replica = RedisServer(found)
+        self.replica.replica_of = self.primary.port
+        self.sentinels = [
+            RedisSentinel(
+                found,
+                master_port=self.primary.port,
+                master_name=self.master_name,
+                down_after_ms=down_after_ms,
+            )
+            for _ in range(3)
+        ]
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start every process; wait until the replica is in sync and the Sentinels see
+        the replica and each other (a failover needs both)."""
+        self.primary.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+
+        def probe() -> None:
+            info = redis_call(self.replica.port, "INFO", "replication")
+            if info.get("master_link_status") != "up":
+                raise ConnectionError("the replica is not in sync yet")
+            for sentinel in self.sentinels:
+                master = sentinel.master()
+                if master.get("num-slaves") != "1" or master.get("num-other-sentinels") != "2":
+                    raise ConnectionError(f"sentinel {sentinel.url} does not see all yet")
+
+        _wait_ready(probe, timeout, "redis replica and sentinels")
+
+    def url(self, params: str = "") -> str:
+        """``redis+sentinel://s1,s2,s3/<master name>`` followed by ``params`` (``?a=b``)."""
+        hosts = ",".join(sentinel.url for sentinel in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.master_name}{params}"
+
+    def kill_master(self) -> None:
+        """``kill -9`` of the original master (the Sentinels then promote the replica)."""
+        self.primary.kill()
+
+    def master_port(self) -> int:
+        """The master's port, as the first Sentinel that answers names it."""
+        last: Exception | None = None
+        for sentinel in self.sentinels:
+            try:
+                return sentinel.master_port_now()
+            except Exception as exc:
+                last = exc
+        raise ConnectionError(f"no sentinel answered: {last!r}")
+
+    def close(self) -> None:
+        """Stop every process and delete their dirs. Idempotent."""
+        for server in [*self.sentinels, self.replica, self.primary]:
+            server.close()
 
 
 def _close_all_live() -> None:

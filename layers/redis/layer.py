@@ -177,6 +177,9 @@ class RedisLayer(Layer):
             except BaseException:
                 await self._stop_tasks()
                 raise
+            for shard in self._shards:
+                with contextlib.suppress(Exception):  # the master the connections went to
+                    await asyncio.wait_for(shard.follow_master(), self.connect_timeout)
             self._housekeeper = asyncio.ensure_future(self._housekeeping())
             self._connected = True
 
@@ -434,9 +437,14 @@ class RedisLayer(Layer):
     # housekeeping -------------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
-        """Once a second: lapse memberships, leave empty groups, drop idle local boxes."""
+        """Once a second: follow a Sentinel failover, lapse memberships, leave empty groups,
+        drop idle local boxes."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            for shard in self._shards:
+                # Sentinel only: leave a replaced master at once, not when it is demoted.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(shard.follow_master(), HOUSEKEEPING_SECONDS)
             self._receivers.sweep(self.options.expiry)
             self._members.expire(time.monotonic())
             await self._leave_empty_groups()

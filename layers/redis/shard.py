@@ -97,6 +97,10 @@ class Shard:
         self.epoch = 0
         self._spawn = spawn
         self._closed = closed
+        self.master: tuple[str, int] | None = None
+        """The master the Sentinels named at the last check (Sentinel-managed shards only)."""
+        self.moves = 0
+        """How many times the Sentinels named a new master (the subscriber then moves)."""
 
     def open(self) -> None:
         if self.pool is None:
@@ -138,6 +142,51 @@ class Shard:
         for conn in self.idle:
             self._spawn(conn.disconnect(nowait=True))
         self.idle.clear()
+
+    async def follow_master(self) -> None:
+        """Sentinel-managed shard: go with the newest master the Sentinels name.
+
+        After a failover that leaves the old master running (``SENTINEL FAILOVER``, a
+        partition that heals), connections made to it keep working until the Sentinels
+        turn it into a replica, about 8 s later, and every write made there meanwhile
+        is lost when it resynchronises. For a moment the Sentinels also disagree: those
+        not yet told name the old master, and redis-py asks the first that answers. So
+        this asks every Sentinel, puts the one with the highest config epoch (the latest
+        failover) first, where new connections ask, and, when that master differs from
+        the last one seen, starts a new epoch: the writer, the subscriber and the
+        receivers replace their connections.
+        """
+        pool = self.pool
+        manager = getattr(pool, "sentinel_manager", None)
+        if manager is None:
+            return
+        sentinels = manager.sentinels
+        newest: tuple[int, int, tuple[str, int]] | None = None  # config epoch, index, master
+        for index, sentinel in enumerate(list(sentinels)):
+            try:
+                state = (await sentinel.sentinel_masters()).get(pool.service_name)
+            except Exception:  # this Sentinel is away: the others decide
+                continue
+            if not state or not manager.check_master_state(state, pool.service_name):
+                continue
+            config_epoch = int(state.get("config-epoch", 0))
+            if newest is None or config_epoch > newest[0]:
+                newest = (config_epoch, index, (str(state["ip"]), int(state["port"])))
+        if newest is None:  # no master named right now: the connections' own errors tell
+            return
+        _, index, master = newest
+        if index < len(sentinels):
+            sentinels[0], sentinels[index] = sentinels[index], sentinels[0]
+        if self.master is not None and master != self.master:
+            log.warning(
+                "the sentinels name a new master for %s: %s:%d; reconnecting", self.name, *master
+            )
+            self.epoch += 1
+            self.moves += 1
+            for conn in self.idle:
+                self._spawn(conn.disconnect(nowait=True))
+            self.idle.clear()
+        self.master = master
 
     def back(self) -> None:
         if self.down:

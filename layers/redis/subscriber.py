@@ -83,7 +83,7 @@ class Subscriber:
         shard = self.shard
         backoff = Backoff()
         while True:
-            epoch = shard.epoch
+            epoch, moves = shard.epoch, shard.moves
             try:
                 conn = await shard.new_connection()
             except RETRYABLE as exc:
@@ -102,7 +102,7 @@ class Subscriber:
                         pack(b"SUBSCRIBE", *sorted(self.wanted)), check_health=False
                     )
                 shard.back()
-                await self._read(conn)
+                await self._read(conn, moves)
             except RETRYABLE as exc:
                 shard.lost(exc, epoch)
             finally:
@@ -111,9 +111,11 @@ class Subscriber:
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
 
-    async def _read(self, conn: AbstractConnection) -> None:
+    async def _read(self, conn: AbstractConnection, moves: int) -> None:
+        """Hand on messages until the connection breaks or the Sentinels name another
+        master than when it was made (``Shard.follow_master``)."""
         on_message = self.on_message
-        while True:
+        while self.shard.moves == moves:
             reply = await conn.read_response(timeout=HOUSEKEEPING_SECONDS)
             if reply is None:
                 continue

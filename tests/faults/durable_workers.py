@@ -12,6 +12,8 @@ import anyio
 
 from svcbus import Context, Contract, Durability, Service
 
+CONCURRENCY = 10
+"""Handler tasks per worker process (the runtime's default)."""
 SETTINGS = Durability(max_attempts=5, backoff_first=0.2, backoff_max=0.5, ack_wait=2.0)
 
 
@@ -37,7 +39,7 @@ async def announce(bus) -> None:  # type: ignore[no-untyped-def]
     await bus.send("durable.fault.ready", {"pid": os.getpid()})
 
 
-@service.consumes("durable.fault.item")
+@service.consumes("durable.fault.item", concurrency=CONCURRENCY)
 async def work(item: FaultItem, ctx: Context) -> None:
     if item.n % 10 == 0 and ctx.attempt <= 2:
         raise RuntimeError(f"item {item.n} fails attempt {ctx.attempt} on purpose")

@@ -142,7 +142,16 @@ def consumer_main(
     kind: str, url: str, tag: str, count: int, replicas: int, ready: Any, done: Any
 ) -> None:
     consumer = Consumer(url, tag, count, replicas, ready, done)
-    asyncio.run(getattr(consumer, kind.replace("-", "_"))())
+    profile_to = os.environ.get("BENCH_PROFILE")
+    if not profile_to:
+        asyncio.run(getattr(consumer, kind.replace("-", "_"))())
+        return
+    # BENCH_PROFILE=path: cProfile the consumer process, stats to path.<kind>.consumer
+    import cProfile
+
+    with cProfile.Profile() as profile:
+        asyncio.run(getattr(consumer, kind.replace("-", "_"))())
+    profile.dump_stats(f"{profile_to}.{kind}.consumer")
 
 
 def _nats_servers(url: str) -> list[str]:
@@ -404,11 +413,21 @@ def run_one(system: System, base: str, tag: str, count: int) -> float:
         args=(system.kind, url, tag, count + extra, system.replicas, ready, done),
     )
     consumer.start()
+    ended = started = 0.0
     try:
         if not ready.wait(60):
             raise RuntimeError(f"{system.name}: consumer did not start")
         time.sleep(0.3)
-        started = asyncio.run(_publish(system.kind, url, tag, count, system.replicas))
+        publish = _publish(system.kind, url, tag, count, system.replicas)
+        profile_to = os.environ.get("BENCH_PROFILE")
+        if profile_to:
+            import cProfile
+
+            with cProfile.Profile() as profile:
+                started = asyncio.run(publish)
+            profile.dump_stats(f"{profile_to}.{system.kind}.publisher")
+        else:
+            started = asyncio.run(publish)
         if not done.wait(300):
             raise RuntimeError(f"{system.name}: consumer did not finish")
         ended = asyncio.run(_all_acked(system.kind, base, tag, prefix, system.model.__channel__))

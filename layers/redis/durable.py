@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -41,6 +42,8 @@ from .durable_wire import ADD_SHA, CLAIM_SHA, GROUP, LEAVE_SHA, SETTLE_SHA
 from .resp import pack
 from .shard import RETRYABLE, Backoff, Shard, Unreachable
 from .url import shard_of
+
+log = logging.getLogger("svcbus.layers.redis")
 
 READ_BLOCK_MS = 250
 """How long one XREADGROUP waits for new entries before the receiver claims again:
@@ -67,7 +70,10 @@ class RedisDelivery(Delivery):
         self._entry = entry
 
     async def ack(self) -> None:
-        await self._streams.settle(self._channel, self._entry, None)
+        # Queued on the channel's pipe, not awaited: the next message's handler need
+        # not wait a round trip for this answer. The ack is still written after the
+        # handler returned; the layer's flush and close wait for it.
+        self._streams.settle_soon(self._channel, self._entry)
 
     async def nak(self, delay: float) -> None:
         ack_wait_ms = self._streams.ack_wait_ms(self._channel)
@@ -181,6 +187,17 @@ class DurableStreams:
         )
         await self.shard(channel).pipe.call(command)
 
+    def settle_soon(self, channel: str, entry: bytes) -> None:
+        """Queue the removal of ``entry`` (an ack) without waiting for Redis's answer.
+
+        If it fails (the connection dropped), the entry stays pending and is claimed
+        again after ``ack_wait``: the same outcome as an awaited ack that failed.
+        """
+        command = pack(
+            b"EVALSHA", SETTLE_SHA, 1, self.key(channel), GROUP, self.consumer, entry, b""
+        )
+        self.shard(channel).pipe.call(command).add_done_callback(_log_failed_ack)
+
     async def receive(self, channel: str, limit: int) -> list[Delivery]:
         """Wait for deliveries: entries idle past ``ack_wait`` first, then new ones."""
         if channel not in self.settings:
@@ -291,6 +308,14 @@ class DurableStreams:
         if calls:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 2.0)
+
+
+def _log_failed_ack(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning(
+            "could not acknowledge a durable delivery (it will be redelivered): %s",
+            future.exception(),
+        )
 
 
 def _field(fields: list[bytes], name: bytes) -> bytes:

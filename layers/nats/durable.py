@@ -56,13 +56,27 @@ def _no_answer(answer: asyncio.Future[Msg]) -> None:
         answer.set_exception(nats.errors.TimeoutError())
 
 
+def _delivered(msg: Msg) -> int:
+    """The delivery count in a JetStream message's ack subject (1 for the first delivery).
+
+    Read straight from the subject (``$JS.ACK.<stream>.<consumer>.<delivered>...``,
+    or with ``<domain>.<account hash>`` after ``ACK`` in the newer form) instead of
+    nats-py's ``msg.metadata``, which also builds sequence pairs and a datetime.
+    """
+    tokens = msg.reply.split(".")
+    try:
+        return int(tokens[4] if len(tokens) == 9 else tokens[6]) or 1
+    except (IndexError, ValueError):
+        return msg.metadata.num_delivered or 1  # not the usual form: nats-py decides
+
+
 class NatsDelivery(Delivery):
     """A JetStream message delivered by the ``workers`` consumer."""
 
     __slots__ = ("_msg",)
 
     def __init__(self, msg: Msg) -> None:
-        super().__init__(msg.data, msg.metadata.num_delivered or 1)
+        super().__init__(msg.data, _delivered(msg))
         self._msg = msg
 
     async def ack(self) -> None:

@@ -39,7 +39,7 @@ from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, L
 from svcbus.layer import LayerOptions
 
 from .durable_wire import ADD_SHA, CLAIM_SHA, GROUP, LEAVE_SHA, SETTLE_SHA
-from .resp import pack
+from .resp import bulk, pack
 from .shard import RETRYABLE, Backoff, Shard, Unreachable
 from .url import shard_of
 
@@ -48,6 +48,9 @@ log = logging.getLogger("svcbus.layers.redis")
 READ_BLOCK_MS = 250
 """How long one XREADGROUP waits for new entries before the receiver claims again:
 the precision of a nak's delay and of a dead worker's redelivery."""
+
+EMPTY = bulk(b"")
+"""The settle script's last argument for an ack or term (remove the entry)."""
 
 CLAIM_EVERY = 0.1
 """Seconds between two XAUTOCLAIMs of one channel by one process while nothing was idle."""
@@ -87,6 +90,32 @@ class RedisDelivery(Delivery):
         await self._streams.settle(self._channel, self._entry, None)
 
 
+class _Commands:
+    """The packed, unchanging parts of one channel's add and settle commands."""
+
+    __slots__ = ("add_args", "add_with_id", "add_without_id", "settle", "window_key")
+
+    def __init__(
+        self,
+        add_with_id: bytes,
+        add_without_id: bytes,
+        add_args: bytes,
+        window_key: bytes,
+        settle: bytes,
+    ) -> None:
+        self.add_with_id = add_with_id
+        self.add_without_id = add_without_id
+        self.add_args = add_args
+        self.window_key = window_key
+        self.settle = settle
+
+
+def _head(count: int, *args: bytes | str | int) -> bytes:
+    """The start of a command of ``count`` arguments: its header and the first ``args``."""
+    packed = pack(*args)
+    return b"*%d\r\n" % count + packed[len(b"*%d\r\n" % len(args)) :]
+
+
 class _Claims:
     """Where this process's XAUTOCLAIM scan of one channel stands, and when it is next due."""
 
@@ -111,6 +140,8 @@ class DurableStreams:
         self.settings: dict[str, Durability] = {}
         """Declared durable channels; ``send`` on one of them stores durably."""
         self._claims: dict[str, _Claims] = {}
+        self._commands: dict[str, _Commands] = {}
+        """Per channel: the parts of its add and settle commands that never change."""
 
     def key(self, channel: str) -> str:
         """The stream of durable ``channel``."""
@@ -126,15 +157,19 @@ class DurableStreams:
     async def _call(self, channel: str, command: bytes, what: str) -> Any:
         """One command on the channel's pipe; repeated while the server is unreachable."""
         shard = self.shard(channel)
+        try:
+            return await shard.pipe.call(command)
+        except Unreachable:
+            pass  # the retry loop below (the deadline and backoff only cost on this path)
         deadline = time.monotonic() + SEND_PATIENCE
         backoff = Backoff()
         while True:
+            await backoff.sleep()
             try:
                 return await shard.pipe.call(command)
             except Unreachable as exc:
                 if time.monotonic() > deadline:
                     raise LayerError(f"{what} on {channel!r}: {exc}") from None
-                await backoff.sleep()
 
     async def declare(self, channel: str, settings: Durability) -> None:
         """Create ``channel``'s stream and group if missing (entries already there are kept)."""
@@ -142,6 +177,7 @@ class DurableStreams:
             raise InvalidChannelName(f"{channel!r}: only named channels can be durable")
         await self._create_group(channel)
         self.settings[channel] = settings
+        self._commands.pop(channel, None)
 
     async def _create_group(self, channel: str) -> None:
         command = pack(b"XGROUP", b"CREATE", self.key(channel), GROUP, b"0", b"MKSTREAM")
@@ -155,36 +191,53 @@ class DurableStreams:
 
     async def send(self, channel: str, message: bytes) -> None:
         """Store ``message``; return once Redis answered that it holds it (or held it already)."""
-        settings = self.settings[channel]
+        commands = self._commands.get(channel) or self._prepare(channel)
         message_id = message_id_of(message)
-        keys: tuple[str, ...] = (self.key(channel),)
         if message_id is not None:
-            keys += (f"{self._prefix}:dd:{channel}:{message_id}",)
-        capacity = self._options.capacity_for(channel)
-        command = pack(
-            b"EVALSHA",
-            ADD_SHA,
-            len(keys),
-            *keys,
-            capacity,
-            max(1, int(settings.duplicate_window * 1000)),
-            max(1, int(settings.max_age * 1000)),
-            message,
-        )
+            # EVALSHA ADD 2 <stream> <window key of the id> <capacity> <window> <age> <message>
+            command = b"".join(
+                (
+                    commands.add_with_id,
+                    bulk(commands.window_key + message_id.encode()),
+                    commands.add_args,
+                    bulk(message),
+                )
+            )
+        else:
+            command = b"".join((commands.add_without_id, commands.add_args, bulk(message)))
         # Repeating the same bytes is safe: the window key stores them once.
         reply = await self._call(channel, command, "storing a durable message")
         if reply == -1:
+            capacity = self._options.capacity_for(channel)
             raise ChannelFull(
                 f"durable channel {channel!r} holds {capacity} unacknowledged messages "
                 "(its capacity); its consumers are behind: retry later or raise channel_capacity"
             )
 
+    def _prepare(self, channel: str) -> _Commands:
+        """Pack the unchanging parts of ``channel``'s commands once (not per message)."""
+        settings = self.settings[channel]
+        key = self.key(channel)
+        args = (
+            self._options.capacity_for(channel),
+            max(1, int(settings.duplicate_window * 1000)),
+            max(1, int(settings.max_age * 1000)),
+        )
+        commands = _Commands(
+            add_with_id=_head(9, b"EVALSHA", ADD_SHA, 2, key),
+            add_without_id=_head(8, b"EVALSHA", ADD_SHA, 1, key),
+            add_args=b"".join(bulk(b"%d" % value) for value in args),
+            window_key=f"{self._prefix}:dd:{channel}:".encode(),
+            settle=_head(8, b"EVALSHA", SETTLE_SHA, 1, key, GROUP, self.consumer),
+        )
+        self._commands[channel] = commands
+        return commands
+
     async def settle(self, channel: str, entry: bytes, idle_ms: int | None) -> None:
         """Remove ``entry`` (None) or set its idle time, if this consumer still holds it."""
         idle = b"" if idle_ms is None else b"%d" % idle_ms
-        command = pack(
-            b"EVALSHA", SETTLE_SHA, 1, self.key(channel), GROUP, self.consumer, entry, idle
-        )
+        commands = self._commands.get(channel) or self._prepare(channel)
+        command = b"".join((commands.settle, bulk(entry), bulk(idle)))
         await self.shard(channel).pipe.call(command)
 
     def settle_soon(self, channel: str, entry: bytes) -> None:
@@ -193,9 +246,8 @@ class DurableStreams:
         If it fails (the connection dropped), the entry stays pending and is claimed
         again after ``ack_wait``: the same outcome as an awaited ack that failed.
         """
-        command = pack(
-            b"EVALSHA", SETTLE_SHA, 1, self.key(channel), GROUP, self.consumer, entry, b""
-        )
+        commands = self._commands.get(channel) or self._prepare(channel)
+        command = b"".join((commands.settle, bulk(entry), EMPTY))
         self.shard(channel).pipe.call(command).add_done_callback(_log_failed_ack)
 
     async def receive(self, channel: str, limit: int) -> list[Delivery]:

@@ -150,6 +150,10 @@ async def _raw_js_stream(js: Any, tag: str, count: int, replicas: int) -> None:
 def consumer_main(
     kind: str, url: str, tag: str, count: int, replicas: int, ready: Any, done: Any, cpu: Any
 ) -> None:
+    if os.environ.get("BENCH_WHICH"):
+        import svcbus
+
+        print(f"consumer {kind}: svcbus from {svcbus.__file__}", file=sys.stderr)
     consumer = Consumer(url, tag, count, replicas, ready, done, cpu)
     profile_to = os.environ.get("BENCH_PROFILE")
     if not profile_to:
@@ -476,10 +480,10 @@ def run_one(system: System, base: str, tag: str, count: int, pids: list[int]) ->
         target=publisher_main,
         args=(system.kind, url, tag, count, system.replicas, started, publisher_cpu),
     )
-    saved = os.environ.get("PYTHONPATH")
     if system.shim:
-        # Spawned children import svcbus from the shim (ahead of the editable install).
-        os.environ["PYTHONPATH"] = system.shim
+        # Spawned children start with this process's sys.path (multiprocessing sends
+        # it over, replacing PYTHONPATH's), so the shim goes in front of it for them.
+        sys.path.insert(0, system.shim)
     try:
         consumer.start()
         if not ready.wait(60):
@@ -498,10 +502,8 @@ def run_one(system: System, base: str, tag: str, count: int, pids: list[int]) ->
         server_used = _server_cpu(pids) - server_before
         consumer.join(30)
     finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+        if system.shim:
+            sys.path.remove(system.shim)
         for process in (publisher, consumer):
             if process.is_alive():
                 process.terminate()

@@ -214,9 +214,11 @@ class Consumer:
         service = Service("bench-durable")
         got_one = self.got_one
 
-        @service.consumes(self.model.__channel__)
         async def on_chat(message: DurableChat) -> None:
             got_one()
+
+        on_chat.__annotations__["message"] = self.model  # the R3 rows' contract, if so
+        service.consumes(self.model.__channel__)(on_chat)
 
         async with Runtime(service, open_layer(self.url)).running():
             await self._until_finished()

@@ -186,7 +186,12 @@ class DurableChannels:
         """
         nc = self._conn.nc or await self._conn.client()
         message_id = message_id_of(message)
-        headers = {"Nats-Msg-Id": message_id} if message_id is not None else None
+        stream = self.stream(channel)
+        # As nats-py's js.publish(stream=...) sent them: the id for the duplicate
+        # window, the stream so that no other stream capturing the subject stores it.
+        headers = {"Nats-Expected-Stream": stream}
+        if message_id is not None:
+            headers["Nats-Msg-Id"] = message_id
         subject = self.subject(channel)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ack_timeout

@@ -38,7 +38,7 @@ from svcbus.durable import Delivery, Durability, message_id_of
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, LayerError
 from svcbus.layer import LayerOptions
 
-from .durable_wire import ADD_SHA, CLAIM_SHA, GROUP, LEAVE_SHA, SETTLE_SHA
+from .durable_wire import ACK_SHA, ADD_SHA, CLAIM_SHA, GROUP, LEAVE_SHA, SETTLE_SHA
 from .resp import bulk, pack
 from .shard import RETRYABLE, Backoff, Shard, Unreachable
 from .url import shard_of
@@ -48,9 +48,6 @@ log = logging.getLogger("svcbus.layers.redis")
 READ_BLOCK_MS = 250
 """How long one XREADGROUP waits for new entries before the receiver claims again:
 the precision of a nak's delay and of a dead worker's redelivery."""
-
-EMPTY = bulk(b"")
-"""The settle script's last argument for an ack or term (remove the entry)."""
 
 CLAIM_EVERY = 0.1
 """Seconds between two XAUTOCLAIMs of one channel by one process while nothing was idle."""
@@ -141,6 +138,8 @@ class DurableStreams:
         """Declared durable channels; ``send`` on one of them stores durably."""
         self._claims: dict[str, _Claims] = {}
         self._commands: dict[str, _Commands] = {}
+        self._acks: dict[str, list[bytes]] = {}
+        """Per channel: entries acknowledged in this turn of the event loop, not yet sent."""
         """Per channel: the parts of its add and settle commands that never change."""
 
     def key(self, channel: str) -> str:
@@ -241,14 +240,33 @@ class DurableStreams:
         await self.shard(channel).pipe.call(command)
 
     def settle_soon(self, channel: str, entry: bytes) -> None:
-        """Queue the removal of ``entry`` (an ack) without waiting for Redis's answer.
+        """Acknowledge ``entry`` without waiting for Redis's answer.
 
-        If it fails (the connection dropped), the entry stays pending and is claimed
-        again after ``ack_wait``: the same outcome as an awaited ack that failed.
+        The acks a process makes in one turn of the event loop go out together,
+        as one call of the ack script (``XACK`` + ``XDEL`` of every id), queued on
+        the channel's pipe when the turn ends or at :meth:`push_acks`. If it fails
+        (the connection dropped), the entries stay pending and are claimed again
+        after ``ack_wait``: the same outcome as an awaited ack that failed.
         """
-        commands = self._commands.get(channel) or self._prepare(channel)
-        command = b"".join((commands.settle, bulk(entry), EMPTY))
+        acks = self._acks.get(channel)
+        if acks is None:
+            acks = self._acks[channel] = []
+        if not acks:
+            asyncio.get_running_loop().call_soon(self._push_acks, channel)
+        acks.append(entry)
+
+    def _push_acks(self, channel: str) -> None:
+        entries = self._acks.get(channel)
+        if not entries:
+            return
+        self._acks[channel] = []
+        command = pack(b"EVALSHA", ACK_SHA, 1, self.key(channel), GROUP, *entries)
         self.shard(channel).pipe.call(command).add_done_callback(_log_failed_ack)
+
+    def push_acks(self) -> None:
+        """Queue every ack not yet on a pipe (before a flush or close waits for the pipes)."""
+        for channel in list(self._acks):
+            self._push_acks(channel)
 
     async def receive(self, channel: str, limit: int) -> list[Delivery]:
         """Wait for deliveries: entries idle past ``ack_wait`` first, then new ones."""
@@ -351,6 +369,7 @@ class DurableStreams:
 
     async def close(self) -> None:
         """Leave the groups where this consumer holds nothing (pending entries stay claimable)."""
+        self.push_acks()  # ahead of the leave scripts on the same pipes
         calls = [
             self.shard(channel).pipe.call(
                 pack(b"EVALSHA", LEAVE_SHA, 1, self.key(channel), GROUP, self.consumer)

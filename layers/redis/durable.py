@@ -19,7 +19,8 @@ channels on Redis"; the scripts are in ``durable_wire.py``):
   ``ack_wait - delay``, so the claim takes it after ``delay`` seconds (a delay
   longer than ``ack_wait`` is shortened to ``ack_wait``). No re-add: the entry
   keeps its id, its place and its delivery count.
-* **ack / term**: ``XACK`` and ``XDEL`` in one script.
+* **ack / term**: ``XACK`` and ``XDEL`` in one script; the acks of one event-loop
+  turn go out together in one call of the ack script, without waiting for it.
 
 The runtime (``svcbus/runtime_durable.py``) decides retries and dead letters.
 """

@@ -13,6 +13,7 @@ another worker while it still works.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -72,44 +73,62 @@ async def work_durable(
     channel = bound.consumer.channel
     batch_size = BATCH_SIZE if bound.concurrency == 1 else 1
     retry_in = 0.1
-    with worker.scope:
-        while not runtime._stopping:
-            worker.receiving = True
-            try:
-                batch = await receive(channel, batch_size)
-            except (ConfigurationError, InvalidChannelName):
-                raise
-            except Exception as exc:
-                retry_in = await runtime._receive_failed(bound, exc, retry_in)
-                continue
-            worker.receiving = False
-            if bound.receive_failing:
-                runtime._receive_recovered(bound)
-                retry_in = 0.1
-            bound.stats.received += len(batch)
-            started = time.perf_counter()
-            await _handle_batch(runtime, bound, durable, batch)
-            if bound.concurrency > 1:
-                # Quick handlers: take more per receive. Slow ones: one at a time,
-                # so no batch holds messages that idle sibling workers could take.
-                quick = (time.perf_counter() - started) / len(batch) < FAST_CALL
-                batch_size = min(BATCH_SIZE, batch_size * 2) if quick else 1
+    # This worker's delivered, unsettled messages. One ticker per worker keeps them
+    # alive (not a task per batch: that cost more than handling a quick message).
+    pending: list[Delivery] = []
+    # A plain asyncio task (the runtime is asyncio only), not a task group: a
+    # ConfigurationError from receive must reach the runtime unwrapped.
+    ticker = asyncio.ensure_future(_keep_alive(pending, durable.settings.heartbeat))
+    try:
+        with worker.scope:
+            while not runtime._stopping:
+                worker.receiving = True
+                try:
+                    batch = await receive(channel, batch_size)
+                except (ConfigurationError, InvalidChannelName):
+                    raise
+                except Exception as exc:
+                    retry_in = await runtime._receive_failed(bound, exc, retry_in)
+                    continue
+                worker.receiving = False
+                if bound.receive_failing:
+                    runtime._receive_recovered(bound)
+                    retry_in = 0.1
+                bound.stats.received += len(batch)
+                started = time.perf_counter()
+                await _handle_batch(runtime, bound, durable, batch, pending)
+                if bound.concurrency > 1:
+                    # Quick handlers: take more per receive. Slow ones: one at a time,
+                    # so no batch holds messages that idle sibling workers could take.
+                    quick = (time.perf_counter() - started) / len(batch) < FAST_CALL
+                    batch_size = min(BATCH_SIZE, batch_size * 2) if quick else 1
+    finally:
+        ticker.cancel()
 
 
 async def _handle_batch(
-    runtime: Runtime, bound: _Bound, durable: DurableChannel, batch: list[Delivery]
+    runtime: Runtime,
+    bound: _Bound,
+    durable: DurableChannel,
+    batch: list[Delivery],
+    pending: list[Delivery],
 ) -> None:
-    pending = list(batch)
-    async with anyio.create_task_group() as keep_alive:
-        keep_alive.start_soon(_keep_alive, pending, durable.settings.heartbeat)
+    pending.extend(batch)
+    try:
         for delivery in batch:
             await _handle(runtime, bound, durable, delivery)
             pending.remove(delivery)
-        keep_alive.cancel_scope.cancel()
+    finally:
+        pending.clear()
 
 
 async def _keep_alive(pending: list[Delivery], interval: float) -> None:
-    """Signal progress for every unsettled delivery each ``interval`` seconds."""
+    """Signal progress for every unsettled delivery each ``interval`` seconds.
+
+    A delivery is signalled within ``interval`` (``ack_wait / 2``) of being taken,
+    as it was when each batch had its own ticker; one that is settled meanwhile
+    may still get a signal, which the server ignores for a settled message.
+    """
     while True:
         await anyio.sleep(interval)
         for delivery in list(pending):

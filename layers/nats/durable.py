@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import APIError, ServiceUnavailableError
 
 from svcbus.durable import Delivery, Durability, message_id_of
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, LayerError
 from svcbus.layer import LayerOptions
 
 from .connection import Connection
-from .wire import STREAM_CONFIG_DIFFERS, STREAM_FULL_CODES
+from .wire import STREAM_CONFIG_DIFFERS, STREAM_FULL_CODES, api_error
 
 WORKERS = "workers"
 """Durable name of the explicit-ack pull consumer every process shares on a durable stream."""
@@ -49,8 +50,24 @@ PUBLISH_TRIES = 3
 RETRY_PAUSE = 0.1
 """Seconds between two publishes of one message that no stream answered (same id)."""
 
-NO_ANSWER = (nats.errors.TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError)
-"""Publish failures after which the message may or may not be stored: publish it again."""
+
+def _no_answer(answer: asyncio.Future[Msg]) -> None:
+    if not answer.done():
+        answer.set_exception(nats.errors.TimeoutError())
+
+
+def _delivered(msg: Msg) -> int:
+    """The delivery count in a JetStream message's ack subject (1 for the first delivery).
+
+    Read straight from the subject (``$JS.ACK.<stream>.<consumer>.<delivered>...``,
+    or with ``<domain>.<account hash>`` after ``ACK`` in the newer form) instead of
+    nats-py's ``msg.metadata``, which also builds sequence pairs and a datetime.
+    """
+    tokens = msg.reply.split(".")
+    try:
+        return int(tokens[4] if len(tokens) == 9 else tokens[6]) or 1
+    except (IndexError, ValueError):
+        return msg.metadata.num_delivered or 1  # not the usual form: nats-py decides
 
 
 class NatsDelivery(Delivery):
@@ -59,7 +76,7 @@ class NatsDelivery(Delivery):
     __slots__ = ("_msg",)
 
     def __init__(self, msg: Msg) -> None:
-        super().__init__(msg.data, msg.metadata.num_delivered or 1)
+        super().__init__(msg.data, _delivered(msg))
         self._msg = msg
 
     async def ack(self) -> None:
@@ -88,6 +105,11 @@ class DurableChannels:
         """Seconds a publish waits for JetStream's storage confirmation."""
         self.settings: dict[str, Durability] = {}
         """Declared durable channels; ``send`` on one of them stores durably."""
+        self.prefix = ""
+        """Reply-subject prefix of durable publishes' answers (the layer routes them here)."""
+        self._seq = 0
+        self._waiting: dict[int, asyncio.Future[Msg]] = {}
+        """Durable publishes waiting for JetStream's answer, by reply sequence."""
         self._pulls: dict[str, JetStreamContext.PullSubscription] = {}
         self._fetching: dict[str, asyncio.Lock] = {}
 
@@ -152,33 +174,52 @@ class DurableChannels:
     async def send(self, channel: str, message: bytes) -> None:
         """Publish and return once JetStream confirmed it stored ``message``.
 
+        The publish carries a reply subject of this layer's (``<prefix><n>``), and
+        :meth:`on_answer` hands JetStream's answer to the waiting send: concurrent
+        sends are in flight together on the one connection, with a future each
+        and no JetStream request machinery per message (nats-py's ``js.publish``
+        cost about as much as the rest of a send).
+
         Without an answer (a reconnect, a stream leader election: a 503 or a
         timeout) it publishes again with the same id until ``ack_timeout`` has
         passed; the duplicate window stores the message once.
         """
-        js = (await self._conn.client()).jetstream()
+        nc = self._conn.nc or await self._conn.client()
         message_id = message_id_of(message)
-        headers = {"Nats-Msg-Id": message_id} if message_id is not None else None
+        stream = self.stream(channel)
+        # As nats-py's js.publish(stream=...) sent them: the id for the duplicate
+        # window, the stream so that no other stream capturing the subject stores it.
+        headers = {"Nats-Expected-Stream": stream}
+        if message_id is not None:
+            headers["Nats-Msg-Id"] = message_id
+        subject = self.subject(channel)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ack_timeout
         error: BaseException | None = None
         while (left := deadline - loop.time()) > 0:
             tried = loop.time()
+            self._seq = seq = self._seq + 1
+            answer: asyncio.Future[Msg] = loop.create_future()
+            self._waiting[seq] = answer
+            timer = loop.call_later(min(left, self.ack_timeout / PUBLISH_TRIES), _no_answer, answer)
             try:
-                await js.publish(
-                    self.subject(channel),
-                    message,
-                    timeout=min(left, self.ack_timeout / PUBLISH_TRIES),
-                    stream=self.stream(channel),
-                    headers=headers,
-                )
-                return
-            except APIError as exc:
-                raise self._refused(channel, exc) from None
-            except NO_ANSWER as exc:
+                await nc.publish(subject, message, reply=f"{self.prefix}{seq}", headers=headers)
+                msg = await answer
+            except nats.errors.TimeoutError as exc:
                 error = exc
             except nats.errors.Error as exc:
                 raise LayerError(f"NATS connection failed: {exc!r}") from None
+            else:
+                data = msg.data
+                if data[:9] == b'{"error":':
+                    raise self._refused(channel, api_error(data))
+                if data:
+                    return  # a PubAck (``"duplicate": true`` too: stored before)
+                # An empty answer is a status: 503, no stream (leader) listens yet.
+                error = nats.errors.NoRespondersError()
+            finally:
+                timer.cancel()
+                del self._waiting[seq]
             # A 503 comes back at once: give the election a moment before the next try.
             await asyncio.sleep(max(0.0, min(RETRY_PAUSE - (loop.time() - tried), left)))
         raise LayerError(
@@ -187,14 +228,21 @@ class DurableChannels:
             "again is safe within the duplicate window"
         )
 
-    def _refused(self, channel: str, exc: APIError) -> ChannelFull | LayerError:
-        if exc.err_code in STREAM_FULL_CODES:
+    def on_answer(self, seq: int, msg: Msg) -> None:
+        """JetStream's answer to durable publish ``seq`` (late answers are dropped)."""
+        waiting = self._waiting.get(seq)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(msg)
+
+    def _refused(self, channel: str, error: dict[str, Any]) -> ChannelFull | LayerError:
+        if error.get("err_code") in STREAM_FULL_CODES:
             return ChannelFull(
                 f"durable channel {channel!r} holds {self._options.capacity_for(channel)} "
                 "unacknowledged messages (its capacity); its consumers are behind: retry "
                 "later or raise channel_capacity"
             )
-        return LayerError(f"JetStream refused a message for {channel!r}: {exc}")
+        description = error.get("description", error)
+        return LayerError(f"JetStream refused a message for {channel!r}: {description}")
 
     async def receive(self, channel: str, limit: int) -> list[Delivery]:
         """Wait for deliveries from the shared ``workers`` consumer; up to ``limit``."""

@@ -204,6 +204,7 @@ class NatsLayer(Layer):
         self._ack_prefix = prefix = f"{self.conn.reply_root}.a."
         self.publisher.prefix = self.sender.prefix = prefix
         self.processes.dropped_reply = f"{prefix}d.0"
+        self.durable.prefix = f"{prefix}j."
         await self.conn.subscribe(f"{prefix}>", self._on_answer, nc=nc)
         await nc.subscribe(self.subjects.control, cb=self.groups.on_control)
         await nc.subscribe(self.subjects.named_control, cb=self.groups.on_named_control)
@@ -223,6 +224,9 @@ class NatsLayer(Layer):
             head, _, number = tail.partition(".")
             if head == "m":
                 self.sender.confirm(int(number))
+            elif head == "j":
+                self.durable.on_answer(int(number), msg)
+                return  # a durable send's answer: nothing a flush or the window waits for
             elif head == "d":
                 self.processes.on_dropped(msg)
             else:

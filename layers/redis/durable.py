@@ -19,7 +19,8 @@ channels on Redis"; the scripts are in ``durable_wire.py``):
   ``ack_wait - delay``, so the claim takes it after ``delay`` seconds (a delay
   longer than ``ack_wait`` is shortened to ``ack_wait``). No re-add: the entry
   keeps its id, its place and its delivery count.
-* **ack / term**: ``XACK`` and ``XDEL`` in one script.
+* **ack / term**: ``XACK`` and ``XDEL`` in one script; the acks of one event-loop
+  turn go out together in one call of the ack script, without waiting for it.
 
 The runtime (``svcbus/runtime_durable.py``) decides retries and dead letters.
 """
@@ -39,10 +40,12 @@ from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, L
 from svcbus.layer import LayerOptions
 from svcbus.ratelog import RateLimitedLog
 
-from .durable_wire import ADD_SHA, CLAIM_SHA, EXPIRE_SHA, GROUP, LEAVE_SHA, SETTLE_SHA
-from .resp import pack
+from .durable_wire import ACK_SHA, ADD_SHA, CLAIM_SHA, EXPIRE_SHA, GROUP, LEAVE_SHA, SETTLE_SHA
+from .resp import bulk, pack
 from .shard import RETRYABLE, Backoff, Shard, Unreachable
 from .url import shard_of
+
+log = logging.getLogger("svcbus.layers.redis")
 
 READ_BLOCK_MS = 250
 """How long one XREADGROUP waits for new entries before the receiver claims again:
@@ -75,7 +78,10 @@ class RedisDelivery(Delivery):
         self._entry = entry
 
     async def ack(self) -> None:
-        await self._streams.settle(self._channel, self._entry, None)
+        # Queued on the channel's pipe, not awaited: the next message's handler need
+        # not wait a round trip for this answer. The ack is still written after the
+        # handler returned; the layer's flush and close wait for it.
+        self._streams.settle_soon(self._channel, self._entry)
 
     async def nak(self, delay: float) -> None:
         ack_wait_ms = self._streams.ack_wait_ms(self._channel)
@@ -87,6 +93,32 @@ class RedisDelivery(Delivery):
 
     async def term(self) -> None:
         await self._streams.settle(self._channel, self._entry, None)
+
+
+class _Commands:
+    """The packed, unchanging parts of one channel's add and settle commands."""
+
+    __slots__ = ("add_args", "add_with_id", "add_without_id", "settle", "window_key")
+
+    def __init__(
+        self,
+        add_with_id: bytes,
+        add_without_id: bytes,
+        add_args: bytes,
+        window_key: bytes,
+        settle: bytes,
+    ) -> None:
+        self.add_with_id = add_with_id
+        self.add_without_id = add_without_id
+        self.add_args = add_args
+        self.window_key = window_key
+        self.settle = settle
+
+
+def _head(count: int, *args: bytes | str | int) -> bytes:
+    """The start of a command of ``count`` arguments: its header and the first ``args``."""
+    packed = pack(*args)
+    return b"*%d\r\n" % count + packed[len(b"*%d\r\n" % len(args)) :]
 
 
 class _Claims:
@@ -115,6 +147,10 @@ class DurableStreams:
         self._claims: dict[str, _Claims] = {}
         self.expired = 0
         """Stored messages this process dropped after ``max_age`` (handled or not), logged."""
+        self._commands: dict[str, _Commands] = {}
+        """Per channel: the parts of its add and settle commands that never change."""
+        self._acks: dict[str, list[bytes]] = {}
+        """Per channel: entries acknowledged in this turn of the event loop, not yet sent."""
 
     def key(self, channel: str) -> str:
         """The stream of durable ``channel``."""
@@ -130,15 +166,19 @@ class DurableStreams:
     async def _call(self, channel: str, command: bytes, what: str) -> Any:
         """One command on the channel's pipe; repeated while the server is unreachable."""
         shard = self.shard(channel)
+        try:
+            return await shard.pipe.call(command)
+        except Unreachable:
+            pass  # the retry loop below (the deadline and backoff only cost on this path)
         deadline = time.monotonic() + SEND_PATIENCE
         backoff = Backoff()
         while True:
+            await backoff.sleep()
             try:
                 return await shard.pipe.call(command)
             except Unreachable as exc:
                 if time.monotonic() > deadline:
                     raise LayerError(f"{what} on {channel!r}: {exc}") from None
-                await backoff.sleep()
 
     async def declare(self, channel: str, settings: Durability) -> None:
         """Create ``channel``'s stream and group if missing (entries already there are kept)."""
@@ -146,6 +186,7 @@ class DurableStreams:
             raise InvalidChannelName(f"{channel!r}: only named channels can be durable")
         await self._create_group(channel)
         self.settings[channel] = settings
+        self._commands.pop(channel, None)
 
     async def _create_group(self, channel: str) -> None:
         command = pack(b"XGROUP", b"CREATE", self.key(channel), GROUP, b"0", b"MKSTREAM")
@@ -159,22 +200,20 @@ class DurableStreams:
 
     async def send(self, channel: str, message: bytes) -> None:
         """Store ``message``; return once Redis answered that it holds it (or held it already)."""
-        settings = self.settings[channel]
+        commands = self._commands.get(channel) or self._prepare(channel)
         message_id = message_id_of(message)
-        keys: tuple[str, ...] = (self.key(channel),)
         if message_id is not None:
-            keys += (f"{self._prefix}:dd:{channel}:{message_id}",)
-        capacity = self._options.capacity_for(channel)
-        command = pack(
-            b"EVALSHA",
-            ADD_SHA,
-            len(keys),
-            *keys,
-            capacity,
-            max(1, int(settings.duplicate_window * 1000)),
-            max(1, int(settings.max_age * 1000)),
-            message,
-        )
+            # EVALSHA ADD 2 <stream> <window key of the id> <capacity> <window> <age> <message>
+            command = b"".join(
+                (
+                    commands.add_with_id,
+                    bulk(commands.window_key + message_id.encode()),
+                    commands.add_args,
+                    bulk(message),
+                )
+            )
+        else:
+            command = b"".join((commands.add_without_id, commands.add_args, bulk(message)))
         # Repeating the same bytes is safe: the window key stores them once.
         reply = await self._call(channel, command, "storing a durable message")
         if reply == 1 or reply == 0:
@@ -182,6 +221,7 @@ class DurableStreams:
         # Stored (1 + e) or full (-1 - e) after dropping e expired entries.
         self.count_expired(channel, reply - 1 if reply > 0 else -reply - 1)
         if reply < 0:
+            capacity = self._options.capacity_for(channel)
             raise ChannelFull(
                 f"durable channel {channel!r} holds {capacity} unacknowledged messages "
                 "(its capacity); its consumers are behind: retry later or raise channel_capacity"
@@ -232,13 +272,60 @@ class DurableStreams:
             else:
                 log.debug("could not expire durable channel %s: %s", channel, reply)
 
+    def _prepare(self, channel: str) -> _Commands:
+        """Pack the unchanging parts of ``channel``'s commands once (not per message)."""
+        settings = self.settings[channel]
+        key = self.key(channel)
+        args = (
+            self._options.capacity_for(channel),
+            max(1, int(settings.duplicate_window * 1000)),
+            max(1, int(settings.max_age * 1000)),
+        )
+        commands = _Commands(
+            add_with_id=_head(9, b"EVALSHA", ADD_SHA, 2, key),
+            add_without_id=_head(8, b"EVALSHA", ADD_SHA, 1, key),
+            add_args=b"".join(bulk(b"%d" % value) for value in args),
+            window_key=f"{self._prefix}:dd:{channel}:".encode(),
+            settle=_head(8, b"EVALSHA", SETTLE_SHA, 1, key, GROUP, self.consumer),
+        )
+        self._commands[channel] = commands
+        return commands
+
     async def settle(self, channel: str, entry: bytes, idle_ms: int | None) -> None:
         """Remove ``entry`` (None) or set its idle time, if this consumer still holds it."""
         idle = b"" if idle_ms is None else b"%d" % idle_ms
-        command = pack(
-            b"EVALSHA", SETTLE_SHA, 1, self.key(channel), GROUP, self.consumer, entry, idle
-        )
+        commands = self._commands.get(channel) or self._prepare(channel)
+        command = b"".join((commands.settle, bulk(entry), bulk(idle)))
         await self.shard(channel).pipe.call(command)
+
+    def settle_soon(self, channel: str, entry: bytes) -> None:
+        """Acknowledge ``entry`` without waiting for Redis's answer.
+
+        The acks a process makes in one turn of the event loop go out together,
+        as one call of the ack script (``XACK`` + ``XDEL`` of every id), queued on
+        the channel's pipe when the turn ends or at :meth:`push_acks`. If it fails
+        (the connection dropped), the entries stay pending and are claimed again
+        after ``ack_wait``: the same outcome as an awaited ack that failed.
+        """
+        acks = self._acks.get(channel)
+        if acks is None:
+            acks = self._acks[channel] = []
+        if not acks:
+            asyncio.get_running_loop().call_soon(self._push_acks, channel)
+        acks.append(entry)
+
+    def _push_acks(self, channel: str) -> None:
+        entries = self._acks.get(channel)
+        if not entries:
+            return
+        self._acks[channel] = []
+        command = pack(b"EVALSHA", ACK_SHA, 1, self.key(channel), GROUP, *entries)
+        self.shard(channel).pipe.call(command).add_done_callback(_log_failed_ack)
+
+    def push_acks(self) -> None:
+        """Queue every ack not yet on a pipe (before a flush or close waits for the pipes)."""
+        for channel in list(self._acks):
+            self._push_acks(channel)
 
     async def receive(self, channel: str, limit: int) -> list[Delivery]:
         """Wait for deliveries: entries idle past ``ack_wait`` first, then new ones."""
@@ -341,6 +428,7 @@ class DurableStreams:
 
     async def close(self) -> None:
         """Leave the groups where this consumer holds nothing (pending entries stay claimable)."""
+        self.push_acks()  # ahead of the leave scripts on the same pipes
         calls = [
             self.shard(channel).pipe.call(
                 pack(b"EVALSHA", LEAVE_SHA, 1, self.key(channel), GROUP, self.consumer)
@@ -350,6 +438,14 @@ class DurableStreams:
         if calls:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 2.0)
+
+
+def _log_failed_ack(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning(
+            "could not acknowledge a durable delivery (it will be redelivered): %s",
+            future.exception(),
+        )
 
 
 def _field(fields: list[bytes], name: bytes) -> bytes:

@@ -65,6 +65,13 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JU
 return 1
 """
 
+ACK_SCRIPT = b"""\
+-- KEYS[1] stream; ARGV[1] group, ARGV[2...] entry ids. Acknowledge and remove a
+-- batch of entries (the settle script's ack, for many ids in one call).
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
+
 LEAVE_SCRIPT = b"""\
 -- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer. Forget a consumer that holds
 -- nothing (DELCONSUMER would make its pending entries unclaimable).
@@ -92,8 +99,9 @@ def _sha(script: bytes) -> bytes:
 ADD_SHA = _sha(ADD_SCRIPT)
 CLAIM_SHA = _sha(CLAIM_SCRIPT)
 SETTLE_SHA = _sha(SETTLE_SCRIPT)
+ACK_SHA = _sha(ACK_SCRIPT)
 LEAVE_SHA = _sha(LEAVE_SCRIPT)
 EXPIRE_SHA = _sha(EXPIRE_SCRIPT)
 
-DURABLE_SCRIPTS = (ADD_SCRIPT, CLAIM_SCRIPT, SETTLE_SCRIPT, LEAVE_SCRIPT, EXPIRE_SCRIPT)
+DURABLE_SCRIPTS = (ADD_SCRIPT, CLAIM_SCRIPT, SETTLE_SCRIPT, LEAVE_SCRIPT, EXPIRE_SCRIPT, ACK_SCRIPT)
 """Loaded by every pipe connection (``pipe.py``)."""

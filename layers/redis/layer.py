@@ -196,6 +196,7 @@ class RedisLayer(Layer):
 
     async def flush(self) -> None:
         """Wait until the server has answered every send; report refusals found meanwhile."""
+        self.durable.push_acks()
         await asyncio.gather(*(s.pipe.drained.wait() for s in self._shards))
         self._sender.raise_late()
 
@@ -203,6 +204,7 @@ class RedisLayer(Layer):
         if self._closed:
             return
         if self._connected:
+            self.durable.push_acks()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
                     asyncio.gather(*(s.pipe.drained.wait() for s in self._shards)), 2.0

@@ -31,7 +31,7 @@ async def test_repeated_sends_write_the_same_bytes_as_the_first():
         first = await bus.send("ptest.note", Note(text="a", n=1))  # the long way
         second = await bus.send("ptest.note", Note(text="a", n=1))  # the route
         raw = [await layer.receive("ptest.note") for _ in range(2)]
-    for message_id, data in zip((first, second), raw):
+    for message_id, data in zip((first, second), raw, strict=True):
         sent = json.loads(data)
         expected = encode_plain(
             b'{"text":"a","n":1}', message_id, "Note", 2, sent["at"], sent["ex"]

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 # In a "before" child, PYTHONPATH makes svcbus (imported by common) the old code.
 from common import BenchChat, chat, print_table  # noqa: E402
 
+CPU_PER_MESSAGE: list[float] = []
+"""Microseconds of this process's CPU time per message, of the measurement that ran."""
 CHANNEL = "bench.chat"
 SUBJECT = "bench.paths"
 TEXT = "chat.message"
@@ -92,8 +94,9 @@ async def _timed(
     await send_all()
     await asyncio.wait_for(counter.done.wait(), 300)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    # This process's CPU time per message: steadier than the rate on a busy machine.
-    print(f"cpu {cpu / counter.count * 1e6:.2f} us/msg", file=sys.stderr)
+    # This process's CPU time per message (sender and consumer, in one process):
+    # steadier than the rate on a machine shared with other work.
+    CPU_PER_MESSAGE.append(cpu / counter.count * 1e6)
     return counter.count / elapsed
 
 
@@ -295,18 +298,22 @@ def child(name: str, url: str, count: int) -> None:
         from svcbus import Bus
 
         if not hasattr(Bus, "messages"):
-            print("null")  # older code: no Bus.messages
+            print("[null, null]")  # older code: no Bus.messages
             return
     # The separate-process flood runs its own event loops; the rest run in this one.
     rate = job(url, count) if name.startswith("nats2-") else asyncio.run(job(url, count))
-    print(json.dumps(rate))
+    print(json.dumps([rate, CPU_PER_MESSAGE[-1] if CPU_PER_MESSAGE else None]))
 
 
 # parent: servers, rounds, the table -----------------------------------------------------------
 
 
-def measure(name: str, url: str, count: int, shim: Path | None) -> float | None:
-    """One measurement in a fresh child process; None if that code cannot run it."""
+Result = tuple[float | None, float | None]
+"""msg/s and CPU microseconds per message (None: not measured, or not possible there)."""
+
+
+def measure(name: str, url: str, count: int, shim: Path | None) -> Result:
+    """One measurement in a fresh child process."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     if shim is not None:
@@ -321,8 +328,8 @@ def measure(name: str, url: str, count: int, shim: Path | None) -> float | None:
     )
     if result.returncode != 0:
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
-    rate: float | None = json.loads(result.stdout.strip().splitlines()[-1])
-    return rate
+    rate, cpu = json.loads(result.stdout.strip().splitlines()[-1])
+    return rate, cpu
 
 
 def before_checkout(rev: str, tmp: Path) -> Path:
@@ -438,7 +445,7 @@ def _url_for(name: str, servers: dict[str, str], count: int, round_: int) -> str
 
 def run_rounds(
     rounds: int, quick: bool, shim: Path | None, servers: dict[str, str], only: set[str]
-) -> dict[tuple[str, bool], list[float | None]]:
+) -> dict[tuple[str, bool], list[Result]]:
     counts = _counts(quick)
     names: list[str] = []
     for _label, server, ours, peers in ROWS:
@@ -447,55 +454,61 @@ def run_rounds(
         for name in [ours, *(peer for _, peer in peers)]:
             if name not in names:
                 names.append(name)
-    results: dict[tuple[str, bool], list[float | None]] = {}
+    results: dict[tuple[str, bool], list[Result]] = {}
     for r in range(rounds):
         for name in names:
             variants = [False, True] if shim is not None and "svcbus" in name else [False]
             for before in variants:
                 count = _count_for(name, counts)
                 url = _url_for(name, servers, count, r * 2 + before)
-                rate = measure(name, url, count, shim if before else None)
-                results.setdefault((name, before), []).append(rate)
+                rate, cpu = measure(name, url, count, shim if before else None)
+                results.setdefault((name, before), []).append((rate, cpu))
                 shown = "n/a" if rate is None else f"{rate:,.0f} msg/s"
+                shown += "" if cpu is None else f", {cpu:.2f} us/msg CPU"
                 tag = " (before)" if before else ""
                 print(f"round {r + 1}/{rounds} {name}{tag}: {shown}", file=sys.stderr, flush=True)
     return results
 
 
-def _median(values: list[float | None]) -> float | None:
+def _median(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
 
 
-def report(
-    results: dict[tuple[str, bool], list[float | None]], rounds: int, before: str | None
-) -> None:
-    columns = ["path", "svcbus msg/s"]
-    if before:
-        columns += [f"svcbus before ({before})", "after / before"]
-    columns += ["peer", "peer msg/s", "svcbus / peer"]
-    rows = []
-    for label, _server, ours, peers in ROWS:
-        if (ours, False) not in results:
-            continue
-        after = _median(results[(ours, False)])
-        old = _median(results.get((ours, True), [])) if before else None
-        for peer_label, peer in peers:
-            theirs = _median(results[(peer, False)])
-            row = [label, _rate(after)]
-            if before:
-                row += [_rate(old), _ratio(after, old)]
-            row += [peer_label, _rate(theirs), _ratio(after, theirs)]
-            rows.append(row)
-    print_table(f"Hot paths, median of {rounds} interleaved rounds", columns, rows)
+def report(results: dict[tuple[str, bool], list[Result]], rounds: int, before: str | None) -> None:
+    """Two tables: throughput (msg/s) and CPU time per message, both medians."""
+    for what, index, unit in (("throughput", 0, "msg/s"), ("CPU per message", 1, "us/msg")):
+        columns = ["path", f"svcbus {unit}"]
+        if before:
+            columns += [f"before ({before})", "after vs before"]
+        columns += ["peer", f"peer {unit}", "svcbus vs peer"]
+        rows = []
+        for label, _server, ours, peers in ROWS:
+            if (ours, False) not in results:
+                continue
+            after = _median([r[index] for r in results[(ours, False)]])
+            old = _median([r[index] for r in results.get((ours, True), [])]) if before else None
+            for peer_label, peer in peers:
+                theirs = _median([r[index] for r in results[(peer, False)]])
+                row = [label, _number(after, index)]
+                # Ratios read "svcbus is N times as fast": CPU ratios are inverted.
+                if before:
+                    row += [_number(old, index), _ratio(after, old, inverse=bool(index))]
+                row += [peer_label, _number(theirs, index), _ratio(after, theirs, bool(index))]
+                rows.append(row)
+        print_table(f"Hot paths, {what}, median of {rounds} interleaved rounds", columns, rows)
 
 
-def _rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
+def _number(value: float | None, index: int) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if index else f"{value:,.0f}"
 
 
-def _ratio(value: float | None, base: float | None) -> str:
-    return "n/a" if value is None or not base else f"{value / base:.2f}x"
+def _ratio(value: float | None, base: float | None, inverse: bool = False) -> str:
+    if value is None or not base:
+        return "n/a"
+    return f"{base / value:.2f}x" if inverse else f"{value / base:.2f}x"
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from . import tracing
 from .contract import Contract, ContractRegistry, coerce, contract_named, describe_errors, registry
 from .durable import Durability
 from .envelope import (
-    Decoder,
     Envelope,
     ErrorInfo,
     body_json,
@@ -67,8 +66,6 @@ class Bus:
         """Named channels whose durability was looked up (and declared to the layer)."""
         self._routes: dict[str, Route] = {}
         """Named channels sent on before, with their contract: ``send``'s fast path."""
-        self._decoders: dict[str, tuple[Decoder, Any]] = {}
-        """Named channels received from before: their contract's decoder, and the contract."""
 
     # lifecycle -----------------------------------------------------------
 
@@ -182,22 +179,13 @@ class Bus:
     def _decode_received(self, channel: str, data: bytes, body_type: Any) -> Envelope[Any]:
         """:meth:`decode` for :meth:`receive`: a process channel's body is typed by its envelope.
 
-        Without ``body_type``, a named channel's body is its contract (the decoder
-        is kept per channel); a process channel's is the contract the envelope
-        names, when this process knows it, else any JSON value.
+        Without ``body_type``, a named channel's body is its contract; a process
+        channel's is the contract the envelope names, when this process knows it,
+        else any JSON value.
         """
         if body_type is None:
             if "!" not in channel:
-                known = self._decoders.get(channel)
-                if known is not None:
-                    decode, body_type = known
-                    try:
-                        return decode(data)
-                    except ValidationError as exc:
-                        raise _invalid(channel, exc, body_type) from None
                 body_type = self.contracts.get(channel)
-                if body_type is not None and len(self._decoders) < MAX_ROUTES:
-                    self._decoders[channel] = (envelope_decoder(body_type), body_type)
             else:
                 named = peek_contract(data)
                 body_type = contract_named(*named) if named is not None else None
@@ -269,14 +257,17 @@ class Bus:
         if channel not in self._prepared and "!" not in channel:
             await self._prepare(channel)
         await self.layer.send(channel, data)
-        if channel not in self._routes and "!" not in channel:
-            self._add_route(channel)
+        if "!" not in channel:
+            route = self._routes.get(channel)
+            # A reloaded module makes a new contract class for the channel: follow it.
+            if route is None or route.contract is not self.contracts.get(channel):
+                self._add_route(channel)
         return message_id
 
     def _add_route(self, channel: str) -> None:
         """Remember a named channel's contract and expiry for ``send``'s fast path."""
         contract = self.contracts.get(channel)
-        if contract is None or len(self._routes) >= MAX_ROUTES:
+        if contract is None or (len(self._routes) >= MAX_ROUTES and channel not in self._routes):
             return
         durable = self.durability(channel)
         # A durable message lives as long as its stream keeps it (see encode).

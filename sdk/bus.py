@@ -179,16 +179,13 @@ class Bus:
     def _decode_received(self, channel: str, data: bytes, body_type: Any) -> Envelope[Any]:
         """:meth:`decode` for :meth:`receive`: a process channel's body is typed by its envelope.
 
-        Without ``body_type``, a named channel's body is its contract; a process
-        channel's is the contract the envelope names, when this process knows it,
+        Without ``body_type`` (callers resolve a named channel's contract first),
+        the body is the contract the envelope names, when this process knows it,
         else any JSON value.
         """
         if body_type is None:
-            if "!" not in channel:
-                body_type = self.contracts.get(channel)
-            else:
-                named = peek_contract(data)
-                body_type = contract_named(*named) if named is not None else None
+            named = peek_contract(data)
+            body_type = contract_named(*named) if named is not None else None
         try:
             return envelope_decoder(body_type if body_type is not None else Any)(data)
         except ValidationError as exc:
@@ -285,6 +282,11 @@ class Bus:
         Raises :class:`MessageInvalid` for a message that does not decode.
         """
         receive = self.layer.receive
+        if body_type is None and "!" not in channel:
+            # A named channel: its contract's decoder, looked up once per call.
+            body_type = self.contracts.get(channel)
+            if body_type is None:
+                body_type = Any
         while True:
             envelope = self._decode_received(channel, await receive(channel), body_type)
             if envelope.ex is None or envelope.ex > now_ms():
@@ -300,9 +302,22 @@ class Bus:
         """
         validate_channel(channel)
         receive = self.layer.receive
-        decode = self._decode_received
+        if body_type is None and "!" not in channel:
+            contract = self.contracts.get(channel)
+            body_type = contract if contract is not None else Any
+        if body_type is None:  # a process channel: typed by each message's contract
+            while True:
+                envelope = self._decode_received(channel, await receive(channel), None)
+                if envelope.ex is None or envelope.ex > now_ms():
+                    yield envelope
+        # One decoder for the whole loop: per message, a receive and a validation.
+        decode = envelope_decoder(body_type)
         while True:
-            envelope = decode(channel, await receive(channel), body_type)
+            data = await receive(channel)
+            try:
+                envelope = decode(data)
+            except ValidationError as exc:
+                raise _invalid(channel, exc, body_type) from None
             if envelope.ex is None or envelope.ex > now_ms():
                 yield envelope
 

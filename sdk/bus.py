@@ -305,19 +305,18 @@ class Bus:
         if body_type is None and "!" not in channel:
             contract = self.contracts.get(channel)
             body_type = contract if contract is not None else Any
-        if body_type is None:  # a process channel: typed by each message's contract
-            while True:
-                envelope = self._decode_received(channel, await receive(channel), None)
-                if envelope.ex is None or envelope.ex > now_ms():
-                    yield envelope
-        # One decoder for the whole loop: per message, a receive and a validation.
-        decode = envelope_decoder(body_type)
+        # A named channel (or a given type) has one decoder for the whole loop;
+        # a process channel's messages are typed each by the contract it names.
+        decode = envelope_decoder(body_type) if body_type is not None else None
         while True:
             data = await receive(channel)
-            try:
-                envelope = decode(data)
-            except ValidationError as exc:
-                raise _invalid(channel, exc, body_type) from None
+            if decode is None:
+                envelope = self._decode_received(channel, data, None)
+            else:
+                try:
+                    envelope = decode(data)
+                except ValidationError as exc:
+                    raise _invalid(channel, exc, body_type) from None
             if envelope.ex is None or envelope.ex > now_ms():
                 yield envelope
 

@@ -9,6 +9,7 @@ import pytest
 
 from svcbus import Bus, Contract, Durability, MessageInvalid, Runtime, Service
 from svcbus.envelope import encode_plain, peek_contract
+from svcbus.layer import LayerOptions
 from svcbus.layers.memory import MemoryHub, MemoryLayer
 
 pytestmark = pytest.mark.anyio
@@ -137,3 +138,39 @@ async def test_runtime_runs_on_an_open_bus_and_leaves_it_open():
         await bus.send("ptest.note", Note(text="after", n=8))
         assert (await bus.receive("ptest.note")).b.n == 8
     assert got == [7]
+
+
+async def test_a_receive_loop_on_a_full_channel_still_lets_other_tasks_run():
+    layer = MemoryLayer(LayerOptions(capacity=500))
+    for n in range(200):
+        await layer.send("ptest.flood", b"%d" % n)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.sleep(0)
+        before = ticks
+        for _ in range(200):
+            await layer.receive("ptest.flood")
+        # Every message is there at once, yet the loop yielded along the way.
+        assert ticks - before >= 200 // 32
+        tg.cancel_scope.cancel()
+
+
+async def test_messages_on_a_process_channel_types_each_by_its_contract():
+    async with Bus(MemoryLayer()) as bus:
+        inbox = await bus.new_channel("inbox")
+        await bus.send(inbox, Reading(value=0.5))
+        await bus.send(inbox, {"plain": 1})
+        bodies = []
+        async for envelope in bus.messages(inbox):
+            bodies.append(envelope.b)
+            if len(bodies) == 2:
+                break
+        assert bodies == [Reading(value=0.5), {"plain": 1}]

@@ -8,13 +8,14 @@ moves bytes.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 from pydantic import ValidationError
 
 from . import tracing
-from .contract import Contract, ContractRegistry, coerce, describe_errors, registry
+from .contract import Contract, ContractRegistry, coerce, contract_named, describe_errors, registry
 from .durable import Durability
 from .envelope import (
     Envelope,
@@ -22,13 +23,15 @@ from .envelope import (
     body_json,
     encode,
     encode_plain,
-    envelope_type,
+    envelope_decoder,
     new_message_id,
     now_ms,
+    peek_contract,
 )
 from .errors import MessageInvalid, RemoteError, RequestTimeout
 from .layer import Layer, open_layer
 from .names import validate_channel
+from .route import MAX_ROUTES, Route
 
 log = logging.getLogger("svcbus.bus")
 
@@ -61,6 +64,8 @@ class Bus:
         """Durable channels declared on purpose (dead-letter channels), beyond contracts'."""
         self._prepared: set[str] = set()
         """Named channels whose durability was looked up (and declared to the layer)."""
+        self._routes: dict[str, Route] = {}
+        """Named channels sent on before, with their contract: ``send``'s fast path."""
 
     # lifecycle -----------------------------------------------------------
 
@@ -106,6 +111,7 @@ class Bus:
         """
         validate_channel(channel)
         self._durable[channel] = settings
+        self._routes.pop(channel, None)  # its expiry changes
         await self.layer.declare_durable(
             channel, self.layer.options.durability_for(channel, settings)
         )
@@ -179,9 +185,22 @@ class Bus:
         if body_type is None:
             body_type = self.contracts.get(channel) if "!" not in channel else None
         try:
-            return envelope_type(body_type if body_type is not None else Any).model_validate_json(
-                data
-            )
+            return envelope_decoder(body_type if body_type is not None else Any)(data)
+        except ValidationError as exc:
+            raise _invalid(channel, exc, body_type) from None
+
+    def _decode_received(self, channel: str, data: bytes, body_type: Any) -> Envelope[Any]:
+        """:meth:`decode` for :meth:`receive`: a process channel's body is typed by its envelope.
+
+        Without ``body_type`` (callers resolve a named channel's contract first),
+        the body is the contract the envelope names, when this process knows it,
+        else any JSON value.
+        """
+        if body_type is None:
+            named = peek_contract(data)
+            body_type = contract_named(*named) if named is not None else None
+        try:
+            return envelope_decoder(body_type if body_type is not None else Any)(data)
         except ValidationError as exc:
             raise _invalid(channel, exc, body_type) from None
 
@@ -201,6 +220,21 @@ class Bus:
         Raises ``MessageInvalid`` (before anything is sent), ``ChannelFull``,
         ``MessageTooLarge`` or ``InvalidChannelName``.
         """
+        route = self._routes.get(channel)
+        if (
+            route is not None
+            and type(message) is route.contract
+            and reply_channel is None
+            and trace is None
+            and headers is None
+            and self.tracer is None
+        ):
+            # The common send: an instance of the channel's contract (validated when
+            # it was built) on a channel sent on before. Name, contract, durability
+            # and expiry were settled by the first send; only the envelope is new.
+            message_id = new_message_id()
+            await self.layer.send(channel, route.envelope(message_id, message))
+            return message_id
         validate_channel(channel)
         if self.tracer is not None and trace is None:
             with tracing.send_span(self.tracer, self.layer.system, channel) as span:
@@ -233,14 +267,71 @@ class Bus:
         if channel not in self._prepared and "!" not in channel:
             await self._prepare(channel)
         await self.layer.send(channel, data)
+        if "!" not in channel:
+            route = self._routes.get(channel)
+            # A reloaded module makes a new contract class for the channel: follow it.
+            if route is None or route.contract is not self.contracts.get(channel):
+                self._add_route(channel)
         return message_id
 
+    def _add_route(self, channel: str) -> None:
+        """Remember a named channel's contract and expiry for ``send``'s fast path."""
+        contract = self.contracts.get(channel)
+        if contract is None or (len(self._routes) >= MAX_ROUTES and channel not in self._routes):
+            return
+        durable = self.durability(channel)
+        # A durable message lives as long as its stream keeps it (see encode).
+        expiry_ms = int(durable.max_age * 1000) if durable is not None else self._expiry_ms
+        self._routes[channel] = Route(contract, expiry_ms)
+
     async def receive(self, channel: str, body_type: Any = None) -> Envelope[Any]:
-        """Wait for the next valid, unexpired message on ``channel`` (scripts, tools, tests)."""
+        """Wait for the next valid, unexpired message on ``channel``.
+
+        The body is validated as ``body_type``, else the channel's contract; on a
+        process-specific channel (``new_channel()``), as the contract the message
+        names (``ct``/``cv``) when this process has that contract class, else as
+        any JSON value. One decoding pass per message; a loop of receives takes
+        messages from the layer's local buffer, which the layer fills in batches.
+        Raises :class:`MessageInvalid` for a message that does not decode.
+        """
+        receive = self.layer.receive
+        if body_type is None and "!" not in channel:
+            # A named channel: its contract's decoder, looked up once per call.
+            body_type = self.contracts.get(channel)
+            if body_type is None:
+                body_type = Any
         while True:
-            envelope = self.decode(channel, await self.layer.receive(channel), body_type)
+            envelope = self._decode_received(channel, await receive(channel), body_type)
             if envelope.ex is None or envelope.ex > now_ms():
                 return envelope
+
+    async def messages(self, channel: str, body_type: Any = None) -> AsyncIterator[Envelope[Any]]:
+        """Every valid, unexpired message of ``channel``, as they come (``async for``).
+
+        The same as calling :meth:`receive` in a loop, without its per-call
+        set-up. Each message is taken from the layer only when the loop asks for
+        it, so leaving the loop (``break``, cancellation) leaves the rest on the
+        channel: nothing is held here.
+        """
+        validate_channel(channel)
+        receive = self.layer.receive
+        if body_type is None and "!" not in channel:
+            contract = self.contracts.get(channel)
+            body_type = contract if contract is not None else Any
+        # A named channel (or a given type) has one decoder for the whole loop;
+        # a process channel's messages are typed each by the contract it names.
+        decode = envelope_decoder(body_type) if body_type is not None else None
+        while True:
+            data = await receive(channel)
+            if decode is None:
+                envelope = self._decode_received(channel, data, None)
+            else:
+                try:
+                    envelope = decode(data)
+                except ValidationError as exc:
+                    raise _invalid(channel, exc, body_type) from None
+            if envelope.ex is None or envelope.ex > now_ms():
+                yield envelope
 
     async def group_send(
         self, group: str, message: Any, *, trace: dict[str, str] | None = None
@@ -343,9 +434,7 @@ class Bus:
         data = self.encode(
             channel, message, reply_channel=reply_channel, message_id=message_id, trace=trace
         )
-        decode_reply = envelope_type(
-            reply_type | None if reply_type is not None else Any
-        ).__pydantic_validator__.validate_json
+        decode_reply = envelope_decoder(reply_type | None if reply_type is not None else Any)
         try:
             if channel not in self._prepared and "!" not in channel:
                 await self._prepare(channel)

@@ -76,8 +76,29 @@ class Contract(BaseModel):
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         # Called once pydantic has built the fields: only then is it safe to register.
         super().__pydantic_init_subclass__(**kwargs)
+        _name_contract(cls)
         if cls.__channel__ is not None:
             registry.register(cls)
+
+
+_by_name: dict[tuple[str, int], type[Contract] | None] = {}
+"""Every contract class of this process by (contract name, version); None when ambiguous."""
+
+
+def _name_contract(contract: type[Contract]) -> None:
+    key = (contract.__contract_name__, contract.__version__)
+    if key in _by_name:
+        existing = _by_name[key]
+        if existing is None or _identity(existing) != _identity(contract):
+            # Two different classes claim one name: an envelope naming it cannot say which.
+            _by_name[key] = None
+            return
+    _by_name[key] = contract
+
+
+def contract_named(name: str, version: int) -> type[Contract] | None:
+    """The contract class this process knows as ``name`` version ``version``, if exactly one."""
+    return _by_name.get((name, version))
 
 
 class ContractRegistry:

@@ -250,6 +250,48 @@ async def test_close_returns_unreceived_messages(redis_url, uniq):
             assert [await other.receive(channel), await other.receive(channel)] == [b"a", b"b"]
 
 
+async def test_single_receives_read_ahead_and_give_back_what_they_did_not_take(redis_url, uniq):
+    channel = uniq("ahead")
+    async with (
+        opened(redis_url, capacity=500) as sender,
+        opened(redis_url) as other,
+        raw(redis_url) as r,
+    ):
+        for i in range(200):
+            await sender.send(channel, b"%d" % i)
+        await sender.flush()
+        layer = open_layer(redis_url)
+        await layer.connect()
+        with anyio.fail_after(5):
+            taken = [await layer.receive(channel) for _ in range(25)]
+        assert taken == [b"%d" % i for i in range(25)]
+        # A backlog makes the pops grow (1, 2, 3, 5, 9, 17 messages): 25 single
+        # receives took six pops,
+        # and what was read ahead waits in this process for its next receive.
+        ahead = len(layer._receivers.boxes()[channel].items)
+        assert ahead > 0
+        assert await r.llen(layer.key_of(channel)[0]) == 175 - ahead
+        await layer.close()  # gives the read-ahead back, at the head of the list
+        with anyio.fail_after(5):
+            rest = [await other.receive(channel) for _ in range(175)]
+        assert rest == [b"%d" % i for i in range(25, 200)]
+        assert layer.lost == 0
+
+
+async def test_read_ahead_left_unreceived_past_the_expiry_is_counted_lost(redis_url, uniq):
+    channel = uniq("stale")
+    async with opened(redis_url, expiry=1.0) as layer:
+        for i in range(50):
+            await layer.send(channel, b"%d" % i)
+        with anyio.fail_after(5):
+            for _ in range(10):
+                await layer.receive(channel)
+        left = len(layer._receivers.boxes()[channel].items)
+        assert left > 0
+        # Nobody receives any more: after the expiry the box is dropped and counted.
+        await eventually(lambda: layer.lost == left, 6, "the read-ahead counted lost")
+
+
 async def test_unread_channel_stays_bounded(redis_url, uniq):
     channel = uniq("unread")
     async with opened(redis_url, capacity=5, expiry=0.5) as layer, raw(redis_url) as r:

@@ -136,6 +136,25 @@ class Receivers:
                 return self._take(box, limit)
             await self._wait(box, limit)
 
+    def take_one(self, channel: str) -> bytes | None:
+        """The next buffered message of ``channel`` if one can be taken without a pull.
+
+        A loop of single receives (``Bus.receive``) mostly finds its message in the
+        buffer with a pull still outstanding: then nothing is asked of the server
+        and no list is made. Otherwise None: :meth:`receive` tops up and waits.
+        """
+        box = self.inboxes.get(channel)
+        if box is None or not box.items or (box.ready is not None and not box.ready.done()):
+            return None
+        items = box.items
+        if box.requested + len(items) - 1 < box.demand + box.prefetch:
+            return None  # running low: receive() pulls before taking
+        data = items.popleft()
+        if items and box.waiters:
+            wake(box.waiters)  # more left than we took: pass it on
+        box.idle_since = time.monotonic()  # see _take
+        return data
+
     @staticmethod
     def _take(box: Inbox, limit: int) -> list[bytes]:
         items = box.items

@@ -109,9 +109,8 @@ class Sender:
                 await self.store(out, message)
                 return
             out.direct_until = 0.0
-        await self._publish_live(out, message)
-
-    async def _publish_live(self, out: Outgoing, message: bytes) -> None:
+        # Live publish, written out here rather than in a method of its own: this
+        # is every send's path, and a coroutine call per message shows in a flood.
         nc = self._conn.nc or await self._conn.client()
         self.live_seq = seq = self.live_seq + 1
         self.unconfirmed.append(message)

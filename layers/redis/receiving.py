@@ -32,6 +32,13 @@ BLOCK_SECONDS = 1
 """How long one BLPOP waits before the fetch loop looks again (whether anyone still waits)."""
 MAX_FETCH = 256
 """Most messages one pop takes for a process (the sum of its waiting receivers' limits)."""
+READ_AHEAD = 64
+"""Most messages a named channel's pop takes beyond what its waiting receivers asked for.
+
+It grows while pops come back full (a backlog: a loop of single receives would
+otherwise pay a round trip per message) and halves when one comes back short,
+so a trickle is not hoarded by one process. What it took waits in the local
+box for the next receive; closing the layer gives it back to the list."""
 
 
 class _Box:
@@ -51,7 +58,18 @@ class _Box:
 class _Source:
     """One Redis list this process pops from: a named channel, or a process head."""
 
-    __slots__ = ("box", "boxes", "head", "in_flight", "key", "shard", "split", "task", "wanted")
+    __slots__ = (
+        "ahead",
+        "box",
+        "boxes",
+        "head",
+        "in_flight",
+        "key",
+        "shard",
+        "split",
+        "task",
+        "wanted",
+    )
 
     def __init__(self, key: bytes, shard: Shard, head: str | None) -> None:
         self.key = key
@@ -63,6 +81,7 @@ class _Source:
         self.task: asyncio.Task[None] | None = None
         self.wanted = 0  # sum of the limits of everyone waiting on this source
         self.in_flight = 0  # most messages the pop being answered may have taken
+        self.ahead = 0  # read-ahead of a named channel's next pop (READ_AHEAD)
 
 
 class Receivers:
@@ -186,7 +205,10 @@ class Receivers:
         backoff = Backoff()
         try:
             while not self._closed() and (source.wanted > 0 or source.head is not None):
-                want = MAX_FETCH if source.head is not None else min(source.wanted, MAX_FETCH)
+                if source.head is None:
+                    want = min(source.wanted + source.ahead, MAX_FETCH)
+                else:
+                    want = MAX_FETCH
                 epoch = shard.epoch
                 try:
                     conn = await shard.connection()
@@ -244,6 +266,12 @@ class Receivers:
                 shard.release(conn, epoch)
                 shard.back()
                 backoff.reset()
+                if source.head is None:
+                    # A full pop means the list holds more: read further ahead next time.
+                    full = len(items) >= want
+                    source.ahead = (
+                        min(READ_AHEAD, source.ahead * 2 or 1) if full else source.ahead // 2
+                    )
                 if items:
                     self._deliver(source, items)
         finally:
@@ -384,6 +412,17 @@ class Receivers:
             if not box.waiters and self._tick - box.touched > idle_ticks
         ]
         for channel in stale:
+            left = len(self._boxes[channel].items)
+            if left:
+                # Popped (read ahead, or for a cancelled receive) and not received
+                # for longer than the expiry: expired here, counted like a lost pop.
+                self._lost_pops += left
+                self._notes.log(
+                    "expired",
+                    "%d message(s) of %s expired unreceived in this process (counted in lost)",
+                    left,
+                    channel,
+                )
             self._drop_box(channel)
 
     async def stop(self) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 # In a child for the "before" row, PYTHONPATH makes this the old svcbus.
+from checkout import checkout, remove  # noqa: E402
 from common import print_table, typed_throughput  # noqa: E402
 
 ROOT = HERE.parent
@@ -92,26 +92,6 @@ def child(variant: str, count: int) -> None:
 # parent: worktree, shim, rounds, table ------------------------------------------------------
 
 
-def before_checkout(tmp: Path) -> tuple[Path, Path]:
-    """A worktree of BEFORE and a shim dir that maps the ``svcbus`` package onto it."""
-    worktree = WORKTREE
-    if worktree.exists():
-        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT)
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", "--quiet", str(worktree), BEFORE],
-        cwd=ROOT,
-        check=True,
-    )
-    # svcbus = sdk/, svcbus.layers = layers/ (pyproject's package-dir), without
-    # touching the worktree: a real package dir of symlinks to its files.
-    package = tmp / "shim" / "svcbus"
-    package.mkdir(parents=True)
-    for entry in (worktree / "sdk").iterdir():
-        (package / entry.name).symlink_to(entry)
-    (package / "layers").symlink_to(worktree / "layers")
-    return worktree, tmp / "shim"
-
-
 def measure(variant: str, count: int, shim: Path | None) -> float:
     env = dict(os.environ)
     for name in ("SVCBUS_TRACE", "OTEL_TRACES_EXPORTER", "OTEL_PYTHON_TRACER_PROVIDER"):
@@ -143,16 +123,14 @@ def main() -> None:
         child(args.child, args.count)
         return
     best = dict.fromkeys(VARIANTS, 0.0)
-    tmp = Path(tempfile.mkdtemp(prefix="svcbus-bench-tracing-"))
-    worktree, shim = before_checkout(tmp)
+    worktree, shim = checkout(BEFORE, WORKTREE.name)
     try:
         for _ in range(args.rounds):
             for variant in VARIANTS:
                 rate = measure(variant, args.count, shim if variant == "before" else None)
                 best[variant] = max(best[variant], rate)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(worktree, shim)
     base = best["before"]
     rows = [
         (label, f"{best[key]:,.0f}", f"{best[key] / base:.2f}x", f"{1e6 / best[key]:.1f}")

@@ -12,7 +12,7 @@ A slow client must not stall the room: each write is started eagerly and, if
 the socket's buffer is full, finished by a writer task of its own while the
 loop goes on; later messages queue behind it (up to ``MAX_BACKLOG``, then they
 are dropped for that client: at-most-once, like the layers). Starting the write
-by hand (see :func:`queue_write`) is deliberate: a task per socket per message
+by hand (see :func:`queue_write` and :mod:`.stepping`) is deliberate: a task per socket per message
 made a broadcast to 1,000 sockets about 1.7x slower (``bench/bench_edge.py``).
 
 Memberships are refreshed on the layer every half ``group_expiry`` so a
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -33,6 +33,7 @@ from ..errors import SvcbusError
 from ..names import validate_group
 from . import tracing
 from .replies import CLOSE, SEND, Decoded
+from .stepping import DONE, coroutine_of, finish, first_step
 
 if TYPE_CHECKING:
     from .app import EdgeApp
@@ -193,14 +194,13 @@ def queue_write(conn: Connection, item: Decoded) -> None:
         conn.backlog = [item]
         conn.writer = asyncio.get_running_loop().create_task(_write(conn, None, None))
         return
-    sending = conn.send(item[1])
-    coro = sending if isinstance(sending, Coroutine) else _awaiting(sending)
+    coro = coroutine_of(conn.send(item[1]))
     try:
-        waiting_on = coro.send(None)
-    except StopIteration:
-        return
+        waiting_on = first_step(coro)
     except (OSError, RuntimeError):
         return  # the client is gone; its connection task cleans up
+    if waiting_on is DONE:
+        return
     conn.backlog = []
     conn.writer = asyncio.get_running_loop().create_task(_write(conn, coro, waiting_on))
 
@@ -209,7 +209,7 @@ async def _write(conn: Connection, coro: Coroutine[Any, Any, None] | None, waiti
     """Finish a write that had to wait (if any), then act on the queued items in order."""
     try:
         if coro is not None:
-            await _finish(coro, waiting_on)
+            await finish(coro, waiting_on)
         backlog = conn.backlog
         while backlog and await conn.apply(backlog.pop(0)):
             pass
@@ -218,29 +218,6 @@ async def _write(conn: Connection, coro: Coroutine[Any, Any, None] | None, waiti
     finally:
         conn.backlog = None
         conn.writer = None
-
-
-async def _awaiting(awaitable: Awaitable[None]) -> None:
-    """A coroutine for an ASGI ``send`` that returned another kind of awaitable."""
-    await awaitable
-
-
-async def _finish(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    """Drive a send suspended on a full socket buffer to completion."""
-    try:
-        while True:
-            if waiting_on is None:
-                await asyncio.sleep(0)  # a bare yield: just give the loop a turn
-            else:
-                # Wait without taking the outcome: the send sees it when resumed.
-                await asyncio.wait([waiting_on])
-            try:
-                waiting_on = coro.send(None)
-            except StopIteration:
-                return
-    except asyncio.CancelledError:
-        coro.close()
-        raise
 
 
 async def drain(edge: EdgeApp, channel: str) -> None:

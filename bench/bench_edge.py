@@ -499,6 +499,13 @@ class Pool:
 # -- measuring ------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -661,9 +668,14 @@ class Rows:
     echo_p50: list[float] = field(default_factory=list)
     echo_p99: list[float] = field(default_factory=list)
     echo_rate: list[float] = field(default_factory=list)
+    echo_cpu: list[float] = field(default_factory=list)
+    """Server CPU time (user + system) per echoed frame, µs: steadier than wall time
+    on a shared machine, since waiting for a core costs no CPU time."""
     single_p50: list[float] = field(default_factory=list)
     http_rate: list[float] = field(default_factory=list)
     http_p50: list[float] = field(default_factory=list)
+    http_cpu: list[float] = field(default_factory=list)
+    """Server CPU time per HTTP request, µs."""
 
 
 async def compare(
@@ -690,17 +702,21 @@ async def compare(
         for number in range(rounds):
             order = kinds[number % len(kinds) :] + kinds[: number % len(kinds)]
             for kind in order:
-                port, row = servers[kind].port, rows[kind]
+                port, row, pid = servers[kind].port, rows[kind], servers[kind].process.pid
                 clients, frames = echo
+                cpu = cpu_seconds(pid)
                 parts = await pool.all("echo", port, clients, frames, split=clients)
                 latencies = [x for part in parts for x in part[0]]
+                row.echo_cpu.append((cpu_seconds(pid) - cpu) / max(len(latencies), 1) * 1e6)
                 p50, p99 = pct(latencies)
                 row.echo_p50.append(p50)
                 row.echo_p99.append(p99)
                 row.echo_rate.append(len(latencies) / max(part[1] for part in parts))
                 row.single_p50.append(pct(await pool.one("single", port, *single))[0])
+                cpu = cpu_seconds(pid)
                 parts = await pool.all("http", port, 50 // pool.size, http_s)
                 latencies = [x for part in parts for x in part]
+                row.http_cpu.append((cpu_seconds(pid) - cpu) / max(len(latencies), 1) * 1e6)
                 row.http_rate.append(len(latencies) / http_s)
                 row.http_p50.append(pct(latencies)[0])
                 await asyncio.sleep(0.3)
@@ -720,12 +736,15 @@ def compare_table(rows: dict[str, Rows], echo: tuple[int, int], floor: str = "ra
         f"echo {echo[0]:,}x{echo[1]} p50 ms",
         "p99 ms",
         "msg/s",
+        "CPU µs/frame",
         "one socket p50 µs",
         "HTTP req/s",
         "HTTP p50 ms",
+        "CPU µs/req",
     ]
     if base is not None:
         columns += ["RTT vs raw", "rate vs raw", "one socket vs raw", "HTTP vs raw"]
+        columns += ["CPU/frame vs raw", "CPU/req vs raw"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for kind, row in rows.items():
         cells = [
@@ -733,9 +752,11 @@ def compare_table(rows: dict[str, Rows], echo: tuple[int, int], floor: str = "ra
             f"{med(row.echo_p50):.1f}",
             f"{med(row.echo_p99):.1f}",
             f"{med(row.echo_rate):,.0f}",
+            f"{med(row.echo_cpu):.0f}",
             f"{med(row.single_p50) * 1000:.0f}",
             f"{med(row.http_rate):,.0f}",
             f"{med(row.http_p50):.2f}",
+            f"{med(row.http_cpu):.0f}",
         ]
         if base is not None:
             cells += [
@@ -743,6 +764,8 @@ def compare_table(rows: dict[str, Rows], echo: tuple[int, int], floor: str = "ra
                 f"{med(row.echo_rate) / med(base.echo_rate):.2f}x",
                 f"{med(row.single_p50) / med(base.single_p50):.2f}x",
                 f"{med(row.http_rate) / med(base.http_rate):.2f}x",
+                f"{med(row.echo_cpu) / med(base.echo_cpu):.2f}x",
+                f"{med(row.http_cpu) / med(base.http_cpu):.2f}x",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

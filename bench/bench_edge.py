@@ -584,9 +584,14 @@ class Server:
 
 
 async def measure(
-    kind: str, pool: Pool, sizes: list[int], echo: tuple[int, int], http_s: float
+    kind: str,
+    pool: Pool,
+    sizes: list[int],
+    echo: tuple[int, int],
+    http_s: float,
+    shim: Path | None = None,
 ) -> dict:
-    running = Server(kind)
+    running = Server(kind, shim)
     port, server = running.port, running.process
     result: dict[str, Any] = {"kind": kind}
     try:
@@ -805,9 +810,7 @@ def main() -> None:
         help="echo, one-socket echo and HTTP only, servers interleaved over --rounds",
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare (median)")
-    parser.add_argument(
-        "--before", metavar="REF", help="with --compare: also serve the edge of git REF"
-    )
+    parser.add_argument("--before", metavar="REF", help="also serve the edge of git REF")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -858,12 +861,23 @@ def run_compare(args: argparse.Namespace, pool: Pool, echo: tuple[int, int], htt
 def run_full(args: argparse.Namespace, pool: Pool, echo: tuple[int, int], http_s: float) -> None:
     """Every measurement, one server after the other."""
     sizes = [100, 500, 1000] if args.quick else [1000, 5000, 10_000]
+    kinds = (args.servers or "svcbus,daphne,raw").split(",")
+    worktree = shim = None
+    if args.before:
+        from checkout import checkout, remove
+
+        worktree, shim = checkout(args.before, "svcbus-edge-before")
+        kinds.insert(1, "before")
     results = []
-    for kind in (args.servers or "svcbus,daphne,raw").split(","):
-        print(f"measuring {NAMES[kind]}...", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        results.append(asyncio.run(measure(kind, pool, sizes, echo, http_s)))
-        print(f"  done in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    try:
+        for kind in kinds:
+            print(f"measuring {NAMES[kind]}...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            results.append(asyncio.run(measure(kind, pool, sizes, echo, http_s, shim)))
+            print(f"  done in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    finally:
+        if worktree is not None and shim is not None:
+            remove(worktree, shim)
     print()
     print(table(results, sizes, echo[0]))
     print()

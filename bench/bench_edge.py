@@ -583,6 +583,16 @@ class Server:
         print(f"  server log: {self.log_path}", file=sys.stderr, flush=True)
 
 
+async def broadcast(pool: Pool, sender: WsClient) -> tuple[list[float], int]:
+    """One broadcast from ``sender``: every client's receipt latency (s), and the live sockets."""
+    for pipe in pool.pipes:
+        pipe.send(("collect", COLLECT_TIMEOUT))
+    sender.send(f"b:{time.monotonic_ns()}:{PAD}")
+    loop = asyncio.get_running_loop()
+    got = await asyncio.gather(*(loop.run_in_executor(None, p.recv) for p in pool.pipes))
+    return [x for part in got for x in part[0]], sum(part[1] for part in got)
+
+
 async def measure(
     kind: str,
     pool: Pool,
@@ -617,15 +627,7 @@ async def measure(
             complete: list[float] = []
             delivered = expected = 0
             for _ in range(BROADCAST_ROUNDS):
-                for pipe in pool.pipes:
-                    pipe.send(("collect", COLLECT_TIMEOUT))
-                sender.send(f"b:{time.monotonic_ns()}:{PAD}")
-                loop = asyncio.get_running_loop()
-                got = await asyncio.gather(
-                    *(loop.run_in_executor(None, p.recv) for p in pool.pipes)
-                )
-                flat = [x for part in got for x in part[0]]
-                live = sum(part[1] for part in got)
+                flat, live = await broadcast(pool, sender)
                 delivered += len(flat)
                 expected += live
                 samples += flat
@@ -681,6 +683,23 @@ class Rows:
     http_p50: list[float] = field(default_factory=list)
     http_cpu: list[float] = field(default_factory=list)
     """Server CPU time per HTTP request, µs."""
+    bcast_p50: list[float] = field(default_factory=list)
+    bcast_all: list[float] = field(default_factory=list)
+
+
+async def broadcast_round(pool: Pool, port: int, sockets: int, row: Rows) -> None:
+    """Open ``sockets`` sockets, broadcast to them BROADCAST_ROUNDS times, close them."""
+    await pool.all("open", port, sockets, split=sockets)
+    control = Worker()
+    await control.open(port, 1)
+    await asyncio.sleep(0.3)
+    for _ in range(BROADCAST_ROUNDS):
+        flat, _ = await broadcast(pool, control.clients[0])
+        row.bcast_p50.append(pct(flat)[0])
+        row.bcast_all.append(max(flat) * 1000 if flat else float("nan"))
+        await asyncio.sleep(0.1)
+    control.close_all()
+    await pool.all("close")
 
 
 async def compare(
@@ -691,8 +710,9 @@ async def compare(
     single: tuple[int, int],
     http_s: float,
     shim: Path | None,
+    fanout: int,
 ) -> dict[str, Rows]:
-    """Echo, one-socket echo and HTTP of every server, interleaved round by round.
+    """Echo, one-socket echo, HTTP and broadcast of every server, interleaved round by round.
 
     All servers run at once (idle while another is measured); each round
     measures each server once, in a rotating order, so that drift on a shared
@@ -724,6 +744,7 @@ async def compare(
                 row.http_cpu.append((cpu_seconds(pid) - cpu) / max(len(latencies), 1) * 1e6)
                 row.http_rate.append(len(latencies) / http_s)
                 row.http_p50.append(pct(latencies)[0])
+                await broadcast_round(pool, port, fanout, row)
                 await asyncio.sleep(0.3)
             print(f"  round {number + 1}/{rounds} done", file=sys.stderr, flush=True)
     finally:
@@ -732,7 +753,9 @@ async def compare(
     return rows
 
 
-def compare_table(rows: dict[str, Rows], echo: tuple[int, int], floor: str = "raw") -> str:
+def compare_table(
+    rows: dict[str, Rows], echo: tuple[int, int], fanout: int, floor: str = "raw"
+) -> str:
     """Medians of :func:`compare`, with ratios to the floor (raw uvicorn) where it ran."""
     med = statistics.median
     base = rows.get(floor)
@@ -746,6 +769,8 @@ def compare_table(rows: dict[str, Rows], echo: tuple[int, int], floor: str = "ra
         "HTTP req/s",
         "HTTP p50 ms",
         "CPU µs/req",
+        f"bcast {fanout:,} p50 ms",
+        "all ms",
     ]
     if base is not None:
         columns += ["RTT vs raw", "rate vs raw", "one socket vs raw", "HTTP vs raw"]
@@ -762,6 +787,8 @@ def compare_table(rows: dict[str, Rows], echo: tuple[int, int], floor: str = "ra
             f"{med(row.http_rate):,.0f}",
             f"{med(row.http_p50):.2f}",
             f"{med(row.http_cpu):.0f}",
+            f"{med(row.bcast_p50):.1f}",
+            f"{med(row.bcast_all):.1f}",
         ]
         if base is not None:
             cells += [
@@ -835,6 +862,7 @@ def run_compare(args: argparse.Namespace, pool: Pool, echo: tuple[int, int], htt
     """``--compare``: the echo and HTTP rows, interleaved rounds, medians and ratios."""
     kinds = (args.servers or "svcbus,raw").split(",")
     single = (2, 40) if args.quick else (5, 80)
+    fanout = 100 if args.quick else 1000
     worktree = shim = None
     if args.before:
         from checkout import checkout, remove
@@ -842,18 +870,19 @@ def run_compare(args: argparse.Namespace, pool: Pool, echo: tuple[int, int], htt
         worktree, shim = checkout(args.before, "svcbus-edge-before")
         kinds.insert(1, "before")
     try:
-        rows = asyncio.run(compare(kinds, pool, args.rounds, echo, single, http_s, shim))
+        rows = asyncio.run(compare(kinds, pool, args.rounds, echo, single, http_s, shim, fanout))
     finally:
         if worktree is not None and shim is not None:
             remove(worktree, shim)
     print()
-    print(compare_table(rows, echo))
+    print(compare_table(rows, echo, fanout))
     print()
     print(
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {args.clients} client "
         f"processes; median of {args.rounds} interleaved rounds; echo: {echo[0]:,} sockets x "
         f"{echo[1]} sequential frames; one socket: {single[0]} sockets x {single[1]} frames, "
-        f"one at a time; HTTP: {50 // pool.size * pool.size} keep-alive connections, {http_s:g} s"
+        f"one at a time; HTTP: {50 // pool.size * pool.size} keep-alive connections, {http_s:g} s; "
+        f"broadcast: {BROADCAST_ROUNDS} per round to {fanout:,} fresh sockets"
         + (f"; before = {args.before}" if args.before else "")
     )
 

@@ -152,7 +152,6 @@ class EdgeApp:
         if kind == "websocket":
             await handle_websocket(self, scope, receive, send)
         elif kind == "http":
-            send = secure_headers(send)
             bus = self._bus
             if bus is not None and bus.tracer is not None:
                 await tracing.serve_http(self, bus.tracer, scope, receive, send)
@@ -171,7 +170,8 @@ class EdgeApp:
             )
             return
         if match.static is not None:
-            await serve_static(match.static, match.subpath, scope, send)
+            # Every other response gets its security headers from send_response.
+            await serve_static(match.static, match.subpath, scope, secure_headers(send))
             return
         if match.route is None:
             await send_response(send, 404, b"not found\n", head=method == "HEAD")

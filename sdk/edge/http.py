@@ -84,6 +84,10 @@ class BodyTooLarge(Exception):
     """The request body exceeds ``Limits.max_body_size``."""
 
 
+_JSON_SECURED = with_security_headers(list(_JSON))
+"""The headers of a JSON response, security headers included, worked out once."""
+
+
 async def send_response(
     send: Send,
     status: int,
@@ -92,8 +96,18 @@ async def send_response(
     *,
     head: bool = False,
 ) -> None:
-    """Send a complete response (``head`` omits the body, keeps its length)."""
-    headers = list(headers) if headers else [(b"content-type", b"text/plain; charset=utf-8")]
+    """Send a complete response with the security headers (``head`` omits the body).
+
+    The edge's own responses and consumers' replies come through here, so the
+    security headers are added here, once, rather than by wrapping every
+    request's ``send``; only static files (:mod:`.static`) need the wrapper.
+    """
+    if headers is _JSON:
+        headers = list(_JSON_SECURED)
+    else:
+        headers = with_security_headers(
+            list(headers) if headers else [(b"content-type", b"text/plain; charset=utf-8")]
+        )
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})

@@ -12,8 +12,9 @@ A slow client must not stall the room: each write is started eagerly and, if
 the socket's buffer is full, finished by a writer task of its own while the
 loop goes on; later messages queue behind it (up to ``MAX_BACKLOG``, then they
 are dropped for that client: at-most-once, like the layers). Starting the write
-by hand (see :func:`queue_write` and :mod:`.stepping`) is deliberate: a task per socket per message
-made a broadcast to 1,000 sockets about 1.7x slower (``bench/bench_edge.py``).
+by hand (see :func:`queue_write` and :mod:`.stepping`) is deliberate: a task per
+socket per message made a broadcast to 1,000 sockets about 1.7x slower
+(``bench/bench_edge.py``).
 
 Memberships are refreshed on the layer every half ``group_expiry`` so a
 long-lived room never lapses; the last local socket leaving removes the edge's

@@ -214,14 +214,18 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
     while True:
         try:
             # bus.request bounds the wait for the reply, not the send, which can hang on
-            # an unreachable bus (NATS opens a channel's stream on first use).
-            with anyio.fail_after(max(deadline - time.monotonic(), 0.0) + limits.request_timeout):
+            # an unreachable bus (NATS opens a channel's stream on first use). A bare
+            # CancelScope: fail_after's generator-based wrapper costs as much again.
+            patience = max(deadline - time.monotonic(), 0.0) + limits.request_timeout
+            with anyio.CancelScope(deadline=anyio.current_time() + patience):
                 return await edge.bus.request(
                     route.channel, message, timeout=limits.request_timeout, reply_type=Any
                 )
+            # Only a cancelled scope gets here: the send outlived the patience.
+            raise Unavailable
         except RequestTimeout:
             raise
-        except TimeoutError:
+        except TimeoutError:  # a layer's own timeout, as for an unreachable bus
             raise Unavailable from None
         except (ChannelFull, LayerError) as exc:
             # About this request only: layers report earlier losses from flush().

@@ -12,9 +12,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
-from svcbus import LayerOptions
+from svcbus import Bus, LayerOptions
+from svcbus.edge import EdgeApp, Limits
 from svcbus.edge.delivery import DELIVERED, TRY_AGAIN_LATER, Delivery
 from svcbus.edge.stepping import DONE, coroutine_of, finish, first_step
 from svcbus.layer import Layer
@@ -101,3 +105,23 @@ async def test_a_send_that_hangs_past_the_patience_earns_1013() -> None:
     assert await _delivery(layer).send("chat.receive", b"x", 0.1) == TRY_AGAIN_LATER
     assert asyncio.get_running_loop().time() - started < 1.0
     assert layer.sent == []
+
+
+async def test_a_hanging_bus_gets_503_for_http_and_websocket_within_the_patience(serve) -> None:
+    """The patience still bounds sends that suspend: the edge answers 503, it does not hang."""
+    from edge_service import routes
+
+    layer = _Layer(30.0)
+    async with Bus(layer) as bus:
+        limits = Limits(accept_timeout=0.3, request_timeout=0.3)
+        addr = await serve(EdgeApp(routes, layer=bus, limits=limits))
+        started = asyncio.get_running_loop().time()
+        async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as client:
+            response = await client.get("/api/add/1?b=1")
+        assert response.status_code == 503
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"ws://{addr}/ws/lobby"):
+                pass
+        assert info.value.response.status_code == 503
+        assert asyncio.get_running_loop().time() - started < 5.0
+        assert layer.sent == []

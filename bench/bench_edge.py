@@ -2,6 +2,11 @@
 
     python bench/bench_edge.py            # full: 10,000 sockets (a few minutes)
     python bench/bench_edge.py --quick    # small counts, about a minute
+    python bench/bench_edge.py --compare [--rounds 5] [--before REF]
+        # echo (1,000 sockets x 20 frames), one socket, HTTP and a 1,000-socket
+        # broadcast, servers interleaved round by round, medians, ratios to raw
+        # uvicorn and the servers' CPU time per frame and request; --before REF
+        # also serves the edge of an older commit (bench/checkout.py)
 
 Each server runs in its own process on a loopback port; the load comes from
 several client processes speaking WebSocket through websockets' sans-I/O

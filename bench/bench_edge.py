@@ -2,6 +2,11 @@
 
     python bench/bench_edge.py            # full: 10,000 sockets (a few minutes)
     python bench/bench_edge.py --quick    # small counts, about a minute
+    python bench/bench_edge.py --compare [--rounds 5] [--before REF]
+        # echo (1,000 sockets x 20 frames), one socket, HTTP and a 1,000-socket
+        # broadcast, servers interleaved round by round, medians, ratios to raw
+        # uvicorn and the servers' CPU time per frame and request; --before REF
+        # also serves the edge of an older commit (bench/checkout.py)
 
 Each server runs in its own process on a loopback port; the load comes from
 several client processes speaking WebSocket through websockets' sans-I/O
@@ -214,6 +219,9 @@ def serve(kind: str, port: int) -> None:
     from svcbus.edge import uvicorn_options
 
     if kind == "svcbus":
+        import svcbus
+
+        print(f"serving the edge of {Path(svcbus.__file__).parent}", file=sys.stderr, flush=True)
         app = svcbus_app()
         options = uvicorn_options(app)
     else:
@@ -371,6 +379,27 @@ class Worker:
             client.close()
         return latencies, wall, len(clients)
 
+    async def single(self, port: int, sockets: int, frames: int) -> list[float]:
+        """Round trips of one socket alone, ``frames`` in a row, on ``sockets`` fresh sockets.
+
+        Fresh sockets keep each one within the edge's default burst (100 frames):
+        the rate limit is not what this measures.
+        """
+        loop = asyncio.get_running_loop()
+        latencies: list[float] = []
+        for _ in range(sockets):
+            clients: list[WsClient] = []
+            await self.open(port, 1, clients)
+            for client in clients:
+                for i in range(frames):
+                    client.reply = loop.create_future()
+                    start = time.perf_counter()
+                    client.send(f"e:{i}:{PAD}")
+                    await asyncio.wait_for(client.reply, 10)
+                    latencies.append(time.perf_counter() - start)
+                client.close()
+        return latencies
+
     async def http(self, port: int, connections: int, seconds: float) -> list[float]:
         request = f"GET /api HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
         latencies: list[float] = []
@@ -422,6 +451,8 @@ def worker_main(pipe: Any) -> None:
                 pipe.send(await worker.echo(*args))
             elif command == "http":
                 pipe.send(await worker.http(*args))
+            elif command == "single":
+                pipe.send(await worker.single(*args))
             elif command == "close":
                 worker.close_all()
                 await asyncio.sleep(0.5)
@@ -458,6 +489,11 @@ class Pool:
         loop = asyncio.get_running_loop()
         return list(await asyncio.gather(*(loop.run_in_executor(None, p.recv) for p in self.pipes)))
 
+    async def one(self, command: str, *args: Any) -> Any:
+        """Send ``command`` to the first worker only."""
+        self.pipes[0].send((command, *args))
+        return await asyncio.get_running_loop().run_in_executor(None, self.pipes[0].recv)
+
     def stop(self) -> None:
         for pipe in self.pipes:
             pipe.send(("exit",))
@@ -466,6 +502,13 @@ class Pool:
 
 
 # -- measuring ------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -504,20 +547,69 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> 
     raise RuntimeError("server did not start")
 
 
+class Server:
+    """One server under test in its own process, on a free loopback port.
+
+    ``kind`` is ``svcbus``, ``daphne`` or ``raw``; ``before`` serves the svcbus
+    edge from an older commit (its shim dir first on ``PYTHONPATH``, see
+    ``bench/checkout.py``).
+    """
+
+    def __init__(self, kind: str, shim: Path | None = None) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.log_path = Path(tempfile.gettempdir()) / f"bench_edge_{kind}.log"
+        self.log_file = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ)
+        if shim is not None:
+            env["PYTHONPATH"] = str(shim)  # ahead of the editable install's finder
+        serve_as = "svcbus" if kind == "before" else kind
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve", serve_as, "--port", str(self.port)],
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tempfile.gettempdir() if shim is not None else None,
+        )
+        try:
+            wait_for_port(self.port, self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log_file.close()
+        print(f"  server log: {self.log_path}", file=sys.stderr, flush=True)
+
+
+async def broadcast(pool: Pool, sender: WsClient) -> tuple[list[float], int]:
+    """One broadcast from ``sender``: every client's receipt latency (s), and the live sockets."""
+    for pipe in pool.pipes:
+        pipe.send(("collect", COLLECT_TIMEOUT))
+    sender.send(f"b:{time.monotonic_ns()}:{PAD}")
+    loop = asyncio.get_running_loop()
+    got = await asyncio.gather(*(loop.run_in_executor(None, p.recv) for p in pool.pipes))
+    return [x for part in got for x in part[0]], sum(part[1] for part in got)
+
+
 async def measure(
-    kind: str, pool: Pool, sizes: list[int], echo: tuple[int, int], http_s: float
+    kind: str,
+    pool: Pool,
+    sizes: list[int],
+    echo: tuple[int, int],
+    http_s: float,
+    shim: Path | None = None,
 ) -> dict:
-    port = free_port()
-    log_path = Path(tempfile.gettempdir()) / f"bench_edge_{kind}.log"
-    log_file = open(log_path, "w")  # noqa: SIM115 - closed in finally
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--port", str(port)],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
+    running = Server(kind, shim)
+    port, server = running.port, running.process
     result: dict[str, Any] = {"kind": kind}
     try:
-        wait_for_port(port, server)
         # Warm up (imports, first connections, first request) before the baseline.
         await pool.all("open", port, 20, split=20)
         await pool.all("close")
@@ -540,15 +632,7 @@ async def measure(
             complete: list[float] = []
             delivered = expected = 0
             for _ in range(BROADCAST_ROUNDS):
-                for pipe in pool.pipes:
-                    pipe.send(("collect", COLLECT_TIMEOUT))
-                sender.send(f"b:{time.monotonic_ns()}:{PAD}")
-                loop = asyncio.get_running_loop()
-                got = await asyncio.gather(
-                    *(loop.run_in_executor(None, p.recv) for p in pool.pipes)
-                )
-                flat = [x for part in got for x in part[0]]
-                live = sum(part[1] for part in got)
+                flat, live = await broadcast(pool, sender)
                 delivered += len(flat)
                 expected += live
                 samples += flat
@@ -577,18 +661,151 @@ async def measure(
         latencies = [x for part in parts for x in part]
         result["http"] = (*pct(latencies), len(latencies) / http_s)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log_file.close()
-        print(f"  server log: {log_path}", file=sys.stderr, flush=True)
+        running.stop()
     return result
 
 
-NAMES = {"svcbus": "svcbus edge", "daphne": "Daphne + Channels", "raw": "raw uvicorn (floor)"}
+NAMES = {
+    "svcbus": "svcbus edge",
+    "before": "svcbus edge, before",
+    "daphne": "Daphne + Channels",
+    "raw": "raw uvicorn (floor)",
+}
+
+
+@dataclass
+class Rows:
+    """One server's samples over the interleaved rounds of :func:`compare`."""
+
+    echo_p50: list[float] = field(default_factory=list)
+    echo_p99: list[float] = field(default_factory=list)
+    echo_rate: list[float] = field(default_factory=list)
+    echo_cpu: list[float] = field(default_factory=list)
+    """Server CPU time (user + system) per echoed frame, µs: steadier than wall time
+    on a shared machine, since waiting for a core costs no CPU time."""
+    single_p50: list[float] = field(default_factory=list)
+    http_rate: list[float] = field(default_factory=list)
+    http_p50: list[float] = field(default_factory=list)
+    http_cpu: list[float] = field(default_factory=list)
+    """Server CPU time per HTTP request, µs."""
+    bcast_p50: list[float] = field(default_factory=list)
+    bcast_all: list[float] = field(default_factory=list)
+
+
+async def broadcast_round(pool: Pool, port: int, sockets: int, row: Rows) -> None:
+    """Open ``sockets`` sockets, broadcast to them BROADCAST_ROUNDS times, close them."""
+    await pool.all("open", port, sockets, split=sockets)
+    control = Worker()
+    await control.open(port, 1)
+    await asyncio.sleep(0.3)
+    for _ in range(BROADCAST_ROUNDS):
+        flat, _ = await broadcast(pool, control.clients[0])
+        row.bcast_p50.append(pct(flat)[0])
+        row.bcast_all.append(max(flat) * 1000 if flat else float("nan"))
+        await asyncio.sleep(0.1)
+    control.close_all()
+    await pool.all("close")
+
+
+async def compare(
+    kinds: list[str],
+    pool: Pool,
+    rounds: int,
+    echo: tuple[int, int],
+    single: tuple[int, int],
+    http_s: float,
+    shim: Path | None,
+    fanout: int,
+) -> dict[str, Rows]:
+    """Echo, one-socket echo, HTTP and broadcast of every server, interleaved round by round.
+
+    All servers run at once (idle while another is measured); each round
+    measures each server once, in a rotating order, so that drift on a shared
+    machine hits every server alike. The table takes the median of the rounds.
+    """
+    servers = {kind: Server(kind, shim if kind == "before" else None) for kind in kinds}
+    rows = {kind: Rows() for kind in kinds}
+    try:
+        for server in servers.values():  # warm up: imports, first connections and requests
+            await pool.all("echo", server.port, 30, 5, split=30)
+            await pool.all("http", server.port, 1, 0.3)
+        for number in range(rounds):
+            order = kinds[number % len(kinds) :] + kinds[: number % len(kinds)]
+            for kind in order:
+                port, row, pid = servers[kind].port, rows[kind], servers[kind].process.pid
+                clients, frames = echo
+                cpu = cpu_seconds(pid)
+                parts = await pool.all("echo", port, clients, frames, split=clients)
+                latencies = [x for part in parts for x in part[0]]
+                row.echo_cpu.append((cpu_seconds(pid) - cpu) / max(len(latencies), 1) * 1e6)
+                p50, p99 = pct(latencies)
+                row.echo_p50.append(p50)
+                row.echo_p99.append(p99)
+                row.echo_rate.append(len(latencies) / max(part[1] for part in parts))
+                row.single_p50.append(pct(await pool.one("single", port, *single))[0])
+                cpu = cpu_seconds(pid)
+                parts = await pool.all("http", port, 50 // pool.size, http_s)
+                latencies = [x for part in parts for x in part]
+                row.http_cpu.append((cpu_seconds(pid) - cpu) / max(len(latencies), 1) * 1e6)
+                row.http_rate.append(len(latencies) / http_s)
+                row.http_p50.append(pct(latencies)[0])
+                await broadcast_round(pool, port, fanout, row)
+                await asyncio.sleep(0.3)
+            print(f"  round {number + 1}/{rounds} done", file=sys.stderr, flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return rows
+
+
+def compare_table(
+    rows: dict[str, Rows], echo: tuple[int, int], fanout: int, floor: str = "raw"
+) -> str:
+    """Medians of :func:`compare`, with ratios to the floor (raw uvicorn) where it ran."""
+    med = statistics.median
+    base = rows.get(floor)
+    columns = [
+        "server",
+        f"echo {echo[0]:,}x{echo[1]} p50 ms",
+        "p99 ms",
+        "msg/s",
+        "CPU µs/frame",
+        "one socket p50 µs",
+        "HTTP req/s",
+        "HTTP p50 ms",
+        "CPU µs/req",
+        f"bcast {fanout:,} p50 ms",
+        "all ms",
+    ]
+    if base is not None:
+        columns += ["RTT vs raw", "rate vs raw", "one socket vs raw", "HTTP vs raw"]
+        columns += ["CPU/frame vs raw", "CPU/req vs raw"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for kind, row in rows.items():
+        cells = [
+            NAMES[kind],
+            f"{med(row.echo_p50):.1f}",
+            f"{med(row.echo_p99):.1f}",
+            f"{med(row.echo_rate):,.0f}",
+            f"{med(row.echo_cpu):.0f}",
+            f"{med(row.single_p50) * 1000:.0f}",
+            f"{med(row.http_rate):,.0f}",
+            f"{med(row.http_p50):.2f}",
+            f"{med(row.http_cpu):.0f}",
+            f"{med(row.bcast_p50):.1f}",
+            f"{med(row.bcast_all):.1f}",
+        ]
+        if base is not None:
+            cells += [
+                f"{med(row.echo_p50) / med(base.echo_p50):.2f}x",
+                f"{med(row.echo_rate) / med(base.echo_rate):.2f}x",
+                f"{med(row.single_p50) / med(base.single_p50):.2f}x",
+                f"{med(row.http_rate) / med(base.http_rate):.2f}x",
+                f"{med(row.echo_cpu) / med(base.echo_cpu):.2f}x",
+                f"{med(row.http_cpu) / med(base.http_cpu):.2f}x",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(results: list[dict], sizes: list[int], echo_clients: int) -> str:
@@ -617,8 +834,15 @@ def table(results: list[dict], sizes: list[int], echo_clients: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts (about a minute)")
-    parser.add_argument("--servers", default="svcbus,daphne,raw", help="comma-separated subset")
+    parser.add_argument("--servers", default=None, help="comma-separated subset")
     parser.add_argument("--clients", type=int, default=3, help="client processes")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="echo, one-socket echo and HTTP only, servers interleaved over --rounds",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare (median)")
+    parser.add_argument("--before", metavar="REF", help="also serve the edge of git REF")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -626,20 +850,68 @@ def main() -> None:
         serve(args.serve, args.port)
         return
     raise_fd_limit()
-    sizes = [100, 500, 1000] if args.quick else [1000, 5000, 10_000]
     echo = (100, 10) if args.quick else (1000, 20)
     http_s = 2.0 if args.quick else 5.0
     pool = Pool(args.clients)
     pool.start()
-    results = []
     try:
-        for kind in args.servers.split(","):
-            print(f"measuring {NAMES[kind]}...", file=sys.stderr, flush=True)
-            started = time.perf_counter()
-            results.append(asyncio.run(measure(kind, pool, sizes, echo, http_s)))
-            print(f"  done in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+        if args.compare:
+            run_compare(args, pool, echo, http_s)
+        else:
+            run_full(args, pool, echo, http_s)
     finally:
         pool.stop()
+
+
+def run_compare(args: argparse.Namespace, pool: Pool, echo: tuple[int, int], http_s: float) -> None:
+    """``--compare``: the echo and HTTP rows, interleaved rounds, medians and ratios."""
+    kinds = (args.servers or "svcbus,raw").split(",")
+    single = (2, 40) if args.quick else (5, 80)
+    fanout = 100 if args.quick else 1000
+    worktree = shim = None
+    if args.before:
+        from checkout import checkout, remove
+
+        worktree, shim = checkout(args.before, "svcbus-edge-before")
+        kinds.insert(1, "before")
+    try:
+        rows = asyncio.run(compare(kinds, pool, args.rounds, echo, single, http_s, shim, fanout))
+    finally:
+        if worktree is not None and shim is not None:
+            remove(worktree, shim)
+    print()
+    print(compare_table(rows, echo, fanout))
+    print()
+    print(
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {args.clients} client "
+        f"processes; median of {args.rounds} interleaved rounds; echo: {echo[0]:,} sockets x "
+        f"{echo[1]} sequential frames; one socket: {single[0]} sockets x {single[1]} frames, "
+        f"one at a time; HTTP: {50 // pool.size * pool.size} keep-alive connections, {http_s:g} s; "
+        f"broadcast: {BROADCAST_ROUNDS} per round to {fanout:,} fresh sockets"
+        + (f"; before = {args.before}" if args.before else "")
+    )
+
+
+def run_full(args: argparse.Namespace, pool: Pool, echo: tuple[int, int], http_s: float) -> None:
+    """Every measurement, one server after the other."""
+    sizes = [100, 500, 1000] if args.quick else [1000, 5000, 10_000]
+    kinds = (args.servers or "svcbus,daphne,raw").split(",")
+    worktree = shim = None
+    if args.before:
+        from checkout import checkout, remove
+
+        worktree, shim = checkout(args.before, "svcbus-edge-before")
+        kinds.insert(1, "before")
+    results = []
+    try:
+        for kind in kinds:
+            print(f"measuring {NAMES[kind]}...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            results.append(asyncio.run(measure(kind, pool, sizes, echo, http_s, shim)))
+            print(f"  done in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    finally:
+        if worktree is not None and shim is not None:
+            remove(worktree, shim)
     print()
     print(table(results, sizes, echo[0]))
     print()

@@ -13,6 +13,10 @@ interleaved so drift on a shared machine hits all rows alike; best of N):
   nothing, so spans are created, filled and dropped (the instrumentation cost).
 * tracing on, batch processor: the SDK's BatchSpanProcessor feeding an exporter
   that drops the batches (what ``--trace otlp`` costs, minus the network).
+* sampled 10 % / 1 %: the same, with the sampler a user would set,
+  ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` and
+  ``OTEL_TRACES_SAMPLER_ARG=0.1`` / ``0.01``: a message's ``send`` span is a
+  root, sampled by trace id; its ``process`` span follows its parent's decision.
 
 Each message makes two spans when traced (``send`` and ``process``).
 """
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 # In a child for the "before" row, PYTHONPATH makes this the old svcbus.
+from checkout import checkout, remove  # noqa: E402
 from common import print_table, typed_throughput  # noqa: E402
 
 ROOT = HERE.parent
@@ -43,7 +47,12 @@ VARIANTS = {
     "off": "tracing off (no SDK provider)",
     "noop": "tracing on, no-op span processor",
     "batch": "tracing on, BatchSpanProcessor, dropping exporter",
+    "ratio10": "sampled 10 % (parentbased_traceidratio 0.1), BatchSpanProcessor",
+    "ratio1": "sampled 1 % (parentbased_traceidratio 0.01), BatchSpanProcessor",
 }
+
+SAMPLED = {"ratio10": "0.1", "ratio1": "0.01"}
+"""Variants configured the way a user would: OTEL_TRACES_SAMPLER(_ARG), read by the SDK."""
 
 
 # child: one measurement ------------------------------------------------------------------
@@ -51,7 +60,7 @@ VARIANTS = {
 
 def child(variant: str, count: int) -> None:
     """Measure one run in this process and print msg/s (the parent parses stdout)."""
-    if variant in ("noop", "batch"):
+    if variant in ("noop", "batch", *SAMPLED):
         from opentelemetry import trace
         from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
         from opentelemetry.sdk.trace.export import (
@@ -64,11 +73,15 @@ def child(variant: str, count: int) -> None:
             def export(self, spans: object) -> SpanExportResult:
                 return SpanExportResult.SUCCESS
 
+        # The sampled variants get their sampler from OTEL_TRACES_SAMPLER(_ARG) (see
+        # measure()): TracerProvider() reads them, as it does under `svc run --trace`.
         provider = TracerProvider()
         # The base SpanProcessor's hooks do nothing: spans are made, then dropped.
         provider.add_span_processor(
             SpanProcessor() if variant == "noop" else BatchSpanProcessor(Drop())
         )
+        if variant in SAMPLED:  # the environment's sampler was taken, not the default
+            assert "ParentBased" in type(provider.sampler).__name__, provider.sampler
         trace.set_tracer_provider(provider)
     import anyio
 
@@ -92,30 +105,19 @@ def child(variant: str, count: int) -> None:
 # parent: worktree, shim, rounds, table ------------------------------------------------------
 
 
-def before_checkout(tmp: Path) -> tuple[Path, Path]:
-    """A worktree of BEFORE and a shim dir that maps the ``svcbus`` package onto it."""
-    worktree = WORKTREE
-    if worktree.exists():
-        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT)
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", "--quiet", str(worktree), BEFORE],
-        cwd=ROOT,
-        check=True,
-    )
-    # svcbus = sdk/, svcbus.layers = layers/ (pyproject's package-dir), without
-    # touching the worktree: a real package dir of symlinks to its files.
-    package = tmp / "shim" / "svcbus"
-    package.mkdir(parents=True)
-    for entry in (worktree / "sdk").iterdir():
-        (package / entry.name).symlink_to(entry)
-    (package / "layers").symlink_to(worktree / "layers")
-    return worktree, tmp / "shim"
-
-
 def measure(variant: str, count: int, shim: Path | None) -> float:
     env = dict(os.environ)
-    for name in ("SVCBUS_TRACE", "OTEL_TRACES_EXPORTER", "OTEL_PYTHON_TRACER_PROVIDER"):
+    for name in (
+        "SVCBUS_TRACE",
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_PYTHON_TRACER_PROVIDER",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+    ):
         env.pop(name, None)
+    if variant in SAMPLED:
+        env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        env["OTEL_TRACES_SAMPLER_ARG"] = SAMPLED[variant]
     if shim is not None:
         env["PYTHONPATH"] = str(shim)  # ahead of the editable install's finder
     result = subprocess.run(
@@ -143,16 +145,14 @@ def main() -> None:
         child(args.child, args.count)
         return
     best = dict.fromkeys(VARIANTS, 0.0)
-    tmp = Path(tempfile.mkdtemp(prefix="svcbus-bench-tracing-"))
-    worktree, shim = before_checkout(tmp)
+    worktree, shim = checkout(BEFORE, WORKTREE.name)
     try:
         for _ in range(args.rounds):
             for variant in VARIANTS:
                 rate = measure(variant, args.count, shim if variant == "before" else None)
                 best[variant] = max(best[variant], rate)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(worktree, shim)
     base = best["before"]
     rows = [
         (label, f"{best[key]:,.0f}", f"{best[key] / base:.2f}x", f"{1e6 / best[key]:.1f}")

@@ -27,7 +27,7 @@ from . import tracing
 from .contracts import EdgeReply, Identity
 from .delivery import Delivery
 from .groups import Fanout
-from .http import Receive, handle_request, secure_headers, send_error, send_response
+from .http import Receive, handle_request, secure_headers, send_response
 from .http import Send as AsgiSend
 from .logs import Quiet, redact_access_logs
 from .replies import Decoded, ready
@@ -59,15 +59,16 @@ class EdgeStats:
     """Counters of one edge process (read them for metrics and tests)."""
 
     connections: int = 0
-    """WebSockets open now."""
+    """WebSockets open now, handshakes in progress included (``Limits.max_connections``)."""
     in_flight: int = 0
-    """HTTP requests being answered now."""
+    """HTTP requests being answered now (``Limits.max_requests``)."""
     accepted: int = 0
     rejected: int = 0
     """Connections a consumer closed before accepting, or that no consumer answered in time."""
     refused_origin: int = 0
     refused_auth: int = 0
     refused_busy: int = 0
+    """WebSockets over ``max_connections`` and HTTP requests over ``max_requests``."""
     refused_bus: int = 0
     """Handshakes and HTTP requests answered 503 because the bus could not take them."""
     closed_rate: int = 0
@@ -151,7 +152,6 @@ class EdgeApp:
         if kind == "websocket":
             await handle_websocket(self, scope, receive, send)
         elif kind == "http":
-            send = secure_headers(send)
             bus = self._bus
             if bus is not None and bus.tracer is not None:
                 await tracing.serve_http(self, bus.tracer, scope, receive, send)
@@ -170,15 +170,21 @@ class EdgeApp:
             )
             return
         if match.static is not None:
-            await serve_static(match.static, match.subpath, scope, send)
+            # Every other response gets its security headers from send_response.
+            await serve_static(match.static, match.subpath, scope, secure_headers(send))
             return
         if match.route is None:
             await send_response(send, 404, b"not found\n", head=method == "HEAD")
             return
         stats = self.stats
-        if stats.connections + stats.in_flight >= self.limits.max_connections:
+        if stats.in_flight >= self.limits.max_requests:
             stats.refused_busy += 1
-            await send_error(send, 503, "the edge is at its connection limit; retry later")
+            await send_response(
+                send,
+                503,
+                b'{"error":"the edge is answering as many requests as it may; retry later"}',
+                [(b"content-type", b"application/json"), (b"retry-after", b"1")],
+            )
             return
         stats.http_requests += 1
         stats.in_flight += 1

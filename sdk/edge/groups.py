@@ -12,8 +12,9 @@ A slow client must not stall the room: each write is started eagerly and, if
 the socket's buffer is full, finished by a writer task of its own while the
 loop goes on; later messages queue behind it (up to ``MAX_BACKLOG``, then they
 are dropped for that client: at-most-once, like the layers). Starting the write
-by hand (see :func:`queue_write`) is deliberate: a task per socket per message
-made a broadcast to 1,000 sockets about 1.7x slower (``bench/bench_edge.py``).
+by hand (see :func:`queue_write` and :mod:`.stepping`) is deliberate: a task per
+socket per message made a broadcast to 1,000 sockets about 1.7x slower
+(``bench/bench_edge.py``).
 
 Memberships are refreshed on the layer every half ``group_expiry`` so a
 long-lived room never lapses; the last local socket leaving removes the edge's
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -33,6 +34,7 @@ from ..errors import SvcbusError
 from ..names import validate_group
 from . import tracing
 from .replies import CLOSE, SEND, Decoded
+from .stepping import coroutine_of, finish
 
 if TYPE_CHECKING:
     from .app import EdgeApp
@@ -193,8 +195,10 @@ def queue_write(conn: Connection, item: Decoded) -> None:
         conn.backlog = [item]
         conn.writer = asyncio.get_running_loop().create_task(_write(conn, None, None))
         return
+    # coroutine_of and first_step (.stepping) inlined: this runs once per socket per
+    # group message, and a broadcast to 10,000 sockets pays every call twice over.
     sending = conn.send(item[1])
-    coro = sending if isinstance(sending, Coroutine) else _awaiting(sending)
+    coro = sending if isinstance(sending, Coroutine) else coroutine_of(sending)
     try:
         waiting_on = coro.send(None)
     except StopIteration:
@@ -209,7 +213,7 @@ async def _write(conn: Connection, coro: Coroutine[Any, Any, None] | None, waiti
     """Finish a write that had to wait (if any), then act on the queued items in order."""
     try:
         if coro is not None:
-            await _finish(coro, waiting_on)
+            await finish(coro, waiting_on)
         backlog = conn.backlog
         while backlog and await conn.apply(backlog.pop(0)):
             pass
@@ -218,29 +222,6 @@ async def _write(conn: Connection, coro: Coroutine[Any, Any, None] | None, waiti
     finally:
         conn.backlog = None
         conn.writer = None
-
-
-async def _awaiting(awaitable: Awaitable[None]) -> None:
-    """A coroutine for an ASGI ``send`` that returned another kind of awaitable."""
-    await awaitable
-
-
-async def _finish(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    """Drive a send suspended on a full socket buffer to completion."""
-    try:
-        while True:
-            if waiting_on is None:
-                await asyncio.sleep(0)  # a bare yield: just give the loop a turn
-            else:
-                # Wait without taking the outcome: the send sees it when resumed.
-                await asyncio.wait([waiting_on])
-            try:
-                waiting_on = coro.send(None)
-            except StopIteration:
-                return
-    except asyncio.CancelledError:
-        coro.close()
-        raise
 
 
 async def drain(edge: EdgeApp, channel: str) -> None:

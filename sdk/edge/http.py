@@ -84,6 +84,10 @@ class BodyTooLarge(Exception):
     """The request body exceeds ``Limits.max_body_size``."""
 
 
+_JSON_SECURED = with_security_headers(list(_JSON))
+"""The headers of a JSON response, security headers included, worked out once."""
+
+
 async def send_response(
     send: Send,
     status: int,
@@ -92,8 +96,18 @@ async def send_response(
     *,
     head: bool = False,
 ) -> None:
-    """Send a complete response (``head`` omits the body, keeps its length)."""
-    headers = list(headers) if headers else [(b"content-type", b"text/plain; charset=utf-8")]
+    """Send a complete response with the security headers (``head`` omits the body).
+
+    The edge's own responses and consumers' replies come through here, so the
+    security headers are added here, once, rather than by wrapping every
+    request's ``send``; only static files (:mod:`.static`) need the wrapper.
+    """
+    if headers is _JSON:
+        headers = list(_JSON_SECURED)
+    else:
+        headers = with_security_headers(
+            list(headers) if headers else [(b"content-type", b"text/plain; charset=utf-8")]
+        )
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
@@ -200,14 +214,18 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
     while True:
         try:
             # bus.request bounds the wait for the reply, not the send, which can hang on
-            # an unreachable bus (NATS opens a channel's stream on first use).
-            with anyio.fail_after(max(deadline - time.monotonic(), 0.0) + limits.request_timeout):
+            # an unreachable bus (NATS opens a channel's stream on first use). A bare
+            # CancelScope: fail_after's generator-based wrapper costs as much again.
+            patience = max(deadline - time.monotonic(), 0.0) + limits.request_timeout
+            with anyio.CancelScope(deadline=anyio.current_time() + patience):
                 return await edge.bus.request(
                     route.channel, message, timeout=limits.request_timeout, reply_type=Any
                 )
+            # Only a cancelled scope gets here: the send outlived the patience.
+            raise Unavailable
         except RequestTimeout:
             raise
-        except TimeoutError:
+        except TimeoutError:  # a layer's own timeout, as for an unreachable bus
             raise Unavailable from None
         except (ChannelFull, LayerError) as exc:
             # About this request only: layers report earlier losses from flush().

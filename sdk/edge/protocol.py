@@ -3,9 +3,12 @@
 :func:`svcbus.edge.uvicorn_options` names these classes (as import strings,
 so ``--workers`` can pass them to worker processes):
 
-* :class:`EdgeHttpProtocol` (h11): a connection counts against
-  ``Limits.max_connections`` from the moment TCP hands it over, headers
-  unsent; over the limit it gets a 503 at once. A client has
+* :class:`EdgeHttpProtocol` (h11): a TCP connection of any kind counts
+  against ``Limits.max_connections + Limits.max_requests`` (room for every
+  socket and every request in flight) from the moment TCP hands it over,
+  headers unsent; over that it gets a 503 at once. The app itself then
+  holds WebSockets to ``max_connections`` and requests in flight to
+  ``max_requests``. A client has
   ``Limits.header_timeout`` seconds to send a request's headers (the first,
   and each next one on a kept-alive connection); slow-header clients are
   cut off.
@@ -80,12 +83,14 @@ class EdgeHttpProtocol(H11Protocol):
         super().connection_made(transport)
         # Counted from the start (uvicorn's own limit looks only at finished headers,
         # which a slow-header client never sends).
-        if len(self.connections) > self.limits.max_connections:
+        cap = self.limits.max_connections + self.limits.max_requests
+        if len(self.connections) > cap:
             quiet.warning(
                 "over-limit",
-                "refused a connection: %d open, the limit is %d (Limits.max_connections)",
+                "refused a connection: %d open, the limit is %d "
+                "(Limits.max_connections + Limits.max_requests)",
                 len(self.connections) - 1,
-                self.limits.max_connections,
+                cap,
             )
             transport.write(_BUSY)
             transport.close()

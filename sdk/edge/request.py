@@ -26,7 +26,12 @@ class Request:
     def __init__(self, edge: EdgeApp, scope: dict[str, Any], params: PathParams) -> None:
         self.scope = scope
         self.params = params
-        raw = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        query_string = scope.get("query_string")
+        raw = (
+            parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+            if query_string
+            else []
+        )
         cap = edge.limits.max_header_length
         self.raw_query = {k: v for k, v in raw[:MAX_QUERY_PARAMS]}
         # Credentials in the query (?access_token=) are for the auth hook only.

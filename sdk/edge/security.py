@@ -33,7 +33,14 @@ class Limits:
     burst: int = 100
     """Frames a connection may send at once before the rate applies."""
     max_connections: int = 10_000
-    """Open WebSockets plus in-flight HTTP requests per process; over it: 503 / close 1013."""
+    """Open WebSockets per process (handshakes in progress included); over it: close 1013."""
+    max_requests: int = 1_000
+    """HTTP requests being answered at once per process; over it: 503 with ``Retry-After``.
+
+    Separate from ``max_connections``, so that a full house of sockets never
+    shuts out HTTP. The edge's uvicorn protocol caps TCP connections of any
+    kind at ``max_connections + max_requests``, counted from their first byte.
+    """
     accept_timeout: float = 5.0
     """Seconds a consumer has to Accept or Close a new connection before it is rejected."""
     request_timeout: float = 10.0
@@ -46,7 +53,13 @@ class Limits:
     """Seconds a client has to send a request's headers (slow-header clients are cut off)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_message_size", "max_body_size", "max_connections", "burst"):
+        for name in (
+            "max_message_size",
+            "max_body_size",
+            "max_connections",
+            "max_requests",
+            "burst",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"Limits.{name} must be >= 1")
         for name in ("messages_per_second", "accept_timeout", "header_timeout"):

@@ -67,9 +67,12 @@ def incoming(scope: dict[str, Any]) -> Context | None:
 def outgoing(span: trace.Span) -> tuple[dict[str, str], str]:
     """The envelope ``tc`` that makes ``span`` the parent, and a message id recorded on it."""
     carrier: dict[str, str] = {}
+    # Injected even for a span the sampler dropped: its traceparent says "not
+    # sampled", so that parent-based samplers downstream drop the children too.
     propagate.inject(carrier, context=trace.set_span_in_context(span))
     message_id = new_message_id()
-    span.set_attribute("messaging.message.id", message_id)
+    if span.is_recording():
+        span.set_attribute("messaging.message.id", message_id)
     return carrier, message_id
 
 
@@ -149,8 +152,11 @@ def end_connect(conn: Connection) -> None:
     span = conn.span
     if span is None or isinstance(span, SpanContext):
         return
-    span.set_attribute("svcbus.edge.accepted", conn.accepted)
+    if span.is_recording():
+        span.set_attribute("svcbus.edge.accepted", conn.accepted)
     span.end()
+    # Kept even when the sampler dropped it: each frame is a trace of its own,
+    # sampled on its own, and links to it.
     conn.span = span.get_span_context()
 
 
@@ -199,11 +205,6 @@ def start_delivery(tracer: trace.Tracer, system: str, local: LocalGroup, data: b
     except ValidationError:
         peek = _TracePeek()
     members = local.members
-    links = [
-        Link(conn.span)
-        for conn in islice(members, MAX_SOCKET_LINKS)
-        if isinstance(conn.span, SpanContext)
-    ]
     attributes: dict[str, Any] = {
         "svcbus.service": SERVICE,
         "messaging.system": system,
@@ -215,10 +216,16 @@ def start_delivery(tracer: trace.Tracer, system: str, local: LocalGroup, data: b
     }
     if peek.id is not None:
         attributes["messaging.message.id"] = peek.id
-    return tracer.start_span(
+    span = tracer.start_span(
         f"deliver {local.name}",
         context=propagate.extract(peek.tc) if peek.tc else None,
         kind=SpanKind.CONSUMER,
         attributes=attributes,
-        links=links or None,
     )
+    # Links to the sockets' connect spans only for a span that is recorded: a
+    # sampled-out group message (most, under a ratio sampler) walks no sockets.
+    if span.is_recording():
+        for conn in islice(members, MAX_SOCKET_LINKS):
+            if isinstance(conn.span, SpanContext):
+                span.add_link(conn.span)
+    return span

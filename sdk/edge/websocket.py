@@ -297,12 +297,31 @@ async def handle_websocket(
         return
     route, params = found
     stats = edge.stats
-    if stats.connections + stats.in_flight >= edge.limits.max_connections:
+    if stats.connections >= edge.limits.max_connections:
         stats.refused_busy += 1
         # Accept-then-close so every client (browsers too) sees the reason: 1013.
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": "edge is full"})
         return
+    # Counted from here, before the first await: handshakes in progress take their
+    # place too, so a burst of them cannot overshoot the limit.
+    stats.connections += 1
+    try:
+        await _handshake(edge, scope, receive, send, route, params)
+    finally:
+        stats.connections -= 1
+
+
+async def _handshake(
+    edge: EdgeApp,
+    scope: dict[str, Any],
+    receive: Receive,
+    send: AsgiSend,
+    route: WebSocketRoute,
+    params: PathParams,
+) -> None:
+    """Origin, authentication, the reply channel; then the connection is served."""
+    stats = edge.stats
     request = Request(edge, scope, params)
     if not edge.origins.allows(request.header(b"origin"), request.header(b"host")):
         stats.refused_origin += 1
@@ -337,11 +356,7 @@ async def handle_websocket(
     # Headers and query travel once, on connect; a long-lived connection keeps none of it
     # (nor does any frame: _serve pops the encoded announcement and drops it once sent).
     del request
-    stats.connections += 1
-    try:
-        await _serve(conn, scope, announce, receive)
-    finally:
-        stats.connections -= 1
+    await _serve(conn, scope, announce, receive)
 
 
 def _announcement(conn: Connection, request: Any) -> bytes:

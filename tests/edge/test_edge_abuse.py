@@ -74,7 +74,9 @@ async def slow_header_client(host: str, port: int) -> float | None:
 async def test_slow_header_clients_are_refused_or_cut_off(serve, edge_bus) -> None:
     from edge_service import routes
 
-    app = EdgeApp(routes, layer=edge_bus, limits=Limits(max_connections=200, header_timeout=2.0))
+    # TCP connections are capped at max_connections + max_requests = 200.
+    limits = Limits(max_connections=100, max_requests=100, header_timeout=2.0)
+    app = EdgeApp(routes, layer=edge_bus, limits=limits)
     addr = await serve(app, backlog=1024)
     host, port = addr.split(":")
     results = await asyncio.gather(*(slow_header_client(host, int(port)) for _ in range(500)))

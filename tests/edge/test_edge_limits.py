@@ -110,10 +110,46 @@ async def test_steady_rate_is_allowed(serve, edge_bus) -> None:
 # -- connection cap ----------------------------------------------------------------------
 
 
-async def test_connection_cap_refuses_with_503_before_reading(serve, edge_bus) -> None:
-    """With the edge's protocol a connection counts from its first byte: over the cap, 503."""
+async def test_socket_cap_refuses_sockets_but_never_http(serve, edge_bus) -> None:
+    """max_connections counts WebSockets only: a full house of sockets still answers HTTP."""
     addr = await app_on(serve, edge_bus, limits=Limits(max_connections=3))
     held = [await connect(f"ws://{addr}/ws/lobby") for _ in range(3)]
+    try:
+        async with connect(f"ws://{addr}/ws/lobby") as ws:
+            assert await close_code(ws) == 1013
+        async with httpx.AsyncClient(base_url=f"http://{addr}") as client:
+            response = await client.post("/api/add/1?b=2")
+            assert response.status_code == 200, response.text
+            assert response.json() == {"total": 3}
+    finally:
+        for ws in held:
+            await ws.close()
+    await asyncio.sleep(0.1)
+    await still_echoes(addr)
+
+
+async def test_request_cap_refuses_requests_over_it_with_503(serve, edge_bus) -> None:
+    """max_requests counts HTTP requests in flight: the one over it gets 503 and Retry-After."""
+    addr = await app_on(serve, edge_bus, limits=Limits(max_requests=2))
+    async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as client:
+        slow = [asyncio.create_task(client.get("/api/slow")) for _ in range(2)]
+        await asyncio.sleep(0.5)  # both are with the consumer now
+        response = await client.get("/api/add/1?b=1")
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "requests" in response.json()["error"]
+        assert [r.status_code for r in await asyncio.gather(*slow)] == [200, 200]
+        assert (await client.get("/api/add/1?b=1")).status_code == 200  # room again
+    await still_echoes(addr)  # sockets do not count against max_requests
+
+
+async def test_tcp_cap_refuses_with_503_before_reading(serve, edge_bus) -> None:
+    """The edge's protocol counts TCP connections from their first byte, up to both limits."""
+    addr = await app_on(serve, edge_bus, limits=Limits(max_connections=2, max_requests=1))
+    host, port = addr.split(":")
+    held = [await connect(f"ws://{addr}/ws/lobby") for _ in range(2)]
+    idle = await asyncio.open_connection(host, int(port))  # headers never sent
     try:
         with pytest.raises(InvalidStatus) as info:
             async with connect(f"ws://{addr}/ws/lobby"):
@@ -125,6 +161,7 @@ async def test_connection_cap_refuses_with_503_before_reading(serve, edge_bus) -
             assert response.status_code == 503
             assert "connection limit" in response.text
     finally:
+        idle[1].close()
         for ws in held:
             await ws.close()
     await asyncio.sleep(0.1)

@@ -141,3 +141,14 @@ def test_otel_service_name_wins_and_bad_modes_are_refused(monkeypatch: pytest.Mo
     for mode in ("off", "jaeger"):
         with pytest.raises(ConfigurationError, match="--trace must be one of off, console, otlp"):
             build_provider(mode, "chat")
+
+
+@pytest.mark.parametrize("mode", ["console", "otlp"])
+def test_the_sampler_comes_from_the_standard_variables(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--trace console|otlp honour OTEL_TRACES_SAMPLER(_ARG), as docs/tracing.md says."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.01")
+    sampler = build_provider(mode, "chat", stream=io.StringIO()).sampler
+    assert sampler.get_description().startswith("ParentBased{root:TraceIdRatioBased{0.01}")

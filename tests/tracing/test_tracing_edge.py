@@ -13,6 +13,7 @@ import anyio
 import httpx
 import pytest
 import websockets
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 from trace_system import (
     CALLER_SPAN_ID,
@@ -181,3 +182,30 @@ async def test_tracing_off_puts_no_trace_context_on_frames() -> None:
                 raw = await reader.layer.receive("ttrace.raw")
     assert b'"tc"' not in raw
     assert b'"text":"hi"' in raw
+
+
+async def test_a_parent_based_sampler_is_honoured_end_to_end(url: str) -> None:
+    """Sampled out at the edge: no span anywhere downstream; the caller's "sampled" flag wins."""
+    spans = Spans(ParentBased(ALWAYS_OFF))  # roots dropped; children follow their parent
+    not_sampled = TRACEPARENT[:-2] + "00"
+    name = room()
+    async with example_system(url, spans.tracer) as address, httpx.AsyncClient() as client:
+        response = await client.get(
+            f"http://{address}/api/stats/{name}", headers={"traceparent": not_sampled}
+        )
+        assert response.status_code == 200
+        async with websockets.connect(f"ws://{address}/chat/{name}?nick=ada") as ws:
+            await ws.send(json.dumps({"text": "unsampled"}))
+            with anyio.fail_after(5):  # through chat, stats and a group message back
+                while json.loads(await ws.recv())["type"] != "stats":
+                    pass
+        await anyio.sleep(0.2)
+        assert spans.finished() == []  # nothing recorded: not the edge, not the services
+
+        response = await client.get(
+            f"http://{address}/api/stats/{name}", headers={"traceparent": TRACEPARENT}
+        )
+        assert response.status_code == 200
+        server = await spans.wait_for("GET /api/stats/{room}")
+        await spans.wait_for("process stats.get", lambda s: s.context.trace_id == CALLER_TRACE_ID)
+    assert server.context.trace_id == CALLER_TRACE_ID

@@ -21,6 +21,7 @@ import uvicorn
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 
 from svcbus import Bus, Context, Runtime, Service
 from svcbus.edge import EdgeApp, HttpRoute, Routes, config
@@ -34,9 +35,9 @@ CALLER_SPAN_ID = 0xB7AD6B7169203331
 class Spans:
     """The spans a test recorded, with lookups that wait for asynchronous ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, sampler: Sampler | None = None) -> None:
         self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider()
+        self.provider = TracerProvider(sampler=sampler)
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.tracer = self.provider.get_tracer("svcbus")
 

@@ -61,6 +61,8 @@ class Bus:
         """Durable channels declared on purpose (dead-letter channels), beyond contracts'."""
         self._prepared: set[str] = set()
         """Named channels whose durability was looked up (and declared to the layer)."""
+        self._last_decoded: tuple[bytes | None, Any, Envelope[Any] | None] = (None, None, None)
+        """(bytes, body type, envelope) of the last :meth:`decode`, shared by a group's members."""
 
     # lifecycle -----------------------------------------------------------
 
@@ -161,16 +163,27 @@ class Bus:
         """Decode and validate raw bytes received on ``channel`` in one pass.
 
         ``body_type`` defaults to the channel's contract (or any JSON value for
-        untyped channels). Raises :class:`MessageInvalid` with the reason.
+        untyped channels). Raises :class:`MessageInvalid` with the reason. The same
+        bytes object decoded again (one group message received by several local
+        members) returns the same envelope: treat its body as read-only.
         """
         if body_type is None:
             body_type = self.contracts.get(channel) if "!" not in channel else None
+        last_data, last_type, last_envelope = self._last_decoded
+        if last_data is data and last_type is body_type and last_envelope is not None:
+            # A group fan-out hands every local member the same bytes object, one
+            # receive after another: validate it once and share the (frozen) envelope.
+            return last_envelope
         try:
-            return envelope_type(body_type if body_type is not None else Any).model_validate_json(
-                data
-            )
+            envelope = envelope_type(
+                body_type if body_type is not None else Any
+            ).model_validate_json(data)
         except ValidationError as exc:
             raise _invalid(channel, exc, body_type) from None
+        # One tuple, replaced whole: safe when worker threads decode too. It keeps the
+        # last message alive, which is what makes the identity check sound.
+        self._last_decoded = (data, body_type, envelope)
+        return envelope
 
     # messaging -------------------------------------------------------------
 

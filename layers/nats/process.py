@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -55,8 +55,6 @@ class ProcessChannels:
         """Where owners report our messages they dropped (set once connected)."""
         self.dropped = 0
         """Messages dropped because a process channel's buffer was at capacity."""
-        self.now = 0.0
-        """The clock reading of the fan-out in progress (see :meth:`put`)."""
 
     def owns(self, channel: str) -> bool:
         """Whether ``channel`` is one of this process's channels."""
@@ -106,9 +104,36 @@ class ProcessChannels:
 
         return on_message
 
-    def put(self, channel: str, data: bytes) -> bool:
-        """:meth:`deliver` at :attr:`now`: the local fan-out's callback, one clock per message."""
-        return self.deliver(channel, data, self.now)
+    def put_members(self, channels: Collection[str], data: bytes, now: float) -> tuple[int, int]:
+        """The local fan-out's callback: one group message into each member's buffer.
+
+        Every buffer gets the same entry (one deadline, the same bytes), so a
+        fan-out allocates nothing per member and the members' receivers can share
+        one decoded message. A full member misses it, counted in ``dropped``.
+        """
+        entry = (now + self._options.expiry, data)
+        locals_ = self.locals
+        options = self._options
+        fixed = None if options.channel_capacity else options.capacity
+        delivered = dropped = 0
+        for channel in channels:
+            box = locals_.get(channel)
+            if box is None:
+                box = locals_[channel] = Local()
+            items = box.items
+            capacity = fixed if fixed is not None else options.capacity_for(channel)
+            if len(items) >= capacity:
+                while items and items[0][0] <= now:
+                    items.popleft()
+                if len(items) >= capacity:
+                    dropped += 1
+                    continue
+            items.append(entry)
+            delivered += 1
+            if box.waiters:
+                wake(box.waiters)
+        self.dropped += dropped
+        return delivered, dropped
 
     def deliver(self, channel: str, data: bytes, now: float) -> bool:
         """Put ``data`` into our channel's buffer; False if it is full (dropped)."""

@@ -389,7 +389,7 @@ class RedisLayer(Layer):
 
     def _on_group(self, pubsub: bytes, message: bytes) -> None:
         group = pubsub[len(self.prefix) + 3 :].decode()
-        self._members.deliver(group, message, self._receivers.put_member, time.monotonic())
+        self._members.deliver(group, message, self._receivers.put_members, time.monotonic())
 
     def _on_control(self, shard: Shard, data: bytes) -> None:
         try:

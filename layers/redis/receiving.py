@@ -246,6 +246,9 @@ class Receivers:
                 backoff.reset()
                 if items:
                     self._deliver(source, items)
+                    # Let the receivers just woken run before this task writes its next
+                    # pop: a reply's latency is theirs; the next pop can wait a turn.
+                    await asyncio.sleep(0)
         finally:
             source.task = None
 

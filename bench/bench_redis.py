@@ -1,17 +1,26 @@
 """Redis layer: svcbus vs channels_redis (core and pub/sub) vs raw redis-py, same run.
 
-    python bench/bench_redis.py [--quick]
+    python bench/bench_redis.py [--quick] [--only SECTION,...] [--url redis://...]
 
 Starts its own redis-server on a free loopback port (tests/servers.py) and runs,
 with the same ~150-byte chat message validated by one pydantic contract:
 
-1. send -> typed receive throughput on one named channel (20,000 messages);
-2. group_send to 100 and 1,000 member channels spread over 4 layers ("processes"):
+1. ``throughput``: send -> typed receive on one named channel (20,000 messages);
+2. ``groups``: group_send to 100 and 1,000 member channels spread over 4 layers
+   ("processes") in this process, each member a loop that receives again at once:
    time until every member has the message, p50/p99 over several rounds;
-3. request/reply latency, p50/p99, one request at a time.
+   ``user``: the same fan-out measured the way a user does: 1,000 channels of one
+   receiving Bus (``new_channel`` + ``group_add``), a ``receive`` pending on each,
+   one ``group_send``, time until every call returned a validated message, for
+   svcbus, channels_redis core and its pub/sub layer, round by round in turn;
+   ``processes``: 1,000 and 10,000 members over 4 real processes (group_procs.py);
+3. ``request``: request/reply latency, p50/p99, one request at a time, in this
+   process; ``request-processes``: svcbus and raw redis-py lists (RPUSH, BLPOP)
+   with the responder in another process, alternating runs.
 
-Everything runs in one process and event loop (the peers too), so the numbers
-compare client-side costs plus Redis round trips; redis-server has the other core.
+Apart from the ``processes`` sections everything runs in one process and event
+loop (the peers too), so the numbers compare client-side costs plus Redis round
+trips; redis-server has the other core.
 """
 
 from __future__ import annotations

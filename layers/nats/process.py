@@ -203,11 +203,11 @@ class ProcessChannels:
             deadline, data = items.popleft()
             if deadline > now:
                 batch.append(data)
-        if batch:
-            if items and box.waiters:
-                wake(box.waiters)
-            elif not items and not box.waiters:
-                del self.locals[channel]
+        if batch and items and box.waiters:
+            wake(box.waiters)
+        # An emptied buffer stays until the sweep (at most SWEEP_INTERVAL): a group
+        # member or an edge socket receives again at once, and would otherwise make
+        # a new one per message.
         return batch
 
     def sweep(self, now: float) -> None:

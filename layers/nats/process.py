@@ -31,11 +31,14 @@ from .wire import as_error, connection_error, round_trip, too_large, wait_turn, 
 class Local:
     """A process channel's buffer: (deadline, message) pairs and waiting receivers."""
 
-    __slots__ = ("items", "waiters")
+    __slots__ = ("items", "member", "waiters")
 
     def __init__(self) -> None:
         self.items: deque[tuple[float, bytes]] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
+        # Set once a group message arrived here: a group member receives again at
+        # once, so its emptied buffer is kept (until the sweep) instead of made anew.
+        self.member = False
 
 
 class ProcessChannels:
@@ -129,6 +132,7 @@ class ProcessChannels:
                     dropped += 1
                     continue
             items.append(entry)
+            box.member = True
             delivered += 1
             if box.waiters:
                 wake(box.waiters)
@@ -203,11 +207,13 @@ class ProcessChannels:
             deadline, data = items.popleft()
             if deadline > now:
                 batch.append(data)
-        if batch and items and box.waiters:
-            wake(box.waiters)
-        # An emptied buffer stays until the sweep (at most SWEEP_INTERVAL): a group
-        # member or an edge socket receives again at once, and would otherwise make
-        # a new one per message.
+        if batch:
+            if items and box.waiters:
+                wake(box.waiters)
+            elif not items and not box.waiters and not box.member:
+                # A reply channel is read once: forget its buffer now. A group
+                # member's stays until the sweep (at most SWEEP_INTERVAL).
+                del self.locals[channel]
         return batch
 
     def sweep(self, now: float) -> None:

@@ -1,24 +1,35 @@
 """Redis layer: svcbus vs channels_redis (core and pub/sub) vs raw redis-py, same run.
 
-    python bench/bench_redis.py [--quick]
+    python bench/bench_redis.py [--quick] [--only SECTION,...] [--url redis://...]
 
 Starts its own redis-server on a free loopback port (tests/servers.py) and runs,
 with the same ~150-byte chat message validated by one pydantic contract:
 
-1. send -> typed receive throughput on one named channel (20,000 messages);
-2. group_send to 100 and 1,000 member channels spread over 4 layers ("processes"):
+1. ``throughput``: send -> typed receive on one named channel (20,000 messages);
+2. ``groups``: group_send to 100 and 1,000 member channels spread over 4 layers
+   ("processes") in this process, each member a loop that receives again at once:
    time until every member has the message, p50/p99 over several rounds;
-3. request/reply latency, p50/p99, one request at a time.
+   ``user``: the same fan-out measured the way a user does: 1,000 channels of one
+   receiving Bus (``new_channel`` + ``group_add``), a ``receive`` pending on each,
+   one ``group_send``, time until every call returned a validated message, for
+   svcbus, channels_redis core and its pub/sub layer, round by round in turn;
+   ``processes``: 1,000 and 10,000 members over 4 real processes (group_procs.py);
+3. ``request``: request/reply latency, p50/p99, one request at a time, in this
+   process; ``request-processes``: svcbus and raw redis-py lists (RPUSH, BLPOP)
+   with the responder in another process, alternating runs.
 
-Everything runs in one process and event loop (the peers too), so the numbers
-compare client-side costs plus Redis round trips; redis-server has the other core.
+Apart from the ``processes`` sections everything runs in one process and event
+loop (the peers too), so the numbers compare client-side costs plus Redis round
+trips; redis-server has the other core.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing as mp
 import os
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 import redis.asyncio as redis_client  # noqa: E402 - after the sys.path lines
 from common import BenchChat, Timer, chat, chat_dict, percentiles, print_table, typed_throughput  # noqa: E402 - after the sys.path lines
+from group_procs import group_fanout  # noqa: E402 - after the sys.path lines
 from servers import RedisServer  # noqa: E402 - after the sys.path lines
 
 from svcbus import Bus, Runtime, Service, open_layer  # noqa: E402 - after the sys.path lines
@@ -183,6 +195,84 @@ async def channels_fan_out(make: Callable[[], Any], size: int, rounds: int) -> t
     return result
 
 
+async def pending_fan_out(
+    systems: dict[
+        str, tuple[list[str], Callable[[str], Awaitable[Any]], Callable[[int], Awaitable[None]]]
+    ],
+    rounds: int,
+) -> dict[str, tuple[float, float]]:
+    """The user's measurement: a receive call pending on every member, one group_send.
+
+    Each round starts one ``receive`` per member channel (all on one receiving
+    layer), lets them all wait, sends once and times until every call returned a
+    validated message. Systems take turns round by round (one warm-up round each
+    is not counted), so they share the machine's moods.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in systems}
+    for i in range(rounds + 1):
+        for name, (channels, receive, send) in systems.items():
+            tasks = [asyncio.ensure_future(receive(channel)) for channel in channels]
+            await asyncio.sleep(0.05)  # every receive is waiting
+            started = time.perf_counter()
+            await send(i)
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+            if i:
+                samples[name].append(time.perf_counter() - started)
+    return {name: percentiles(values) for name, values in samples.items()}
+
+
+async def user_way_fan_out(url: str, size: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """svcbus, channels_redis core and its pub/sub layer, each: one receiving layer, one sender."""
+    receiver, sender = Bus(open_layer(url, capacity=100)), Bus(open_layer(url, capacity=100))
+    await receiver.__aenter__()
+    await sender.__aenter__()
+    peers = {
+        "core": (core_layer(url), core_layer(url)),
+        "pubsub": (pubsub_layer(url), pubsub_layer(url)),
+    }
+    systems: dict[str, Any] = {}
+    try:
+        channels = [await receiver.new_channel("ws") for _ in range(size)]
+        for channel in channels:
+            await receiver.group_add("bench.user", channel)
+
+        async def svcbus_receive(channel: str) -> Any:
+            return await receiver.receive(channel, BenchChat)
+
+        async def svcbus_send(i: int) -> None:
+            await sender.group_send("bench.user", chat(i))
+
+        systems["svcbus (Bus.receive)"] = (channels, svcbus_receive, svcbus_send)
+        for kind, (rx, tx) in peers.items():
+            systems[f"channels_redis {CHANNELS_NAMES[kind]}"] = await _channels_members(
+                rx, tx, size
+            )
+        return await pending_fan_out(systems, rounds)
+    finally:
+        await receiver.__aexit__(None, None, None)
+        await sender.__aexit__(None, None, None)
+        for rx, tx in peers.values():
+            await _close_channels_layer(rx)
+            await _close_channels_layer(tx)
+
+
+CHANNELS_NAMES = {"core": "RedisChannelLayer", "pubsub": "RedisPubSubChannelLayer"}
+
+
+async def _channels_members(rx: Any, tx: Any, size: int) -> Any:
+    channels = [await rx.new_channel() for _ in range(size)]
+    for channel in channels:
+        await rx.group_add("bench.user", channel)
+
+    async def receive(channel: str) -> Any:
+        return BenchChat.model_validate(await rx.receive(channel))
+
+    async def send(i: int) -> None:
+        await tx.group_send("bench.user", {"type": "chat.message", **chat_dict(i)})
+
+    return channels, receive, send
+
+
 # --- 3. request/reply ---------------------------------------------------------------
 
 
@@ -265,6 +355,76 @@ async def raw_request(url: str, count: int) -> tuple[float, float]:
     return percentiles(samples)
 
 
+# --- 3b. request/reply with the responder in another process ----------------------------
+
+
+def responder(kind: str, url: str, ready: Any, stop: Any) -> None:
+    asyncio.run(_responder(kind, url, ready, stop))
+
+
+async def _responder(kind: str, url: str, ready: Any, stop: Any) -> None:
+    if kind == "raw":
+        client = redis_client.Redis.from_url(url)
+        await client.ping()
+        ready.set()
+        while not stop.is_set():
+            popped = await client.blpop(["raw.echo"], timeout=0.2)
+            if popped:
+                body = BenchChat.model_validate_json(popped[1])
+                await client.rpush("raw.reply", body.model_dump_json())
+        await client.aclose()
+        return
+    service = Service("echo")
+
+    @service.consumes("bench.chat")
+    async def echo(message: BenchChat) -> BenchChat:
+        return message
+
+    async with Runtime(service, open_layer(url), concurrency=1).running():
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+
+
+async def _requests(kind: str, url: str, count: int) -> list[float]:
+    samples: list[float] = []
+    if kind == "raw":
+        client = redis_client.Redis.from_url(url)
+        for i in range(count + 50):
+            started = time.perf_counter()
+            await client.rpush("raw.echo", chat(i).model_dump_json())
+            _, data = await client.blpop(["raw.reply"])
+            BenchChat.model_validate_json(data)
+            samples.append(time.perf_counter() - started)
+        await client.aclose()
+    else:
+        async with Bus(open_layer(url)) as bus:
+            for i in range(count + 50):
+                started = time.perf_counter()
+                await bus.request("bench.chat", chat(i), reply_type=BenchChat)
+                samples.append(time.perf_counter() - started)
+    return samples[50:]  # the first ones warm connections and caches
+
+
+def request_reply_procs(kind: str, url: str, count: int) -> tuple[float, float]:
+    """p50/p99 of one request at a time to a responder process (svcbus or raw lists)."""
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    server = ctx.Process(target=responder, args=(kind, url, ready, stop))
+    server.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError(f"{kind} responder did not start")
+        samples = asyncio.run(_requests(kind, url, count))
+    finally:
+        stop.set()
+        server.join(10)
+        if server.is_alive():
+            server.terminate()
+            server.join()
+    return percentiles(samples)
+
+
 # --- helpers ------------------------------------------------------------------------
 
 
@@ -293,12 +453,9 @@ async def _fresh(url: str) -> None:
     await client.aclose()
 
 
-async def run_all(url: str, quick: bool) -> None:
+async def throughput_section(url: str, quick: bool) -> None:
     count = 2_000 if quick else 20_000
     core_count = 1_000 if quick else count  # channels_redis core runs ~1k msg/s
-    rounds = {100: 10 if quick else 30, 1000: 5 if quick else 15}
-    requests = 200 if quick else 1_000
-
     results: dict[str, float] = {}
 
     async def measure(name: str, job: Callable[[], Awaitable[float]]) -> None:
@@ -340,6 +497,16 @@ async def run_all(url: str, quick: bool) -> None:
         for name, rate in results.items()
     ]
 
+    print_table(
+        f"1. send -> typed receive, one named channel ({count:,} messages; "
+        f"channels_redis core {core_count:,})",
+        ["path", "msg/s", "vs channels core", "vs channels pub/sub"],
+        throughput_rows,
+    )
+
+
+async def groups_section(url: str, quick: bool) -> None:
+    rounds = {100: 10 if quick else 30, 1000: 5 if quick else 15}
     print("2. group_send fan-out", flush=True)
     fan_rows: list[Row] = []
     for size in (100, 1000):
@@ -362,6 +529,50 @@ async def run_all(url: str, quick: bool) -> None:
             )
             print(f"  {fan_rows[-1]}", flush=True)
 
+    print_table(
+        "2. group_send until every member has it (members over 4 layers), ms",
+        ["path", "p50", "p99", "p50 vs channels core"],
+        fan_rows,
+    )
+
+
+async def user_section(url: str, quick: bool) -> None:
+    size, rounds = (1000, 5) if quick else (1000, 10)
+    print(f"2b. group_send to {size:,} pending receives on one Bus", flush=True)
+    await _fresh(url)
+    measured = await user_way_fan_out(url, size, rounds)
+    core_p50 = measured["channels_redis RedisChannelLayer"][0]
+    pubsub_p50 = measured["channels_redis RedisPubSubChannelLayer"][0]
+    print_table(
+        f"2b. group_send to {size:,} members of one receiving layer, a receive pending on "
+        f"each, until all returned a validated message ({rounds} rounds, interleaved), ms",
+        ["path", "p50", "p99", "p50 vs channels core", "p50 vs channels pub/sub"],
+        [
+            (name, f"{p50:.2f}", f"{p99:.2f}", f"{core_p50 / p50:.1f}x", f"{pubsub_p50 / p50:.1f}x")
+            for name, (p50, p99) in measured.items()
+        ],
+    )
+
+
+def processes_section(url: str, quick: bool) -> None:
+    sizes = [(100, 20), (1_000, 20)] if quick else [(1_000, 50), (10_000, 20)]
+    rows: list[Row] = []
+    for members, rounds in sizes:
+        print(
+            f"2c. group_send to {members:,} members over 4 processes, {rounds} rounds", flush=True
+        )
+        asyncio.run(_fresh(url))
+        p50, p99 = group_fanout(url, members, rounds)
+        rows.append((f"{members:,}", "4", str(rounds), f"{p50:.1f}", f"{p99:.1f}"))
+    print_table(
+        "2c. group_send until every member channel, over 4 processes, has it, ms",
+        ["members", "processes", "sends", "p50", "p99"],
+        rows,
+    )
+
+
+async def request_section(url: str, quick: bool) -> None:
+    requests = 200 if quick else 1_000
     print("3. request/reply", flush=True)
     request_rows: list[Row] = []
     latencies: dict[str, tuple[float, float]] = {}
@@ -384,18 +595,6 @@ async def run_all(url: str, quick: bool) -> None:
     for name, (p50, p99) in latencies.items():
         request_rows.append((name, f"{p50:.3f}", f"{p99:.3f}"))
 
-    print()
-    print_table(
-        f"1. send -> typed receive, one named channel ({count:,} messages; "
-        f"channels_redis core {core_count:,})",
-        ["path", "msg/s", "vs channels core", "vs channels pub/sub"],
-        throughput_rows,
-    )
-    print_table(
-        "2. group_send until every member has it (members over 4 layers), ms",
-        ["path", "p50", "p99", "p50 vs channels core"],
-        fan_rows,
-    )
     print_table(
         f"3. request/reply, one at a time ({requests:,} requests), ms",
         ["path", "p50", "p99"],
@@ -403,17 +602,77 @@ async def run_all(url: str, quick: bool) -> None:
     )
 
 
+def request_procs_section(url: str, quick: bool) -> None:
+    count, runs = (300, 1) if quick else (2_000, 3)
+    p50s: dict[str, list[float]] = {"raw": [], "svcbus": []}
+    p99s: dict[str, list[float]] = {"raw": [], "svcbus": []}
+    for run in range(runs):
+        for kind in p50s:
+            print(f"3b. request/reply to another process, {kind}, run {run + 1}/{runs}", flush=True)
+            asyncio.run(_fresh(url))
+            p50, p99 = request_reply_procs(kind, url, count)
+            p50s[kind].append(p50)
+            p99s[kind].append(p99)
+    raw = statistics.median(p50s["raw"])
+    names = {
+        "raw": "raw redis-py RPUSH + BLPOP (responder process BLPOPs, RPUSHes)",
+        "svcbus": "svcbus Bus.request -> Runtime in another process",
+    }
+    print_table(
+        f"3b. request/reply, responder in another process ({count:,} requests, median of "
+        f"{runs} alternating runs), ms",
+        ["path", "p50", "p99", "p50 vs raw"],
+        [
+            (
+                names[kind],
+                f"{statistics.median(p50s[kind]):.3f}",
+                f"{statistics.median(p99s[kind]):.3f}",
+                f"{statistics.median(p50s[kind]) / raw:.2f}x",
+            )
+            for kind in p50s
+        ],
+    )
+
+
+SECTIONS = ("throughput", "groups", "user", "processes", "request", "request-processes")
+
+
+def run_all(url: str, quick: bool, sections: list[str]) -> None:
+    for section in sections:
+        if section == "throughput":
+            asyncio.run(throughput_section(url, quick))
+        elif section == "groups":
+            asyncio.run(groups_section(url, quick))
+        elif section == "user":
+            asyncio.run(user_section(url, quick))
+        elif section == "processes":
+            processes_section(url, quick)
+        elif section == "request":
+            asyncio.run(request_section(url, quick))
+        elif section == "request-processes":
+            request_procs_section(url, quick)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages and rounds")
     parser.add_argument("--url", help="use this Redis instead of starting one (it is FLUSHDB'd)")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
+    )
     args = parser.parse_args()
+    sections = [name for name in args.only.split(",") if name]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {SECTIONS}")
     if args.url:
-        asyncio.run(run_all(args.url, args.quick))
+        run_all(args.url, args.quick, sections)
         return
     with RedisServer() as server:
         print(f"redis-server {server.url} (pid {server.pid})", flush=True)
-        asyncio.run(run_all(server.url, args.quick))
+        run_all(server.url, args.quick, sections)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +23,7 @@ import anyio
 from svcbus.durable import Delivery, Durability
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, SvcbusError
 from svcbus.layer import Layer, LayerOptions
-from svcbus.layers._fanout import LocalGroups, Put
+from svcbus.layers._fanout import LocalGroups
 from svcbus.names import validate_channel, validate_group
 from svcbus.ratelog import RateLimitedLog
 
@@ -331,24 +331,29 @@ class MemoryLayer(Layer):
         self.options.check_size(group, message)
         if group not in self.hub.groups:
             return
-        now = time.monotonic()
-        self.hub.groups.deliver(group, message, self._member_put(now), now)
+        self.hub.groups.deliver(group, message, self._put_members, time.monotonic())
 
-    def _member_put(self, now: float) -> Put:
-        """Store a group message in a member's queue, or drop it when the queue is full."""
-        deadline = now + self.options.expiry
+    def _put_members(
+        self, channels: Collection[str], message: bytes, now: float
+    ) -> tuple[int, int]:
+        """Store one group message in each member's queue; a full member misses it."""
+        # One entry for every member: same bytes, same deadline, one tuple.
+        entry = (now + self.options.expiry, message)
         hub = self.hub
         queues = hub.queues
-        capacity_for = self.options.capacity_for
-
-        def put(channel: str, message: bytes) -> bool:
+        options = self.options
+        fixed = None if options.channel_capacity else options.capacity
+        delivered = dropped = 0
+        for channel in channels:
             queue = queues.get(channel)
             if queue is None:
                 queue = queues[channel] = _Queue()
-            if len(queue.items) >= capacity_for(channel):
+            capacity = fixed if fixed is not None else options.capacity_for(channel)
+            if len(queue.items) >= capacity:
                 hub.count_expired(channel, queue.drop_expired(now))
-                if len(queue.items) >= capacity_for(channel):
+                if len(queue.items) >= capacity:
                     # group_send never raises ChannelFull: this member misses it.
+                    dropped += 1
                     hub.dropped += 1
                     _notes.log(
                         channel,
@@ -356,11 +361,10 @@ class MemoryLayer(Layer):
                         channel,
                         hub.dropped,
                     )
-                    return False
-            queue.put((deadline, message))
-            return True
-
-        return put
+                    continue
+            queue.put(entry)
+            delivered += 1
+        return delivered, dropped
 
     @property
     def lost(self) -> int:

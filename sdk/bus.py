@@ -66,6 +66,8 @@ class Bus:
         """Named channels whose durability was looked up (and declared to the layer)."""
         self._routes: dict[str, Route] = {}
         """Named channels sent on before, with their contract: ``send``'s fast path."""
+        self._last_decoded: tuple[bytes | None, Any, Envelope[Any] | None] = (None, None, None)
+        """(bytes, body type, envelope) of the last :meth:`decode`, shared by a group's members."""
 
     # lifecycle -----------------------------------------------------------
 
@@ -184,10 +186,7 @@ class Bus:
         """
         if body_type is None:
             body_type = self.contracts.get(channel) if "!" not in channel else None
-        try:
-            return envelope_decoder(body_type if body_type is not None else Any)(data)
-        except ValidationError as exc:
-            raise _invalid(channel, exc, body_type) from None
+        return self._validate(channel, data, body_type)
 
     def _decode_received(self, channel: str, data: bytes, body_type: Any) -> Envelope[Any]:
         """:meth:`decode` for :meth:`receive`: a process channel's body is typed by its envelope.
@@ -199,10 +198,23 @@ class Bus:
         if body_type is None:
             named = peek_contract(data)
             body_type = contract_named(*named) if named is not None else None
+        return self._validate(channel, data, body_type)
+
+    def _validate(self, channel: str, data: bytes, body_type: Any) -> Envelope[Any]:
+        """The one decode+validate of received bytes (shared by a group's local members)."""
+        last_data, last_type, last_envelope = self._last_decoded
+        if last_data is data and last_type is body_type and last_envelope is not None:
+            # A group fan-out hands every local member the same bytes object, one
+            # receive after another: validate it once and share the (frozen) envelope.
+            return last_envelope
         try:
-            return envelope_decoder(body_type if body_type is not None else Any)(data)
+            envelope = envelope_decoder(body_type if body_type is not None else Any)(data)
         except ValidationError as exc:
             raise _invalid(channel, exc, body_type) from None
+        # One tuple, replaced whole: safe when worker threads decode too. It keeps the
+        # last message alive, which is what makes the identity check sound.
+        self._last_decoded = (data, body_type, envelope)
+        return envelope
 
     # messaging -------------------------------------------------------------
 

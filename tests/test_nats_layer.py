@@ -126,6 +126,29 @@ async def test_full_channel_raises_channel_full_at_the_refused_send(nats_url: st
         await sender.close()
 
 
+async def test_a_group_members_buffer_is_kept_and_a_reply_channels_is_not(
+    nats_url: str,
+) -> None:
+    url = isolated(nats_url)
+    owner, other = await connected(url), await connected(url)
+    try:
+        member, reply = await owner.new_channel("ws"), await owner.new_channel("reply")
+        await owner.group_add("room", member)
+        await other.group_send("room", b"g")
+        await other.send(reply, b"r")
+        with anyio.fail_after(5):
+            assert await owner.receive(member) == b"g"
+            assert await owner.receive(reply) == b"r"
+        # The member receives again at once: its emptied buffer waits for the sweep.
+        assert member in owner.processes.locals
+        assert reply not in owner.processes.locals
+        owner.processes.sweep(time.monotonic())
+        assert member not in owner.processes.locals
+    finally:
+        await owner.close()
+        await other.close()
+
+
 async def test_process_channel_buffer_is_bounded_by_capacity(nats_url: str) -> None:
     url = isolated(nats_url)
     owner, other = await connected(url, capacity=10), await connected(url)

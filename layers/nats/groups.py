@@ -152,8 +152,7 @@ class Groups:
 
         async def on_message(msg: Msg) -> None:
             # Full members miss it (never ChannelFull); one clock reading for all.
-            processes.now = time.monotonic()
-            members.deliver(group, msg.data, processes.put, processes.now)
+            members.deliver(group, msg.data, processes.put_members, time.monotonic())
 
         return on_message
 

@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -31,11 +31,14 @@ from .wire import as_error, connection_error, round_trip, too_large, wait_turn, 
 class Local:
     """A process channel's buffer: (deadline, message) pairs and waiting receivers."""
 
-    __slots__ = ("items", "waiters")
+    __slots__ = ("items", "member", "waiters")
 
     def __init__(self) -> None:
         self.items: deque[tuple[float, bytes]] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
+        # Set once a group message arrived here: a group member receives again at
+        # once, so its emptied buffer is kept (until the sweep) instead of made anew.
+        self.member = False
 
 
 class ProcessChannels:
@@ -55,8 +58,6 @@ class ProcessChannels:
         """Where owners report our messages they dropped (set once connected)."""
         self.dropped = 0
         """Messages dropped because a process channel's buffer was at capacity."""
-        self.now = 0.0
-        """The clock reading of the fan-out in progress (see :meth:`put`)."""
 
     def owns(self, channel: str) -> bool:
         """Whether ``channel`` is one of this process's channels."""
@@ -106,9 +107,37 @@ class ProcessChannels:
 
         return on_message
 
-    def put(self, channel: str, data: bytes) -> bool:
-        """:meth:`deliver` at :attr:`now`: the local fan-out's callback, one clock per message."""
-        return self.deliver(channel, data, self.now)
+    def put_members(self, channels: Collection[str], data: bytes, now: float) -> tuple[int, int]:
+        """The local fan-out's callback: one group message into each member's buffer.
+
+        Every buffer gets the same entry (one deadline, the same bytes), so a
+        fan-out allocates nothing per member and the members' receivers can share
+        one decoded message. A full member misses it, counted in ``dropped``.
+        """
+        entry = (now + self._options.expiry, data)
+        locals_ = self.locals
+        options = self._options
+        fixed = None if options.channel_capacity else options.capacity
+        delivered = dropped = 0
+        for channel in channels:
+            box = locals_.get(channel)
+            if box is None:
+                box = locals_[channel] = Local()
+            items = box.items
+            capacity = fixed if fixed is not None else options.capacity_for(channel)
+            if len(items) >= capacity:
+                while items and items[0][0] <= now:
+                    items.popleft()
+                if len(items) >= capacity:
+                    dropped += 1
+                    continue
+            items.append(entry)
+            box.member = True
+            delivered += 1
+            if box.waiters:
+                wake(box.waiters)
+        self.dropped += dropped
+        return delivered, dropped
 
     def deliver(self, channel: str, data: bytes, now: float) -> bool:
         """Put ``data`` into our channel's buffer; False if it is full (dropped)."""
@@ -181,7 +210,9 @@ class ProcessChannels:
         if batch:
             if items and box.waiters:
                 wake(box.waiters)
-            elif not items and not box.waiters:
+            elif not items and not box.waiters and not box.member:
+                # A reply channel is read once: forget its buffer now. A group
+                # member's stays until the sweep (at most SWEEP_INTERVAL).
                 del self.locals[channel]
         return batch
 

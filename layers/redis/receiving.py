@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
@@ -274,6 +274,9 @@ class Receivers:
                     )
                 if items:
                     self._deliver(source, items)
+                    # Let the receivers just woken run before this task writes its next
+                    # pop: a reply's latency is theirs; the next pop can wait a turn.
+                    await asyncio.sleep(0)
         finally:
             source.task = None
 
@@ -361,17 +364,38 @@ class Receivers:
         for local in woken:
             self._wake(boxes[local])
 
-    def put_member(self, channel: str, message: bytes) -> bool:
-        """The local fan-out's callback: one group message into one member's box."""
-        box = self._boxes.get(channel) or self.box(channel)
-        if len(box.items) >= box.capacity:
-            # group_send never raises ChannelFull: a full member misses it.
-            self._drop(box, "a full group member")
-            return False
-        box.items.append(message)
-        if box.waiters:
-            self._wake(box)
-        return True
+    def put_members(self, channels: Collection[str], message: bytes, now: float) -> tuple[int, int]:
+        """The local fan-out's callback: one group message into each member's box.
+
+        Every box gets the same bytes object, so the members' receivers can share
+        one decoded message. A full member misses it (``group_send`` never raises
+        ChannelFull); each miss is counted in ``dropped`` and logged.
+        """
+        boxes = self._boxes
+        delivered = dropped = 0
+        for channel in channels:
+            box = boxes.get(channel) or self.box(channel)
+            items = box.items
+            if len(items) >= box.capacity:
+                self._drop(box, "a full group member")
+                dropped += 1
+                continue
+            items.append(message)
+            delivered += 1
+            waiters = box.waiters
+            if waiters:
+                if len(waiters) == 1 and len(items) == 1:
+                    # The usual case (one receiver waiting on an empty box): wake it
+                    # without _wake's loop.
+                    future, limit = waiters.popleft()
+                    source = box.source
+                    if source is not None:
+                        source.wanted -= limit
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    self._wake(box)
+        return delivered, dropped
 
     async def return_unreceived(self, expiry_ms: int) -> None:
         """Put messages popped for cancelled receives back at the head of their lists."""

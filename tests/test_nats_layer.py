@@ -670,3 +670,31 @@ async def test_durable_settings_from_the_url_reach_the_stream_and_consumer(nats_
             await layer.declare_durable("orders.big", Durability())
     finally:
         await layer.close()
+
+
+async def test_a_durable_send_stored_by_a_foreign_stream_raises(nats_url: str) -> None:
+    """Publishes carry no ``Nats-Expected-Stream``: the PubAck's stream name is checked.
+
+    The channel's stream deleted and another stream made on its subject: JetStream
+    stores the publish there and says so in the PubAck; the send must not return
+    as if the channel had it.
+    """
+    layer = await connected(isolated(nats_url))
+    try:
+        await layer.declare_durable("orders.place", Durability())
+        await layer.send("orders.place", b'{"v":1,"id":"a"}')  # our stream: returns
+        js = (await layer.conn.client()).jetstream()
+        await js.delete_stream(layer.durable.stream("orders.place"))
+        foreign = f"foreign{uuid.uuid4().hex[:8]}"
+        await js.add_stream(name=foreign, subjects=[layer.durable.subject("orders.place")])
+        try:
+            with pytest.raises(LayerError, match=rf"stored by stream '{foreign}'.*declare"):
+                await layer.send("orders.place", b'{"v":1,"id":"b"}')
+            assert (await js.stream_info(foreign)).state.messages == 1
+        finally:
+            await js.delete_stream(foreign)
+        # Declared again, the channel's own stream takes the subject back.
+        await layer.declare_durable("orders.place", Durability())
+        await layer.send("orders.place", b'{"v":1,"id":"c"}')
+    finally:
+        await layer.close()

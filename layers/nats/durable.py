@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any
 
 import nats.errors
@@ -54,6 +55,16 @@ RETRY_PAUSE = 0.1
 def _no_answer(answer: asyncio.Future[Msg]) -> None:
     if not answer.done():
         answer.set_exception(nats.errors.TimeoutError())
+
+
+def _pub_ack_start(stream: str) -> bytes:
+    """How a PubAck from ``stream`` starts: the server writes ``stream`` first, compactly.
+
+    A publish carries no ``Nats-Expected-Stream`` (the server would parse and
+    check it per message); comparing these bytes with the answer's start keeps
+    that protection (a stream other than ours stored the message) for free.
+    """
+    return b'{"stream":' + json.dumps(stream).encode() + b","
 
 
 def _delivered(msg: Msg) -> int:
@@ -110,6 +121,8 @@ class DurableChannels:
         self._seq = 0
         self._waiting: dict[int, asyncio.Future[Msg]] = {}
         """Durable publishes waiting for JetStream's answer, by reply sequence."""
+        self._stored_here: dict[str, bytes] = {}
+        """The start of a PubAck from each durable channel's own stream, by channel."""
         self._pulls: dict[str, JetStreamContext.PullSubscription] = {}
         self._fetching: dict[str, asyncio.Lock] = {}
 
@@ -186,13 +199,14 @@ class DurableChannels:
         """
         nc = self._conn.nc or await self._conn.client()
         message_id = message_id_of(message)
-        stream = self.stream(channel)
-        # As nats-py's js.publish(stream=...) sent them: the id for the duplicate
-        # window, the stream so that no other stream capturing the subject stores it.
-        headers = {"Nats-Expected-Stream": stream}
-        if message_id is not None:
-            headers["Nats-Msg-Id"] = message_id
+        # The id for the duplicate window; no ``Nats-Expected-Stream``: the server
+        # parsed and checked it per message (about a fifth of a send's cost), and
+        # the PubAck names the storing stream anyway (checked below).
+        headers = {"Nats-Msg-Id": message_id} if message_id is not None else None
         subject = self.subject(channel)
+        stored_here = self._stored_here.get(channel)
+        if stored_here is None:
+            stored_here = self._stored_here[channel] = _pub_ack_start(self.stream(channel))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ack_timeout
         error: BaseException | None = None
@@ -213,8 +227,11 @@ class DurableChannels:
                 data = msg.data
                 if data[:9] == b'{"error":':
                     raise self._refused(channel, api_error(data))
-                if data:
+                if data.startswith(stored_here):
                     return  # a PubAck (``"duplicate": true`` too: stored before)
+                if data:
+                    self._check_stream(channel, data)
+                    return  # our stream's PubAck in another form (spaces, field order)
                 # An empty answer is a status: 503, no stream (leader) listens yet.
                 error = nats.errors.NoRespondersError()
             finally:
@@ -233,6 +250,29 @@ class DurableChannels:
         waiting = self._waiting.get(seq)
         if waiting is not None and not waiting.done():
             waiting.set_result(msg)
+
+    def _check_stream(self, channel: str, data: bytes) -> None:
+        """Raise unless PubAck ``data`` names ``channel``'s stream.
+
+        Only reached when the PubAck does not start as the server writes ours
+        (``{"stream":"<stream>",``), so the JSON parse is off the usual path.
+        """
+        expected = self.stream(channel)
+        try:
+            stream = json.loads(data).get("stream")
+        except (ValueError, AttributeError):
+            raise LayerError(
+                f"JetStream answered a message for {channel!r} with {data[:200]!r}, not a "
+                "PubAck: is something else listening on the durable subjects?"
+            ) from None
+        if stream != expected:
+            raise LayerError(
+                f"a message for durable channel {channel!r} was stored by stream {stream!r}, "
+                f"not by svcbus's stream {expected!r} (deleted, or another stream captures "
+                f"subject {self.subject(channel)!r}); it will not reach the channel's "
+                "consumers: remove or change that stream, then declare the channel again "
+                "(restart the service or call declare_durable)"
+            )
 
     def _refused(self, channel: str, error: dict[str, Any]) -> ChannelFull | LayerError:
         if error.get("err_code") in STREAM_FULL_CODES:

@@ -693,3 +693,84 @@ async def test_durable_settings_from_the_url_reach_the_stream_and_consumer(nats_
             await layer.declare_durable("orders.big", Durability())
     finally:
         await layer.close()
+
+
+async def test_a_durable_send_stored_by_a_foreign_stream_raises(nats_url: str) -> None:
+    """Publishes carry no ``Nats-Expected-Stream``: the PubAck's stream name is checked.
+
+    The channel's stream deleted and another stream made on its subject: JetStream
+    stores the publish there and says so in the PubAck; the send must not return
+    as if the channel had it.
+    """
+    layer = await connected(isolated(nats_url))
+    try:
+        await layer.declare_durable("orders.place", Durability())
+        await layer.send("orders.place", b'{"v":1,"id":"a"}')  # our stream: returns
+        js = (await layer.conn.client()).jetstream()
+        await js.delete_stream(layer.durable.stream("orders.place"))
+        foreign = f"foreign{uuid.uuid4().hex[:8]}"
+        await js.add_stream(name=foreign, subjects=[layer.durable.subject("orders.place")])
+        try:
+            with pytest.raises(LayerError, match=rf"stored by stream '{foreign}'.*declare"):
+                await layer.send("orders.place", b'{"v":1,"id":"b"}')
+            assert (await js.stream_info(foreign)).state.messages == 1
+        finally:
+            await js.delete_stream(foreign)
+        # Declared again, the channel's own stream takes the subject back.
+        await layer.declare_durable("orders.place", Durability())
+        await layer.send("orders.place", b'{"v":1,"id":"c"}')
+    finally:
+        await layer.close()
+
+
+# The continuous pull ----------------------------------------------------------------------
+
+QUICK_ACK = Durability(ack_wait=1.0)
+
+
+async def test_messages_held_ahead_of_the_receivers_are_kept_alive(nats_url: str) -> None:
+    """A receiver of one asks for two: the one held meanwhile is not redelivered elsewhere."""
+    url = isolated(nats_url)
+    holder, other = await connected(url), await connected(url)
+    try:
+        for layer in (holder, other):
+            await layer.declare_durable("jobs", QUICK_ACK)
+        for n in (1, 2):
+            await holder.send("jobs", b'{"v":1,"id":"m%d"}' % n)
+        (first,) = await holder.receive_durable("jobs", 1)
+        await first.ack()
+        await asyncio.sleep(0.3)  # the second arrives and is held
+        # Held for over twice ack_wait: its +WPI signals keep it here.
+        with anyio.move_on_after(2.5):
+            got = await other.receive_durable("jobs", 1)
+            pytest.fail(f"a held message was redelivered elsewhere: {got[0].data!r}")
+        (second,) = await holder.receive_durable("jobs", 1)
+        assert (second.data, second.attempt) == (b'{"v":1,"id":"m2"}', 1)
+        await second.ack()
+    finally:
+        await holder.close()
+        await other.close()
+
+
+async def test_closing_gives_held_messages_back_at_once(nats_url: str) -> None:
+    """Held, never handed out: ``close`` naks them, another process gets them before ack_wait."""
+    url = isolated(nats_url)
+    holder, other = await connected(url), await connected(url)
+    try:
+        for layer in (holder, other):
+            await layer.declare_durable("jobs", Durability(ack_wait=30.0))
+        for n in range(4):
+            await holder.send("jobs", b'{"v":1,"id":"m%d"}' % n)
+        first = await holder.receive_durable("jobs", 2)  # asks for 4: 2 more held
+        for delivery in first:
+            await delivery.ack()
+        await asyncio.sleep(0.3)
+        await holder.close()
+        got: list[bytes] = []
+        with anyio.fail_after(5):  # well inside the 30 s ack_wait
+            while len(got) < 2:
+                got += [d.data for d in await other.receive_durable("jobs", 2)]
+        assert sorted(got) == [b'{"v":1,"id":"m2"}', b'{"v":1,"id":"m3"}']
+    finally:
+        await holder.close()
+        await other.close()

@@ -20,20 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
+from collections import deque
 from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import api
-from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, ServiceUnavailableError
+from nats.js.errors import APIError
 
 from svcbus.durable import Delivery, Durability, message_id_of
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, LayerError
 from svcbus.layer import LayerOptions
 
 from .connection import Connection
-from .wire import STREAM_CONFIG_DIFFERS, STREAM_FULL_CODES, api_error
+from .wire import STREAM_CONFIG_DIFFERS, STREAM_FULL_CODES, api_error, round_trip
 
 WORKERS = "workers"
 """Durable name of the explicit-ack pull consumer every process shares on a durable stream."""
@@ -41,11 +44,28 @@ WORKERS = "workers"
 FETCH_WAIT = 1.0
 """Seconds one pull request waits at the server; a waiting receiver renews it."""
 
+PULL_LOST = 1.0
+"""Seconds past a pull request's expiry after which, with no answer, it counts as lost.
+
+A request dies without a word when its server does (or we reconnect elsewhere).
+"""
+
+PREFETCH = 64
+"""Most messages a process's continuous pull holds or has asked for per channel.
+
+Receivers ask for twice their batch (one handled, one on its way), up to this:
+held messages are kept alive (``+WPI``) like handled ones, but one process
+holding many would keep them from idle workers elsewhere.
+"""
+
 LEADERLESS_LIMIT = 30.0
 """Seconds a receiver keeps pulling while no consumer leader answers (503) before it fails."""
 
 PUBLISH_TRIES = 3
 """A publish waits at most ``ack_timeout / PUBLISH_TRIES`` for its answer before the next try."""
+
+STALE_CHECK = 0.1
+"""Seconds a message may be held before its age is checked against ``max_age`` at take."""
 
 RETRY_PAUSE = 0.1
 """Seconds between two publishes of one message that no stream answered (same id)."""
@@ -54,6 +74,16 @@ RETRY_PAUSE = 0.1
 def _no_answer(answer: asyncio.Future[Msg]) -> None:
     if not answer.done():
         answer.set_exception(nats.errors.TimeoutError())
+
+
+def _pub_ack_start(stream: str) -> bytes:
+    """How a PubAck from ``stream`` starts: the server writes ``stream`` first, compactly.
+
+    A publish carries no ``Nats-Expected-Stream`` (the server would parse and
+    check it per message); comparing these bytes with the answer's start keeps
+    that protection (a stream other than ours stored the message) for free.
+    """
+    return b'{"stream":' + json.dumps(stream).encode() + b","
 
 
 def _delivered(msg: Msg) -> int:
@@ -92,6 +122,149 @@ class NatsDelivery(Delivery):
         await self._msg.term()  # +TERM: never redelivered
 
 
+class _Pull:
+    """A channel's continuous pull: requests kept open ahead of the receivers.
+
+    One pull request (``MSG.NEXT`` with a batch and an expiry) is asked before
+    the held messages run out, so a receiver that comes back finds its next
+    batch here, without a round trip per batch (nats-py's ``fetch`` made one, or
+    two, per batch). The messages and statuses come to :meth:`on_message` on an
+    inbox subscription of the pull's own.
+
+    ``asked`` counts messages requested and not yet come: a 408 (expired) or
+    409 (e.g. leadership change) says how many of its request never will
+    (``Nats-Pending-Messages``); a request unanswered ``PULL_LOST`` past its
+    expiry died with its server, and a 503 means no consumer leader: both
+    forget everything asked.
+    """
+
+    __slots__ = (
+        "_arrived",
+        "_conn",
+        "_expires_at",
+        "_heartbeat",
+        "_max_age",
+        "_request",
+        "asked",
+        "held",
+        "keep_alive",
+        "leaderless",
+        "reply",
+        "sub",
+        "waiting",
+    )
+
+    def __init__(self, conn: Connection, request: str, reply: str, settings: Durability) -> None:
+        self._conn = conn
+        self._max_age = settings.max_age
+        self._request = request
+        self.reply = reply
+        self.sub: Subscription | None = None
+        self._heartbeat = settings.heartbeat
+        self._arrived = asyncio.Event()
+        self._expires_at = 0.0
+        self.asked = 0
+        self.held: deque[tuple[float, Msg]] = deque()
+        """Delivered messages no receiver took yet (their ``ack_wait`` runs), since when."""
+        self.leaderless = False
+        self.waiting = 0
+        """Messages the receivers waiting for this pull asked for."""
+        self.keep_alive: asyncio.Future[None] | None = None
+
+    async def on_message(self, msg: Msg) -> None:
+        headers = msg.headers
+        status = headers.get("Status") if headers else None
+        if status is None:
+            self.held.append((time.monotonic(), msg))
+            if self.asked:
+                self.asked -= 1
+        elif status == "100":
+            return  # an idle heartbeat (not asked for)
+        elif status == "503":
+            self.leaderless = True
+            self.asked = 0
+        else:
+            # 408 expired, 409 (leadership change, max waiting, ...), 404: the
+            # request is over; what it did not deliver never comes.
+            left = headers.get("Nats-Pending-Messages") if headers else None
+            self.asked = max(0, self.asked - int(left)) if left and left.isdigit() else 0
+        self._arrived.set()
+
+    async def ask(self, limit: int) -> None:
+        """Keep a request open for twice ``limit`` messages (up to ``PREFETCH``) ahead."""
+        now = asyncio.get_running_loop().time()
+        if self.asked and now > self._expires_at + PULL_LOST:
+            self.asked = 0  # unanswered well past its expiry: lost with its server
+        # Other receivers waiting here count too, so that concurrent workers
+        # taking one message each are not served two at a time.
+        want = min(PREFETCH, 2 * limit + self.waiting) - len(self.held) - self.asked
+        if want <= 0 or (self.asked and want < limit):
+            return  # enough on its way (small top-ups would cost a request each)
+        nc = self._conn.nc or await self._conn.client()
+        body = b'{"batch":%d,"expires":%d}' % (want, int(FETCH_WAIT * 1e9))
+        try:
+            await nc.publish(self._request, body, reply=self.reply)
+        except nats.errors.Error as exc:
+            raise LayerError(f"NATS connection failed: {exc!r}") from None
+        self.asked += want
+        self._expires_at = now + FETCH_WAIT
+
+    def take(self, limit: int) -> list[Delivery]:
+        """Up to ``limit`` held messages, less those the stream's ``max_age`` removed.
+
+        JetStream drops a message past ``max_age`` delivered or not; one held
+        here meanwhile is not handed out (only one held a while is checked).
+        """
+        held = self.held
+        taken: list[Delivery] = []
+        checked_before = time.monotonic() - STALE_CHECK
+        while held and len(taken) < limit:
+            since, msg = held.popleft()
+            if since < checked_before and self._removed(msg):
+                continue
+            taken.append(NatsDelivery(msg))
+        return taken
+
+    def _removed(self, msg: Msg) -> bool:
+        """Whether ``msg`` is older than ``max_age`` (its time is in the ack subject)."""
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>, or
+        # with <domain>.<account hash> after ACK (and a token at the end).
+        tokens = msg.reply.split(".")
+        try:
+            stored = int(tokens[7] if len(tokens) == 9 else tokens[9]) / 1e9
+        except (IndexError, ValueError):
+            return False  # not the usual form: hand it out, its ack says no more
+        return stored + self._max_age < time.time()
+
+    async def wait(self) -> None:
+        """Wait for a message or status, at most until the open request must be renewed."""
+        self._arrived.clear()
+        if self.held or self.leaderless:
+            return  # came while the request went out
+        left = self._expires_at + PULL_LOST - asyncio.get_running_loop().time()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), max(0.01, left))
+
+    async def keep_held_alive(self) -> None:
+        """Signal progress for held messages, as the runtime does for handled ones."""
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            for _, msg in list(self.held):
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
+
+    async def close(self) -> None:
+        if self.keep_alive is not None:
+            self.keep_alive.cancel()
+        held, self.held = self.held, deque()
+        self.asked = 0
+        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            if self.sub is not None:
+                await self.sub.unsubscribe()
+            for _, msg in held:
+                await msg.nak()
+
+
 class DurableChannels:
     """The durable channels one layer declared, their streams and pull subscriptions."""
 
@@ -110,8 +283,10 @@ class DurableChannels:
         self._seq = 0
         self._waiting: dict[int, asyncio.Future[Msg]] = {}
         """Durable publishes waiting for JetStream's answer, by reply sequence."""
-        self._pulls: dict[str, JetStreamContext.PullSubscription] = {}
-        self._fetching: dict[str, asyncio.Lock] = {}
+        self._stored_here: dict[str, bytes] = {}
+        """The start of a PubAck from each durable channel's own stream, by channel."""
+        self._pulls: dict[str, _Pull] = {}
+        """Each receiving channel's continuous pull."""
 
     def stream(self, channel: str) -> str:
         """The stream of durable ``channel`` ('.' is not allowed in stream names)."""
@@ -186,13 +361,14 @@ class DurableChannels:
         """
         nc = self._conn.nc or await self._conn.client()
         message_id = message_id_of(message)
-        stream = self.stream(channel)
-        # As nats-py's js.publish(stream=...) sent them: the id for the duplicate
-        # window, the stream so that no other stream capturing the subject stores it.
-        headers = {"Nats-Expected-Stream": stream}
-        if message_id is not None:
-            headers["Nats-Msg-Id"] = message_id
+        # The id for the duplicate window; no ``Nats-Expected-Stream``: the server
+        # parsed and checked it per message (about a fifth of a send's cost), and
+        # the PubAck names the storing stream anyway (checked below).
+        headers = {"Nats-Msg-Id": message_id} if message_id is not None else None
         subject = self.subject(channel)
+        stored_here = self._stored_here.get(channel)
+        if stored_here is None:
+            stored_here = self._stored_here[channel] = _pub_ack_start(self.stream(channel))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ack_timeout
         error: BaseException | None = None
@@ -213,8 +389,11 @@ class DurableChannels:
                 data = msg.data
                 if data[:9] == b'{"error":':
                     raise self._refused(channel, api_error(data))
-                if data:
+                if data.startswith(stored_here):
                     return  # a PubAck (``"duplicate": true`` too: stored before)
+                if data:
+                    self._check_stream(channel, data)
+                    return  # our stream's PubAck in another form (spaces, field order)
                 # An empty answer is a status: 503, no stream (leader) listens yet.
                 error = nats.errors.NoRespondersError()
             finally:
@@ -234,6 +413,29 @@ class DurableChannels:
         if waiting is not None and not waiting.done():
             waiting.set_result(msg)
 
+    def _check_stream(self, channel: str, data: bytes) -> None:
+        """Raise unless PubAck ``data`` names ``channel``'s stream.
+
+        Only reached when the PubAck does not start as the server writes ours
+        (``{"stream":"<stream>",``), so the JSON parse is off the usual path.
+        """
+        expected = self.stream(channel)
+        try:
+            stream = json.loads(data).get("stream")
+        except (ValueError, AttributeError):
+            raise LayerError(
+                f"JetStream answered a message for {channel!r} with {data[:200]!r}, not a "
+                "PubAck: is something else listening on the durable subjects?"
+            ) from None
+        if stream != expected:
+            raise LayerError(
+                f"a message for durable channel {channel!r} was stored by stream {stream!r}, "
+                f"not by svcbus's stream {expected!r} (deleted, or another stream captures "
+                f"subject {self.subject(channel)!r}); it will not reach the channel's "
+                "consumers: remove or change that stream, then declare the channel again "
+                "(restart the service or call declare_durable)"
+            )
+
     def _refused(self, channel: str, error: dict[str, Any]) -> ChannelFull | LayerError:
         if error.get("err_code") in STREAM_FULL_CODES:
             return ChannelFull(
@@ -250,34 +452,28 @@ class DurableChannels:
             raise ConfigurationError(
                 f"{channel!r} is not a durable channel here: declare_durable() it first"
             )
-        pull = await self._pull(channel)
-        lock = self._fetching[channel]
+        pull = self._pulls.get(channel) or await self._pull(channel)
         leaderless_since: float | None = None
         while True:
-            # One pull subscription per channel and process: its fetches share an
-            # inbox, so the process's workers take turns (handling stays concurrent).
-            async with lock:
-                try:
-                    msgs = await pull.fetch(limit, timeout=FETCH_WAIT)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                    # nats-py raises the plain asyncio one when the wait ran out
-                    # before the request went out (seen on a cluster): nothing came,
-                    # pull again.
-                    continue
-                except ServiceUnavailableError:
-                    msgs = None
-                except nats.errors.Error as exc:
-                    raise LayerError(f"NATS connection failed: {exc!r}") from None
-            if msgs is None:
+            if pull.held:
+                taken = pull.take(limit)
+                await pull.ask(limit)
+                if taken:
+                    return taken
+                continue  # all held ones had expired
+            if pull.leaderless:
                 # 503 to a pull: no consumer leader answers. On a cluster that is a
                 # node's death and the election after it (a few seconds), or our
-                # reconnect to another node: pull again, outside the lock.
+                # reconnect to another node: pull again after a moment.
+                pull.leaderless = False
                 leaderless_since = leaderless_since or asyncio.get_running_loop().time()
                 await self._wait_for_leader(channel, leaderless_since)
-                continue
-            # A message fetched after a cancelled wait stays in the subscription's
-            # queue: the next fetch returns it first.
-            return [NatsDelivery(msg) for msg in msgs]
+            await pull.ask(limit)
+            pull.waiting += limit
+            try:
+                await pull.wait()
+            finally:
+                pull.waiting -= limit
 
     async def _wait_for_leader(self, channel: str, since: float) -> None:
         if asyncio.get_running_loop().time() - since > LEADERLESS_LIMIT:
@@ -287,18 +483,29 @@ class DurableChannels:
             )
         await asyncio.sleep(FETCH_WAIT / 4)
 
-    async def _pull(self, channel: str) -> JetStreamContext.PullSubscription:
+    async def _pull(self, channel: str) -> _Pull:
+        nc = await self._conn.client()
         pull = self._pulls.get(channel)
         if pull is None:
-            self._fetching.setdefault(channel, asyncio.Lock())
-            js = (await self._conn.client()).jetstream()
-            pull = await js.pull_subscribe_bind(durable=WORKERS, stream=self.stream(channel))
+            pull = _Pull(
+                self._conn,
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.stream(channel)}.{WORKERS}",
+                nc.new_inbox(),
+                self.settings[channel],
+            )
             self._pulls[channel] = pull
+            # A subscription of its own: pulled messages keep their stream subject,
+            # only the subscription tells whose they are.
+            pull.sub = await self._conn.subscribe(pull.reply, pull.on_message)
+            await round_trip(nc)  # subscribed before the first request's answer comes
+            pull.keep_alive = asyncio.ensure_future(pull.keep_held_alive())
         return pull
 
     async def close(self) -> None:
-        """Leave the pull subscriptions; unacknowledged deliveries return after ``ack_wait``."""
+        """Stop pulling; give held messages back (``-NAK``) for any process to take at once.
+
+        Handed-out, unacknowledged deliveries return after ``ack_wait``.
+        """
         pulls, self._pulls = list(self._pulls.values()), {}
         for pull in pulls:
-            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-                await pull.unsubscribe()
+            await pull.close()

@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
-from common import BenchChat, chat, percentiles, print_table  # noqa: E402
+from common import BenchChat, chat, print_table, requests_to_responder  # noqa: E402
 from group_procs import group_fanout  # noqa: E402
 from servers import NatsServer  # noqa: E402
 
@@ -289,21 +289,7 @@ async def _requests(kind: str, url: str, count: int) -> list[float]:
 
 
 def request_reply(kind: str, url: str, count: int) -> tuple[float, float]:
-    ctx = mp.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    server = ctx.Process(target=responder, args=(kind, url, ready, stop))
-    server.start()
-    try:
-        if not ready.wait(60):
-            raise RuntimeError(f"{kind} responder did not start")
-        samples = asyncio.run(_requests(kind, url, count))
-    finally:
-        stop.set()
-        server.join(10)
-        if server.is_alive():
-            server.terminate()
-            server.join()
-    return percentiles(samples)
+    return requests_to_responder(responder, _requests, kind, url, count)
 
 
 # main ----------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -40,7 +39,16 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 import redis.asyncio as redis_client  # noqa: E402 - after the sys.path lines
-from common import BenchChat, Timer, chat, chat_dict, percentiles, print_table, typed_throughput  # noqa: E402 - after the sys.path lines
+from common import (  # noqa: E402 - after the sys.path lines
+    BenchChat,
+    Timer,
+    chat,
+    chat_dict,
+    percentiles,
+    print_table,
+    requests_to_responder,
+    typed_throughput,
+)
 from group_procs import group_fanout  # noqa: E402 - after the sys.path lines
 from servers import RedisServer  # noqa: E402 - after the sys.path lines
 
@@ -408,21 +416,7 @@ async def _requests(kind: str, url: str, count: int) -> list[float]:
 
 def request_reply_procs(kind: str, url: str, count: int) -> tuple[float, float]:
     """p50/p99 of one request at a time to a responder process (svcbus or raw lists)."""
-    ctx = mp.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    server = ctx.Process(target=responder, args=(kind, url, ready, stop))
-    server.start()
-    try:
-        if not ready.wait(60):
-            raise RuntimeError(f"{kind} responder did not start")
-        samples = asyncio.run(_requests(kind, url, count))
-    finally:
-        stop.set()
-        server.join(10)
-        if server.is_alive():
-            server.terminate()
-            server.join()
-    return percentiles(samples)
+    return requests_to_responder(responder, _requests, kind, url, count)
 
 
 # --- helpers ------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing as mp
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -50,6 +52,35 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def requests_to_responder(
+    responder: Callable[..., None],
+    requests: Callable[[str, str, int], Awaitable[list[float]]],
+    kind: str,
+    url: str,
+    count: int,
+) -> tuple[float, float]:
+    """p50/p99 of ``requests(kind, url, count)`` against ``responder`` in a spawned process.
+
+    ``responder(kind, url, ready, stop)`` sets ``ready`` once it answers and returns
+    when ``stop`` is set; it is terminated if it does not within 10 s.
+    """
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    server = ctx.Process(target=responder, args=(kind, url, ready, stop))
+    server.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError(f"{kind} responder did not start")
+        samples = asyncio.run(requests(kind, url, count))
+    finally:
+        stop.set()
+        server.join(10)
+        if server.is_alive():
+            server.terminate()
+            server.join()
+    return percentiles(samples)
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

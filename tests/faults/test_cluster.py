@@ -11,8 +11,6 @@ what was in flight.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from servers import NatsCluster
 from svcbus import Bus
 from svcbus.errors import LayerError
 
+from .books import send_numbered, take_confirmations
 from .books import stop as stop_processes
 from .cluster_workers import SETTINGS, ClusterItem
 
@@ -102,47 +101,23 @@ def stop(workers: list[Worker]) -> None:
 
 async def send_all(bus: Bus, tally: Tally) -> None:
     """Send items 0..TOTAL-1 from concurrent senders; a send that failed is sent again."""
-    numbers = iter(range(TOTAL))
 
-    async def sender() -> None:
-        for n in numbers:
-            while True:
-                try:
-                    await bus.send("cluster.item", ClusterItem(n=n))  # returns once stored
-                except LayerError as exc:
-                    tally.errors.setdefault(str(exc)[:120], 0)
-                    tally.errors[str(exc)[:120]] += 1
-                    tally.resends += 1  # maybe stored: a resend may become a duplicate
-                    continue
-                tally.accepted.add(n)
-                break
+    async def send(n: int) -> None:
+        await bus.send("cluster.item", ClusterItem(n=n))  # returns once stored
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(SENDERS):
-            tg.start_soon(sender)
+    def resend(n: int, exc: LayerError) -> None:
+        tally.errors[str(exc)[:120]] = tally.errors.get(str(exc)[:120], 0) + 1
+        tally.resends += 1  # maybe stored: a resend may become a duplicate
+
+    # No pause before a resend: the client moves to another node by itself.
+    await send_numbered(
+        send, TOTAL, SENDERS, stored=tally.accepted.add, failed=resend, retry_pause=0
+    )
 
 
 async def collect(bus: Bus, tally: Tally) -> None:
-    """Take confirmations (durable, acknowledged) into ``tally.done``; runs until cancelled.
-
-    A confirmation redelivered to the test (its ack was lost with a node) is the same
-    message again, recognised by its envelope id: it is not a second handling.
-    """
-    while True:
-        try:
-            deliveries = await bus.layer.receive_durable("cluster.done", 256)
-        except LayerError:
-            await anyio.sleep(0.1)  # the node is away; the client reconnects to another
-            continue
-        for delivery in deliveries:
-            envelope = json.loads(delivery.data)
-            if envelope["id"] not in tally.confirmations:
-                tally.confirmations.add(envelope["id"])
-                body = envelope["b"]
-                tally.done.setdefault(body["n"], []).append((body["pid"], body["a"]))
-            # A lost ack: redelivered later, and recognised then.
-            with contextlib.suppress(LayerError):
-                await delivery.ack()
+    """Take confirmations (durable, acknowledged) into ``tally.done``; runs until cancelled."""
+    await take_confirmations(bus, "cluster.done", tally.confirmations, tally.done)
 
 
 Victim = Callable[[Bus, NatsCluster, list[Worker]], Awaitable[int]]

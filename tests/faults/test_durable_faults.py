@@ -18,8 +18,6 @@ each item on a durable channel too, so the books survive the restart.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -37,7 +35,7 @@ from servers import NatsServer, RedisServer
 from svcbus import Bus
 from svcbus.errors import LayerError
 
-from .books import stop
+from .books import send_numbered, stop, take_confirmations
 from .durable_workers import CONCURRENCY, SETTINGS, FaultItem
 
 pytestmark = pytest.mark.anyio
@@ -73,48 +71,21 @@ class Books:
     dead: int = 0
 
     async def collect(self, bus: Bus) -> None:
-        """Take confirmations into ``done`` until cancelled; rides out a server outage.
-
-        A confirmation redelivered to the test (its ack was lost in an outage) is the
-        same message again, recognised by its envelope id: it is not a second handling.
-        """
-        while True:
-            try:
-                deliveries = await bus.layer.receive_durable(DONE, 256)
-            except LayerError:
-                await anyio.sleep(0.1)  # the server is away; the layer reconnects
-                continue
-            for delivery in deliveries:
-                envelope = json.loads(delivery.data)
-                if envelope["id"] not in self.confirmations:
-                    self.confirmations.add(envelope["id"])
-                    body = envelope["b"]
-                    self.done.setdefault(body["n"], []).append((body["pid"], body["a"]))
-                # A lost ack: redelivered later, and recognised then.
-                with contextlib.suppress(LayerError):
-                    await delivery.ack()
+        """Take confirmations into ``done`` until cancelled; rides out a server outage."""
+        await take_confirmations(bus, DONE, self.confirmations, self.done)
 
     async def send_all(self, bus: Bus) -> None:
         """Send items 0..TOTAL-1 from concurrent senders; a send that raised is sent again."""
-        numbers = iter(range(TOTAL))
 
-        async def sender() -> None:
-            for n in numbers:
-                while True:
-                    try:
-                        await bus.send("durable.fault.item", FaultItem(n=n))  # once stored
-                    except LayerError as exc:
-                        # Maybe stored all the same: the resend may become a duplicate.
-                        self.errors[str(exc)[:100]] = self.errors.get(str(exc)[:100], 0) + 1
-                        self.resends += 1
-                        await anyio.sleep(0.05)
-                        continue
-                    self.accepted.add(n)
-                    break
+        async def send(n: int) -> None:
+            await bus.send("durable.fault.item", FaultItem(n=n))  # returns once stored
 
-        async with anyio.create_task_group() as tg:
-            for _ in range(SENDERS):
-                tg.start_soon(sender)
+        await send_numbered(send, TOTAL, SENDERS, stored=self.accepted.add, failed=self.resend)
+
+    def resend(self, n: int, exc: LayerError) -> None:
+        """Count a send that raised (it is sent again)."""
+        self.errors[str(exc)[:100]] = self.errors.get(str(exc)[:100], 0) + 1
+        self.resends += 1
 
     @property
     def duplicates(self) -> int:

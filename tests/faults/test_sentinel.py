@@ -45,7 +45,7 @@ from servers import RedisSentinelGroup, redis_call
 from svcbus import Bus
 from svcbus.errors import LayerError
 
-from .books import stop
+from .books import send_numbered, stop
 from .sentinel_workers import SETTINGS, FailoverItem
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -91,28 +91,23 @@ class Ledger:
         self.handled = handled
 
     async def send_all(self, bus: Bus) -> None:
-        """Send items 0..TOTAL-1 from concurrent senders; a send that raised is sent again."""
-        numbers = iter(range(TOTAL))
+        """Send items 0..TOTAL-1 from concurrent senders at RATE; a send that raised is sent again."""
 
-        async def sender() -> None:
-            for n in numbers:
-                while True:
-                    try:
-                        await bus.send("sentinel.item", FailoverItem(n=n))  # once stored
-                    except LayerError as exc:
-                        # Maybe stored all the same: the resend may become a duplicate.
-                        self.errors[str(exc)[:100]] = self.errors.get(str(exc)[:100], 0) + 1
-                        self.resends += 1
-                        self.resent.add(n)
-                        await anyio.sleep(0.05)
-                        continue
-                    self.accepted[n] = time.time()
-                    break
-                await anyio.sleep(SENDERS / RATE)
+        async def send(n: int) -> None:
+            await bus.send("sentinel.item", FailoverItem(n=n))  # returns once stored
 
-        async with anyio.create_task_group() as tg:
-            for _ in range(SENDERS):
-                tg.start_soon(sender)
+        def stored(n: int) -> None:
+            self.accepted[n] = time.time()
+
+        await send_numbered(
+            send, TOTAL, SENDERS, stored=stored, failed=self.resend, pace=SENDERS / RATE
+        )
+
+    def resend(self, n: int, exc: LayerError) -> None:
+        """Count a send that raised (it is sent again)."""
+        self.errors[str(exc)[:100]] = self.errors.get(str(exc)[:100], 0) + 1
+        self.resends += 1
+        self.resent.add(n)
 
     @property
     def duplicates(self) -> int:

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # contracts/, se
 
 from svcbus import Layer, open_layer
 
-pytest_plugins = ["fixtures_servers"]
+pytest_plugins = ["fixtures_servers", "timeouts"]
 
 LayerFactory = Callable[..., Awaitable[Layer]]
 

@@ -123,7 +123,8 @@ def test_svc_run_retries_receives_that_redis_refuses(redis_server):
         assert ask(url, "before", within=10)[0] == "BEFORE"
         # Another program's string where the channel's list should be: every pop fails.
         raw.set("svcbus:c:clitest.say", "not a list")
-        time.sleep(2.0)
+        # Its pops now fail: wait until it says so (a loaded machine may take a while).
+        early += wait_for_line(service.stderr, "redis refused to pop", seconds=30)
         assert service.poll() is None, "svc run died of a failing receive"
         raw.delete("svcbus:c:clitest.say")
         reply, tries = ask(url, "after", within=20)

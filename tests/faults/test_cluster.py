@@ -31,7 +31,12 @@ from .books import send_numbered, take_confirmations
 from .books import stop as stop_processes
 from .cluster_workers import SETTINGS, ClusterItem
 
-pytestmark = [pytest.mark.anyio, pytest.mark.nats, pytest.mark.nats_cluster]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.nats,
+    pytest.mark.nats_cluster,
+    pytest.mark.timeout(240),
+]
 
 TESTS = Path(__file__).parent.parent
 TOTAL = 20_000

@@ -38,7 +38,7 @@ from svcbus.errors import LayerError
 from .books import send_numbered, stop, take_confirmations
 from .durable_workers import CONCURRENCY, SETTINGS, FaultItem
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 
 TESTS = Path(__file__).parent.parent
 TOTAL = 20_000
@@ -47,6 +47,8 @@ DONE = "durable.fault.done"
 # Handled but maybe not acknowledged when a fault hits: per worker process, its
 # consumer's tasks times the largest batch one task holds (runtime_durable.BATCH_SIZE).
 IN_FLIGHT = CONCURRENCY * 32
+GUARD = 150.0
+"""Seconds a scenario may take from the first send before it fails, saying what it lacks."""
 
 
 def worker_processes(url: str) -> list[subprocess.Popen[bytes]]:
@@ -135,7 +137,7 @@ async def run_with_fault(url: str, fault: Fault, what: str) -> Books:
                     sent.set()
 
                 tg.start_soon(send_then_flag)
-                with anyio.fail_after(120):  # a guard against a hang; loaded machines are slow
+                with anyio.move_on_after(GUARD) as guard:  # loaded machines are slow
                     # Mid-stream: sends still going, items already handled by both workers.
                     while len(books.accepted) < TOTAL // 4 or books.handlers() != ready:
                         await anyio.sleep(0.01)
@@ -144,15 +146,23 @@ async def run_with_fault(url: str, fault: Fault, what: str) -> Books:
                     await sent.wait()
                     while not books.accepted <= set(books.done):
                         await anyio.sleep(0.05)
-                # Redeliveries still under way would show up within one ack wait.
-                await anyio.sleep(SETTINGS.ack_wait + 0.5)
+                if not guard.cancelled_caught:
+                    # Redeliveries still under way would show up within one ack wait.
+                    await anyio.sleep(SETTINGS.ack_wait + 0.5)
                 tg.cancel_scope.cancel()
             await bus.declare_durable("durable.fault.item.dlq", SETTINGS)
             with anyio.move_on_after(0.5):
                 books.dead += len(await bus.layer.receive_durable("durable.fault.item.dlq", 100))
     finally:
+        alive = [w.poll() is None for w in workers]
         stop(workers)
     lost = books.report(what, sent_at_fault, time.monotonic() - started)
+    missing = sorted(books.accepted - set(books.done))
+    assert not guard.cancelled_caught, (
+        f"not done within {GUARD}s: sent {len(books.accepted)}/{TOTAL} (fault after "
+        f"{sent_at_fault}), workers alive {alive}, dead-lettered {books.dead}, "
+        f"{len(missing)} accepted but not confirmed: {missing[:20]}"
+    )
     assert 0 <= sent_at_fault < TOTAL, "the fault did not hit mid-stream"
     assert len(books.accepted) == TOTAL
     assert lost == 0

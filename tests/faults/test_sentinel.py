@@ -48,7 +48,7 @@ from svcbus.errors import LayerError
 from .books import send_numbered, stop
 from .sentinel_workers import SETTINGS, FailoverItem
 
-pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.timeout(240)]
 
 TESTS = Path(__file__).parent.parent
 TOTAL = 20_000

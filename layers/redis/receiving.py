@@ -22,7 +22,7 @@ from svcbus.layer import LayerOptions
 from svcbus.ratelog import RateLimitedLog
 from svcbus.redis_wire import POP_SCRIPT, POP_SHA, quarantine_key, split_item
 
-from .resp import now_ms, pack
+from .resp import now_ms, pack, write
 from .shard import RETRYABLE, Backoff, Shard
 from .subscriber import HOUSEKEEPING_SECONDS
 
@@ -325,7 +325,7 @@ class Receivers:
         now = now_ms()
         command = pack(b"EVALSHA", POP_SHA, b"1", source.key, now, want, source.split)
         source.in_flight = want
-        await conn.send_packed_command(command, check_health=False)
+        await write(conn, command)
         try:
             reply = await conn.read_response()
         except NoScriptError:
@@ -341,7 +341,7 @@ class Receivers:
             items = list(items)
             return items, len(items) // (2 if source.head is not None else 1), []
         source.in_flight = 1
-        await conn.send_packed_command(pack(b"BLPOP", source.key, BLOCK_SECONDS), False)
+        await write(conn, pack(b"BLPOP", source.key, BLOCK_SECONDS))
         reply = await conn.read_response()
         source.in_flight = 0
         if not reply:
@@ -360,8 +360,8 @@ class Receivers:
         """
         count = min(want, QUIET_COUNT) if source.quiet else want
         source.in_flight = count
-        await conn.send_packed_command(
-            pack(b"BLMPOP", BLOCK_SECONDS, b"1", source.key, b"LEFT", b"COUNT", count), False
+        await write(
+            conn, pack(b"BLMPOP", BLOCK_SECONDS, b"1", source.key, b"LEFT", b"COUNT", count)
         )
         reply = await conn.read_response()
         source.in_flight = 0
@@ -399,13 +399,13 @@ class Receivers:
     async def _quarantine(self, conn: AbstractConnection, key: bytes, foreign: list[bytes]) -> None:
         """Move items svcbus did not write to ``key``'s quarantine list (as the scripts do)."""
         aside = quarantine_key(key)
-        await conn.send_packed_command(
+        await write(
+            conn,
             [
                 pack(b"RPUSH", aside, *foreign),
                 pack(b"LTRIM", aside, -1000, -1),
                 pack(b"PEXPIRE", aside, 604800000),
             ],
-            False,
         )
         for _ in range(3):
             await conn.read_response()

@@ -1,6 +1,7 @@
 """Redis layer: svcbus vs channels_redis (core and pub/sub) vs raw redis-py, same run.
 
     python bench/bench_redis.py [--quick] [--only SECTION,...] [--url redis://...]
+                                [--runs N] [--before GIT-REF]
 
 Starts its own redis-server on a free loopback port (tests/servers.py) and runs,
 with the same ~150-byte chat message validated by one pydantic contract:
@@ -17,6 +18,10 @@ with the same ~150-byte chat message validated by one pydantic contract:
 3. ``request``: request/reply latency, p50/p99, one request at a time, in this
    process; ``request-processes``: svcbus and raw redis-py lists (RPUSH, BLPOP)
    with the responder in another process, alternating runs.
+   ``--runs N`` repeats both request sections (alternating); ``--before REF`` adds
+   svcbus rows running the code at git ``REF`` (exported to a temporary directory,
+   imported through a shim as bench_durable.py does) and then runs both svcbus
+   rows in child processes.
 
 Apart from the ``processes`` sections everything runs in one process and event
 loop (the peers too), so the numbers compare client-side costs plus Redis round

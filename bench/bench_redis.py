@@ -1,6 +1,7 @@
 """Redis layer: svcbus vs channels_redis (core and pub/sub) vs raw redis-py, same run.
 
     python bench/bench_redis.py [--quick] [--only SECTION,...] [--url redis://...]
+                                [--runs N] [--before GIT-REF]
 
 Starts its own redis-server on a free loopback port (tests/servers.py) and runs,
 with the same ~150-byte chat message validated by one pydantic contract:
@@ -17,6 +18,10 @@ with the same ~150-byte chat message validated by one pydantic contract:
 3. ``request``: request/reply latency, p50/p99, one request at a time, in this
    process; ``request-processes``: svcbus and raw redis-py lists (RPUSH, BLPOP)
    with the responder in another process, alternating runs.
+   ``--runs N`` repeats both request sections (alternating); ``--before REF`` adds
+   svcbus rows running the code at git ``REF`` (exported to a temporary directory,
+   imported through a shim as bench_durable.py does) and then runs both svcbus
+   rows in child processes.
 
 Apart from the ``processes`` sections everything runs in one process and event
 loop (the peers too), so the numbers compare client-side costs plus Redis round
@@ -27,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -565,73 +573,158 @@ def processes_section(url: str, quick: bool) -> None:
     )
 
 
-async def request_section(url: str, quick: bool) -> None:
-    requests = 200 if quick else 1_000
-    print("3. request/reply", flush=True)
-    request_rows: list[Row] = []
-    latencies: dict[str, tuple[float, float]] = {}
-    await _fresh(url)
-    latencies["svcbus Bus.request -> Runtime"] = await svcbus_request(url, requests)
-    await _fresh(url)
-    server, client = core_layer(url), core_layer(url)
-    latencies["channels_redis RedisChannelLayer"] = await channels_request(server, client, requests)
-    await _close_channels_layer(server)
-    await _close_channels_layer(client)
-    await _fresh(url)
-    server, client = pubsub_layer(url), pubsub_layer(url)
-    latencies["channels_redis RedisPubSubChannelLayer"] = await channels_request(
-        server, client, requests, settle=0.3
-    )
-    await _close_channels_layer(server)
-    await _close_channels_layer(client)
-    await _fresh(url)
-    latencies["raw redis-py RPUSH + BLPOP"] = await raw_request(url, requests)
-    for name, (p50, p99) in latencies.items():
-        request_rows.append((name, f"{p50:.3f}", f"{p99:.3f}"))
+def _svcbus_in_child(section: str, url: str, count: int, shim: str) -> tuple[float, float]:
+    """p50/p99 of svcbus's rows of ``section`` measured in a child process.
 
-    print_table(
-        f"3. request/reply, one at a time ({requests:,} requests), ms",
-        ["path", "p50", "p99"],
-        request_rows,
-    )
+    With ``shim`` (``--before``) the child, and the responder it starts, import the
+    svcbus exported there instead of this checkout's.
+    """
+    env = dict(os.environ)
+    if shim:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [shim, env.get("PYTHONPATH")]))
+    command = [sys.executable, os.path.abspath(__file__), "--url", url, "--worker", section]
+    out = subprocess.run(
+        [*command, "--count", str(count)], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    p50, p99 = out.split()[-2:]
+    return float(p50), float(p99)
 
 
-def request_procs_section(url: str, quick: bool) -> None:
-    count, runs = (300, 1) if quick else (2_000, 3)
-    p50s: dict[str, list[float]] = {"raw": [], "svcbus": []}
-    p99s: dict[str, list[float]] = {"raw": [], "svcbus": []}
+def worker(section: str, url: str, count: int) -> None:
+    """``--worker``: one svcbus row of ``section``; prints its p50 and p99 (ms)."""
+    asyncio.run(_fresh(url))
+    if section == "request":
+        p50, p99 = asyncio.run(svcbus_request(url, count))
+    else:
+        p50, p99 = request_reply_procs("svcbus", url, count)
+    print(f"{p50} {p99}")
+
+
+def _median_rows(p50s: dict[str, list[float]], p99s: dict[str, list[float]], raw: str) -> list[Row]:
+    base = statistics.median(p50s[raw])
+    return [
+        (
+            name,
+            f"{statistics.median(p50s[name]):.3f}",
+            f"{statistics.median(p99s[name]):.3f}",
+            f"{statistics.median(p50s[name]) / base:.2f}x",
+        )
+        for name in p50s
+    ]
+
+
+def _per_run_table(title: str, p50s: dict[str, list[float]], raw: str) -> None:
+    runs = len(p50s[raw])
+    if runs < 2:
+        return
+    p50s = {name: p50s[name] for name in p50s if name.startswith("svcbus") or name == raw}
+    rows: list[Row] = []
     for run in range(runs):
-        for kind in p50s:
-            print(f"3b. request/reply to another process, {kind}, run {run + 1}/{runs}", flush=True)
-            asyncio.run(_fresh(url))
-            p50, p99 = request_reply_procs(kind, url, count)
-            p50s[kind].append(p50)
-            p99s[kind].append(p99)
-    raw = statistics.median(p50s["raw"])
+        rows.append(
+            (
+                str(run + 1),
+                *(f"{p50s[name][run]:.3f}" for name in p50s),
+                *(f"{p50s[name][run] / p50s[raw][run]:.2f}x" for name in p50s if name != raw),
+            )
+        )
+    short = {name: name.split(" (")[0] for name in p50s}
+    columns = ["run", *(short[n] for n in p50s), *(f"{short[n]} vs raw" for n in p50s if n != raw)]
+    print_table(title, columns, rows)
+
+
+async def request_section(url: str, quick: bool, runs: int, before: tuple[str, str] | None) -> None:
+    requests = 200 if quick else 1_000
+    raw = "raw redis-py RPUSH + BLPOP"
+    svcbus = "svcbus Bus.request -> Runtime"
+    p50s: dict[str, list[float]] = {svcbus: []}
+    if before is not None:
+        p50s[f"svcbus at {before[0]}"] = []
+    p50s.update(
+        {"channels_redis RedisChannelLayer": [], "channels_redis RedisPubSubChannelLayer": []}
+    )
+    p50s[raw] = []
+    p99s: dict[str, list[float]] = {name: [] for name in p50s}
+
+    def note(name: str, result: tuple[float, float]) -> None:
+        p50s[name].append(result[0])
+        p99s[name].append(result[1])
+
+    for run in range(runs):
+        print(f"3. request/reply, run {run + 1}/{runs}", flush=True)
+        await _fresh(url)
+        if before is None:
+            note(svcbus, await svcbus_request(url, requests))
+        else:
+            # Both svcbus rows in a child process of their own, alternating.
+            note(svcbus, await asyncio.to_thread(_svcbus_in_child, "request", url, requests, ""))
+            note(
+                f"svcbus at {before[0]}",
+                await asyncio.to_thread(_svcbus_in_child, "request", url, requests, before[1]),
+            )
+        await _fresh(url)
+        server, client = core_layer(url), core_layer(url)
+        note("channels_redis RedisChannelLayer", await channels_request(server, client, requests))
+        await _close_channels_layer(server)
+        await _close_channels_layer(client)
+        await _fresh(url)
+        server, client = pubsub_layer(url), pubsub_layer(url)
+        note(
+            "channels_redis RedisPubSubChannelLayer",
+            await channels_request(server, client, requests, settle=0.3),
+        )
+        await _close_channels_layer(server)
+        await _close_channels_layer(client)
+        await _fresh(url)
+        note(raw, await raw_request(url, requests))
+    median = f", median of {runs} alternating runs" if runs > 1 else ""
+    print_table(
+        f"3. request/reply, one at a time ({requests:,} requests{median}), ms",
+        ["path", "p50", "p99", "p50 vs raw"],
+        _median_rows(p50s, p99s, raw),
+    )
+    _per_run_table("3. request/reply p50 of each run, ms", p50s, raw)
+
+
+def request_procs_section(
+    url: str, quick: bool, runs: int | None, before: tuple[str, str] | None
+) -> None:
+    count, default_runs = (300, 1) if quick else (2_000, 3)
+    runs = runs or default_runs
     names = {
         "raw": "raw redis-py RPUSH + BLPOP (responder process BLPOPs, RPUSHes)",
         "svcbus": "svcbus Bus.request -> Runtime in another process",
     }
+    if before is not None:
+        names["before"] = f"svcbus at {before[0]} (both processes)"
+    p50s: dict[str, list[float]] = {names[kind]: [] for kind in names}
+    p99s: dict[str, list[float]] = {names[kind]: [] for kind in names}
+    for run in range(runs):
+        for kind, name in names.items():
+            print(f"3b. request/reply to another process, {kind}, run {run + 1}/{runs}", flush=True)
+            if kind == "before" and before is not None:
+                p50, p99 = _svcbus_in_child("request-processes", url, count, before[1])
+            elif kind == "svcbus" and before is not None:
+                p50, p99 = _svcbus_in_child("request-processes", url, count, "")
+            else:
+                asyncio.run(_fresh(url))
+                p50, p99 = request_reply_procs(kind, url, count)
+            p50s[name].append(p50)
+            p99s[name].append(p99)
     print_table(
         f"3b. request/reply, responder in another process ({count:,} requests, median of "
         f"{runs} alternating runs), ms",
         ["path", "p50", "p99", "p50 vs raw"],
-        [
-            (
-                names[kind],
-                f"{statistics.median(p50s[kind]):.3f}",
-                f"{statistics.median(p99s[kind]):.3f}",
-                f"{statistics.median(p50s[kind]) / raw:.2f}x",
-            )
-            for kind in p50s
-        ],
+        _median_rows(p50s, p99s, names["raw"]),
     )
+    _per_run_table("3b. request/reply to another process, p50 of each run, ms", p50s, names["raw"])
 
 
 SECTIONS = ("throughput", "groups", "user", "processes", "request", "request-processes")
 
 
-def run_all(url: str, quick: bool, sections: list[str]) -> None:
+def run_all(
+    url: str, quick: bool, sections: list[str], runs: int | None, before: tuple[str, str] | None
+) -> None:
     for section in sections:
         if section == "throughput":
             asyncio.run(throughput_section(url, quick))
@@ -642,9 +735,9 @@ def run_all(url: str, quick: bool, sections: list[str]) -> None:
         elif section == "processes":
             processes_section(url, quick)
         elif section == "request":
-            asyncio.run(request_section(url, quick))
+            asyncio.run(request_section(url, quick, runs or 1, before))
         elif section == "request-processes":
-            request_procs_section(url, quick)
+            request_procs_section(url, quick, runs, before)
 
 
 def main() -> None:
@@ -656,17 +749,39 @@ def main() -> None:
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
     )
+    parser.add_argument(
+        "--runs", type=int, help="alternating runs of the request sections (default 1; 3b: 3)"
+    )
+    parser.add_argument(
+        "--before",
+        metavar="REF",
+        help="request sections: add svcbus rows running the code at git REF, alternating",
+    )
+    parser.add_argument(
+        "--worker", choices=("request", "request-processes"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--count", type=int, default=1_000, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.url, args.count)
+        return
     sections = [name for name in args.only.split(",") if name]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {SECTIONS}")
-    if args.url:
-        run_all(args.url, args.quick, sections)
-        return
-    with RedisServer() as server:
+    with contextlib.ExitStack() as stack:
+        before = None
+        if args.before:
+            from bench_durable import before_shim
+
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            before = (args.before, before_shim(args.before, tmp))
+        if args.url:
+            run_all(args.url, args.quick, sections, args.runs, before)
+            return
+        server = stack.enter_context(RedisServer())
         print(f"redis-server {server.url} (pid {server.pid})", flush=True)
-        run_all(server.url, args.quick, sections)
+        run_all(server.url, args.quick, sections, args.runs, before)
 
 
 if __name__ == "__main__":

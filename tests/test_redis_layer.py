@@ -553,3 +553,115 @@ async def test_foreign_items_are_moved_aside_and_consumption_goes_on(redis_url, 
             await small.flush()
             assert await small.receive("full") == b"6"
         assert await client.lrange(f"{prefix}:c:full:foreign", 0, -1) == [b"junk"]
+
+
+# --- the blocking pop -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["blmpop", "script-blpop"])
+async def test_a_waiting_pop_drops_expired_items_and_moves_foreign_ones(
+    redis_url, uniq, blocking
+) -> None:
+    """What a waiting receiver's pop takes gets the pop script's checks (BLMPOP or BLPOP)."""
+    channel = uniq("waiting")
+    async with opened(redis_url) as layer, raw(redis_url) as client:
+        layer._receivers._blocking_pop = blocking  # False: as against Redis before 7.0
+        key = layer.key_of(channel)[0]
+        future = b"%013d:" % (int(time.time() * 1000) + 60_000)
+        got: list[bytes] = []
+        async with anyio.create_task_group() as tg:
+
+            async def take() -> None:
+                got.append(await layer.receive(channel))
+
+            tg.start_soon(take)
+            await anyio.sleep(0.3)  # the receiver's pop now waits on the empty list
+            # One command, so a waiting pop may take several at once.
+            await client.rpush(key, b"0000000000001:expired", b"junk", future + b"good")
+        assert got == [b"good"]
+        # Good items are handed over before foreign ones are moved aside and counted.
+        await eventually(lambda: layer.foreign == 1, 3, "the foreign item counted")
+        assert await client.lrange(f"{key}:foreign", 0, -1) == [b"junk"]
+        assert await client.pttl(f"{key}:foreign") > 0
+        assert await client.llen(key) == 0
+        assert layer.lost == 0
+
+        # A process channel's head list: the local part is split off, foreign items go.
+        mine = await layer.new_channel("box")
+        head_key = f"{key.split(':c:')[0]}:p:{mine.split('!')[0]}"
+        await anyio.sleep(0.3)
+        local = mine.split("!")[1].encode()
+        await client.rpush(
+            head_key,
+            future + b"no-local-part",
+            b"0000000000001:" + local + b":old",
+            future + local + b":hi",
+        )
+        with anyio.fail_after(5):
+            assert await layer.receive(mine) == b"hi"
+        await eventually(lambda: layer.foreign == 2, 3, "the head's foreign item")
+        assert await client.lrange(f"{head_key}:foreign", 0, -1) == [future + b"no-local-part"]
+
+
+async def test_a_pop_refused_with_wrongtype_is_retried_until_the_key_is_fixed(
+    redis_url, uniq, caplog, monkeypatch
+) -> None:
+    from svcbus.layers.redis import receiving
+
+    monkeypatch.setattr(receiving, "REFUSED_RETRY_SECONDS", 0.2)
+    caplog.set_level(logging.ERROR, logger="svcbus.layers.redis")
+    channel = uniq("wrongtype")
+    async with opened(redis_url) as layer, opened(redis_url) as sender, raw(redis_url) as client:
+        key = layer.key_of(channel)[0]
+        await client.set(key, "not a list")
+        got: list[bytes] = []
+        async with anyio.create_task_group() as tg:
+
+            async def take() -> None:
+                got.append(await layer.receive(channel))
+
+            tg.start_soon(take)
+            await eventually(
+                lambda: sum("redis refused to pop" in r.getMessage() for r in caplog.records) >= 2,
+                3,
+                "the refusal, logged on each retry",
+            )
+            assert not got  # the receiver keeps waiting
+            await client.delete(key)
+            await sender.send(channel, b"after")
+        assert got == [b"after"]
+        refused = [r for r in caplog.records if "redis refused to pop" in r.getMessage()]
+        assert all(r.levelno == logging.ERROR for r in refused)
+        assert all("fix or delete that key" in r.getMessage() for r in refused)
+        assert layer.lost == 0
+
+
+async def test_a_pop_whose_connection_breaks_counts_what_it_may_have_taken(redis_url, uniq) -> None:
+    channel = uniq("broken")
+    async with opened(redis_url) as layer, opened(redis_url) as sender, raw(redis_url) as client:
+        shard = layer._shards[0]
+        handed_out = []
+        connection = shard.connection
+
+        async def recorded():
+            conn = await connection()
+            handed_out.append(conn)
+            return conn
+
+        shard.connection = recorded
+        got: list[bytes] = []
+        async with anyio.create_task_group() as tg:
+
+            async def take() -> None:
+                got.append(await layer.receive(channel))
+
+            tg.start_soon(take)
+            await anyio.sleep(0.3)  # the receiver's pop now waits on the empty list
+            # Break that pop's connection (the one this layer's pop got last).
+            host, port = handed_out[-1]._writer.get_extra_info("sockname")[:2]
+            await client.client_kill(f"{host}:{port}")
+            # The pop may have taken something before its answer was lost: counted.
+            await eventually(lambda: layer.lost > 0, 3, "the broken pop counted")
+            assert layer.lost <= 2  # a waiting pop asks for little (QUIET_COUNT)
+            await sender.send(channel, b"after")
+        assert got == [b"after"]

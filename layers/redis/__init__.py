@@ -18,8 +18,9 @@ How the semantics map onto Redis:
   ``<13-digit deadline ms>:<message>``. A small Lua script pushes with an atomic
   capacity check (dropping expired items from the head first) and renews the key's
   TTL, so a channel nobody reads holds at most ``capacity`` items and vanishes when
-  its newest message expires. Receivers pop with a script that skips expired items
-  and returns up to N messages (the batch ``receive_many`` asks for), else BLPOP.
+  its newest message expires. Receivers pop up to N messages (the batch
+  ``receive_many`` asks for) with one blocking BLMPOP and skip expired items
+  (before Redis 7.0: a script that skips them, else BLPOP).
 * **Process channels** ``edge.<token>!<local>``: one list per head ``{prefix}:p:edge.<token>``
   whose items also carry the local part; the owning layer demultiplexes into local
   buffers (bounded by each channel's capacity).

@@ -14,7 +14,7 @@ from svcbus.errors import LayerError
 from svcbus.redis_wire import POP_SCRIPT, SEND_SCRIPT
 
 from .durable_wire import DURABLE_SCRIPTS
-from .resp import pack
+from .resp import pack, write
 from .shard import RETRYABLE, Backoff, Shard, layer_error
 
 SCRIPTS = (SEND_SCRIPT, POP_SCRIPT, *DURABLE_SCRIPTS)
@@ -168,7 +168,7 @@ class Pipe:
         """Send one batch and hand each reply on, in order; fail what got no answer."""
         done = 0
         try:
-            await conn.send_packed_command(chunks, check_health=False)
+            await write(conn, chunks)
             read = conn.read_response
             dispatch = self.replies.dispatch
             for handler in handlers:

@@ -22,16 +22,24 @@ from svcbus.layer import LayerOptions
 from svcbus.ratelog import RateLimitedLog
 from svcbus.redis_wire import POP_SCRIPT, POP_SHA, quarantine_key, split_item
 
-from .resp import now_ms, pack
+from .resp import now_ms, pack, write
 from .shard import RETRYABLE, Backoff, Shard
 from .subscriber import HOUSEKEEPING_SECONDS
 
 log = logging.getLogger("svcbus.layers.redis")
 
 BLOCK_SECONDS = 1
-"""How long one BLPOP waits before the fetch loop looks again (whether anyone still waits)."""
+"""How long one blocking pop waits before the fetch loop looks again (whether anyone still waits)."""
 MAX_FETCH = 256
 """Most messages one pop takes for a process (the sum of its waiting receivers' limits)."""
+QUIET_COUNT = 2
+"""Most items a blocking pop takes while its list looked empty (the last pop came back short).
+
+Such a pop mostly waits, and if its connection breaks while it waits, everything
+it may have taken counts as lost: kept small, that count stays honest. When it
+comes back full the list holds more, and the next pop asks for everything wanted."""
+REFUSED_RETRY_SECONDS = 5.0
+"""How long the pop of a list waits before trying again after Redis refused it (WRONGTYPE)."""
 READ_AHEAD = 64
 """Most messages a named channel's pop takes beyond what its waiting receivers asked for.
 
@@ -65,6 +73,7 @@ class _Source:
         "head",
         "in_flight",
         "key",
+        "quiet",
         "shard",
         "split",
         "task",
@@ -82,6 +91,7 @@ class _Source:
         self.wanted = 0  # sum of the limits of everyone waiting on this source
         self.in_flight = 0  # most messages the pop being answered may have taken
         self.ahead = 0  # read-ahead of a named channel's next pop (READ_AHEAD)
+        self.quiet = True  # the last pop came back short: the list looked empty (QUIET_COUNT)
 
 
 class Receivers:
@@ -104,6 +114,7 @@ class Receivers:
         self._sources: dict[bytes, _Source] = {}
         self._tick = 0
         self._lost_pops = 0
+        self._blocking_pop = True  # BLMPOP (Redis >= 7.0) until the server says it has none
         self.foreign = 0
         """Items found in this layer's lists that svcbus did not write (moved aside)."""
         self.dropped = 0
@@ -217,7 +228,7 @@ class Receivers:
                     await backoff.sleep()
                     continue
                 try:
-                    items = await self._pop(conn, source, want)
+                    items, taken = await self._pop(conn, source, want)
                 except RETRYABLE as exc:
                     with contextlib.suppress(Exception):
                         await conn.disconnect(nowait=True)
@@ -244,9 +255,9 @@ class Receivers:
                         "keep waiting, retrying in %gs)",
                         source.key.decode(errors="replace"),
                         exc,
-                        5.0,
+                        REFUSED_RETRY_SECONDS,
                     )
-                    await asyncio.sleep(5.0)
+                    await asyncio.sleep(REFUSED_RETRY_SECONDS)
                     continue
                 except BaseException:
                     # Cancelled mid-command (close): the connection's state is unknown.
@@ -268,7 +279,7 @@ class Receivers:
                 backoff.reset()
                 if source.head is None:
                     # A full pop means the list holds more: read further ahead next time.
-                    full = len(items) >= want
+                    full = taken >= want
                     source.ahead = (
                         min(READ_AHEAD, source.ahead * 2 or 1) if full else source.ahead // 2
                     )
@@ -280,11 +291,41 @@ class Receivers:
         finally:
             source.task = None
 
-    async def _pop(self, conn: AbstractConnection, source: _Source, want: int) -> list[bytes]:
+    async def _pop(
+        self, conn: AbstractConnection, source: _Source, want: int
+    ) -> tuple[list[bytes], int]:
+        """Pop up to ``want`` messages of ``source``, waiting up to ``BLOCK_SECONDS`` for one.
+
+        Returns the messages not delivered yet (for a process head: local part,
+        message, ...) and how many items the pop took from the list.
+        """
+        items, taken, foreign = await self._pop_any(conn, source, want)
+        if foreign:
+            # Hand over the good ones first: if the connection breaks while the
+            # rest is moved aside, only foreign items are lost.
+            if items:
+                self._deliver(source, items)
+                items = []
+            await self._quarantine(conn, source.key, foreign)
+        return items, taken
+
+    async def _pop_any(
+        self, conn: AbstractConnection, source: _Source, want: int
+    ) -> tuple[list[bytes], int, list[bytes]]:
+        """The pop: (messages, items taken from the list, foreign items to move aside)."""
+        if self._blocking_pop:
+            try:
+                return await self._block_pop(conn, source, want)
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                # Redis before 7.0 (no BLMPOP): the pop script, then BLPOP.
+                self._blocking_pop = False
+                log.info("redis has no BLMPOP (%s); popping with a script and BLPOP", exc)
         now = now_ms()
         command = pack(b"EVALSHA", POP_SHA, b"1", source.key, now, want, source.split)
         source.in_flight = want
-        await conn.send_packed_command(command, check_health=False)
+        await write(conn, command)
         try:
             reply = await conn.read_response()
         except NoScriptError:
@@ -297,24 +338,78 @@ class Receivers:
         if foreign:
             self._count_foreign(source.key, foreign)
         if items:
-            return list(items)
+            items = list(items)
+            return items, len(items) // (2 if source.head is not None else 1), []
         source.in_flight = 1
-        await conn.send_packed_command(pack(b"BLPOP", source.key, BLOCK_SECONDS), False)
+        await write(conn, pack(b"BLPOP", source.key, BLOCK_SECONDS))
         reply = await conn.read_response()
         source.in_flight = 0
         if not reply:
-            return []
-        parts = split_item(reply[1], source.head is not None)
-        if parts is None:
-            # Not written by svcbus: keep it where the scripts keep theirs.
-            await conn.send_packed_command(pack(b"RPUSH", quarantine_key(source.key), reply[1]))
+            return [], 0, []
+        return self._unwrap(source, [reply[1]])
+
+    async def _block_pop(
+        self, conn: AbstractConnection, source: _Source, want: int
+    ) -> tuple[list[bytes], int, list[bytes]]:
+        """One ``BLMPOP``: whatever the list holds (up to ``want``), or the first item to come.
+
+        One command per wake-up where the script and BLPOP took two round trips
+        whenever the list was empty. The items come back with their headers: expired
+        ones are dropped and foreign ones returned for quarantine here, as the pop
+        script does on the server.
+        """
+        count = min(want, QUIET_COUNT) if source.quiet else want
+        source.in_flight = count
+        await write(
+            conn, pack(b"BLMPOP", BLOCK_SECONDS, b"1", source.key, b"LEFT", b"COUNT", count)
+        )
+        reply = await conn.read_response()
+        source.in_flight = 0
+        if not reply:
+            source.quiet = True
+            return [], 0, []
+        source.quiet = len(reply[1]) < count
+        return self._unwrap(source, reply[1])
+
+    def _unwrap(self, source: _Source, taken: list[bytes]) -> tuple[list[bytes], int, list[bytes]]:
+        """Strip the headers of popped items: (messages, items taken, foreign items)."""
+        split = source.head is not None
+        now = now_ms()
+        items: list[bytes] = []
+        foreign: list[bytes] = []
+        for item in taken:
+            # The common case inline (a named channel's unexpired item); split_item
+            # makes the same check.
+            if not split and item[13:14] == b":" and item[:13].isdigit():
+                if int(item[:13]) > now:
+                    items.append(item[14:])
+                continue
+            parts = split_item(item, split)
+            if parts is None:
+                foreign.append(item)  # not written by svcbus: moved aside by the caller
+                continue
+            deadline, local, message = parts
+            if deadline <= now:
+                continue  # expired while queued
+            if local is not None:
+                items.append(local)
+            items.append(message)
+        return items, len(taken), foreign
+
+    async def _quarantine(self, conn: AbstractConnection, key: bytes, foreign: list[bytes]) -> None:
+        """Move items svcbus did not write to ``key``'s quarantine list (as the scripts do)."""
+        aside = quarantine_key(key)
+        await write(
+            conn,
+            [
+                pack(b"RPUSH", aside, *foreign),
+                pack(b"LTRIM", aside, -1000, -1),
+                pack(b"PEXPIRE", aside, 604800000),
+            ],
+        )
+        for _ in range(3):
             await conn.read_response()
-            self._count_foreign(source.key, 1)
-            return []
-        deadline, local, message = parts
-        if deadline <= now_ms():
-            return []  # expired while queued
-        return [message] if local is None else [local, message]
+        self._count_foreign(key, len(foreign))
 
     def _drop(self, box: _Box, why: str) -> None:
         """Count a message dropped for a full local buffer, and say so (rate-limited)."""

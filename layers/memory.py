@@ -252,24 +252,20 @@ class MemoryLayer(Layer):
         return (await self.receive_many(channel, 1))[0]
 
     async def receive_many(self, channel: str, limit: int) -> list[bytes]:
-        self._check_open()
-        self._check_receivable(channel)
+        if self._closed:
+            self._check_open()
+        if channel not in self._receivable:
+            self._check_receivable(channel)
         queues = self.hub.queues
         while True:
             queue = queues.get(channel)
             if queue is None:
                 queue = queues[channel] = _Queue()
-            if queue.items:
+            items = queue.items
+            if items and items[0][0] <= time.monotonic():
                 self.hub.count_expired(channel, queue.drop_expired(time.monotonic()))
-            if queue.items:
-                items = queue.items
-                n = min(limit, len(items))
-                batch = [items.popleft()[1] for _ in range(n)]
-                if not items and not queue.waiters:
-                    del queues[channel]  # empty channels cost nothing
-                elif items and queue.waiters:
-                    queue.waiters.pop(0).set()  # more left than we took: pass it on
-                return batch
+            if items:
+                return self._take(queue, channel, limit)
             ready = _new_waiter()
             queue.waiters.append(ready)
             try:
@@ -286,6 +282,17 @@ class MemoryLayer(Layer):
             finally:
                 if not queue.items and not queue.waiters and queues.get(channel) is queue:
                     del queues[channel]
+
+    def _take(self, queue: _Queue, channel: str, limit: int) -> list[bytes]:
+        """Up to ``limit`` messages from ``queue`` (which holds some)."""
+        items = queue.items
+        n = min(limit, len(items))
+        batch = [items.popleft()[1]] if n == 1 else [items.popleft()[1] for _ in range(n)]
+        if not items and not queue.waiters:
+            del self.hub.queues[channel]  # empty channels cost nothing
+        elif items and queue.waiters:
+            queue.waiters.pop(0).set()  # more left than we took: pass it on
+        return batch
 
     async def declare_durable(self, channel: str, settings: Durability) -> None:
         self._check_open()

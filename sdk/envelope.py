@@ -243,8 +243,29 @@ def encode(
 
     Field order is fixed (see docs/protocol.md) so encodings are byte-exact.
     """
-    if reply_channel is None and reply_to is None and not trace and not headers and error is None:
-        return encode_plain(body, id, contract, version, sent_at, expires_at)
+    if not trace and not headers and error is None:
+        if reply_channel is None and reply_to is None:
+            return encode_plain(body, id, contract, version, sent_at, expires_at)
+        if expires_at is not None and (reply_channel is None or reply_to is None):
+            # A request (rc) or a reply (re): one formatting step, as encode_plain.
+            part = _contract_part(contract, version) if contract is not None else b""
+            if reply_to is None:
+                return b'{"v":1,"id":%s%s,"rc":%s,"at":%d,"ex":%d,"b":%s}' % (
+                    _str(id),
+                    part,
+                    _str(reply_channel),  # type: ignore[arg-type]  # not None: see above
+                    sent_at,
+                    expires_at,
+                    body,
+                )
+            return b'{"v":1,"id":%s%s,"re":%s,"at":%d,"ex":%d,"b":%s}' % (
+                _str(id),
+                part,
+                _str(reply_to),
+                sent_at,
+                expires_at,
+                body,
+            )
     head = b'{"v":1,"id":' + _str(id)
     if contract is not None:
         head += _contract_part(contract, version)

@@ -18,13 +18,14 @@ import anyio
 from pydantic import ValidationError
 
 from ..bus import Bus
-from ..envelope import Envelope, now_ms
+from ..envelope import envelope_decoder, now_ms
 from ..errors import ConfigurationError
 from ..layer import Layer
 from ..runtime import Runtime
 from ..service import Service
 from . import tracing
 from .contracts import EdgeReply, Identity
+from .deadlines import Deadlines
 from .delivery import Delivery
 from .groups import Fanout
 from .http import Receive, handle_request, secure_headers, send_response
@@ -51,7 +52,8 @@ log = logging.getLogger("svcbus.edge")
 
 REPLY_CACHE_SIZE = 128
 
-_ReplyEnvelope = Envelope[EdgeReply]
+_decode_reply = envelope_decoder(EdgeReply)
+"""Reply bytes -> Envelope[EdgeReply], one validation pass (the model's validator itself)."""
 
 
 @dataclass
@@ -129,6 +131,8 @@ class EdgeApp:
         redact_access_logs(self.secret_query_params)
         self.fanout = Fanout(self)
         """This process's sockets per group (see :mod:`svcbus.edge.groups`)."""
+        self.deadlines = Deadlines()
+        """The patience of HTTP requests in flight, on one shared timer (:mod:`.deadlines`)."""
         self._bus: Bus | None = layer if isinstance(layer, Bus) else None
         self._reply_cache: dict[bytes, Decoded | None] = {}
 
@@ -284,7 +288,7 @@ class EdgeApp:
             return found  # type: ignore[return-value]  # False is the miss sentinel, ruled out above
         decoded: Decoded | None
         try:
-            envelope = _ReplyEnvelope.model_validate_json(data)
+            envelope = _decode_reply(data)
         except ValidationError as exc:
             self.stats.invalid_replies += 1
             self.quiet.warning(

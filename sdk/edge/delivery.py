@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -76,12 +76,34 @@ class Delivery:
         """Put ``data`` on ``channel``; :data:`DELIVERED`, or the close code its socket earns."""
         layer = self.edge.bus.layer
         confirm = self.confirms(layer)
+        # A first attempt stepped here and not finished: (coroutine, what it waits on) or its error.
+        started: Any = None
+        if not confirm:
+            # The common case (memory://): the send finishes at its first step. Only a
+            # send that waits or fails goes on, to the timer and the retries.
+            sending = coroutine_of(layer.send(channel, data))
+            try:
+                started = (sending, sending.send(None))
+            except StopIteration:
+                return DELIVERED
+            except Exception as exc:  # handled as the first attempt of the retries
+                started = exc
+        return await self._retrying(layer, confirm, channel, data, patience, started)
+
+    async def _retrying(
+        self, layer: Layer, confirm: bool, channel: str, data: bytes, patience: float, started: Any
+    ) -> int:
+        """:meth:`send` past its first step: retried until ``patience``, confirmed if needed."""
         deadline = time.monotonic() + patience
         delay = FIRST_DELAY
         while True:
             ticket = self._ticket(channel) if confirm else None
             try:
-                await _send_within(layer, channel, data, deadline)
+                if started is None:
+                    await _send_within(layer, channel, data, deadline)
+                else:
+                    attempt, started = started, None
+                    await _go_on(attempt, deadline)
             except TimeoutError:
                 if ticket is not None:
                     self._unconfirmed.pop(ticket, None)
@@ -183,6 +205,15 @@ class Delivery:
             # What the flush did not doom, it confirmed.
             for ticket in batch:
                 self._settle(ticket, DELIVERED)
+
+
+async def _go_on(attempt: Any, deadline: float) -> None:
+    """Finish a send :meth:`Delivery.send` started: raise its error, or drive it until ``deadline``."""
+    if isinstance(attempt, Exception):
+        raise attempt
+    sending, waiting_on = attempt
+    with anyio.fail_after(max(deadline - time.monotonic(), 0.001)):
+        await finish(sending, waiting_on)
 
 
 async def _send_within(layer: Layer, channel: str, data: bytes, deadline: float) -> None:

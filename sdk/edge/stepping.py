@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Coroutine
+from types import CoroutineType
 from typing import Any
 
 DONE: Any = object()
@@ -21,7 +22,7 @@ DONE: Any = object()
 
 def coroutine_of(awaitable: Awaitable[None]) -> Coroutine[Any, Any, None]:
     """``awaitable`` as a coroutine that can be stepped by hand."""
-    if isinstance(awaitable, Coroutine):
+    if type(awaitable) is CoroutineType or isinstance(awaitable, Coroutine):
         return awaitable
     return _awaiting(awaitable)
 

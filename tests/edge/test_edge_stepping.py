@@ -125,3 +125,58 @@ async def test_a_hanging_bus_gets_503_for_http_and_websocket_within_the_patience
         assert info.value.response.status_code == 503
         assert asyncio.get_running_loop().time() - started < 5.0
         assert layer.sent == []
+
+
+# -- the shared deadline timer of HTTP requests (svcbus.edge.deadlines) -------------
+
+
+async def test_a_watched_region_past_its_deadline_is_cancelled_and_told_so() -> None:
+    from svcbus.edge.deadlines import Deadlines
+
+    deadlines = Deadlines()
+    early = deadlines.watch(5.0)
+    watch = deadlines.watch(0.05)  # an earlier deadline than the armed one re-arms the timer
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.sleep(5)
+    assert watch.expired()
+    deadlines.release(watch)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert not early.fired
+    deadlines.release(early)
+    await asyncio.sleep(0)  # the task goes on: the cancellation was taken back
+
+
+async def test_a_released_watch_cancels_nothing() -> None:
+    from svcbus.edge.deadlines import Deadlines
+
+    deadlines = Deadlines()
+    watch = deadlines.watch(0.02)
+    deadlines.release(watch)
+    await asyncio.sleep(0.1)
+    assert not watch.fired
+    assert not watch.expired()
+
+
+async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_deadline() -> None:
+    from svcbus.edge.deadlines import Deadlines
+
+    deadlines = Deadlines()
+    outcome: list[str] = []
+
+    async def request() -> None:
+        watch = deadlines.watch(0.05)
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            outcome.append("deadline" if watch.expired() else "cancelled")
+            raise
+        finally:
+            deadlines.release(watch)
+
+    task = asyncio.get_running_loop().create_task(request())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert outcome == ["cancelled"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -43,6 +44,28 @@ def ask(url: str, text: str, *, within: float) -> tuple[str, int]:
     """Request until a reply comes (the service may still be reconnecting); returns it and the tries."""
 
     async def go() -> tuple[str, int]:
+        async with anyio.create_task_group() as group:
+            group.start_soon(report_stuck_tries)
+            try:
+                return await tries_until_served()
+            finally:
+                group.cancel_scope.cancel()
+
+    began = time.monotonic()
+
+    async def report_stuck_tries() -> None:
+        # A try that outlives its bound means an await that ignored cancellation (seen
+        # once on a loaded CI machine): print where every task waits, once.
+        while time.monotonic() - began < 12:
+            await anyio.sleep(1)
+        print(f"a try of ask({text!r}) has run for 12s; the tasks and where they wait:")
+        for task in asyncio.all_tasks():
+            print(f"- {task!r}")
+            for frame in task.get_stack():
+                print(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+
+    async def tries_until_served() -> tuple[str, int]:
+        nonlocal began
         deadline = time.monotonic() + within
         tries: list[str] = []  # how each try ended, and how long it took
         while True:

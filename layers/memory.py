@@ -187,7 +187,12 @@ class MemoryLayer(Layer):
     async def send(self, channel: str, message: bytes) -> None:
         if self._closed:
             self._check_open()
-        validate_channel(channel)
+        queues = self.hub.queues
+        queue = queues.get(channel)
+        if queue is None:
+            # Every queue's name was checked when the queue was made (here, by a
+            # receiver or by group_add): only a new one needs the check.
+            validate_channel(channel)
         options = self.options
         if len(message) > options.max_message_size:
             options.check_size(channel, message)
@@ -196,8 +201,6 @@ class MemoryLayer(Layer):
             if durable is not None:
                 durable.put(message, options.capacity_for(channel), time.monotonic())
                 return
-        queues = self.hub.queues
-        queue = queues.get(channel)
         if queue is None:
             queue = queues[channel] = _Queue()
         capacity = options.capacity_for(channel)

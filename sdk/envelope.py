@@ -195,6 +195,11 @@ def _contract_part(contract: str, version: int) -> bytes:
     return part
 
 
+def contract_part(contract: str, version: int) -> bytes:
+    """The envelope's ``,"ct":…,"cv":N`` bytes for a contract (cached)."""
+    return _contract_part(contract, version)
+
+
 def envelope_head(contract: str | None, version: int) -> bytes:
     """The bytes between a plain envelope's id and its ``at`` value, for :func:`encode_plain`.
 

@@ -289,11 +289,7 @@ class Bus:
         ):
             # A contract instance on a process channel (a consumer answering a socket):
             # no contract lookup, no durability, the bus's expiry; what encode() writes.
-            route = self._process_routes.get(type(message))
-            if route is None:
-                route = Route(type(message), self._expiry_ms)
-                if len(self._process_routes) < MAX_ROUTES:
-                    self._process_routes[type(message)] = route
+            route = self._process_route(type(message))
             message_id = new_message_id()
             await self.layer.send(channel, route.envelope(message_id, message))
             return message_id
@@ -334,6 +330,15 @@ class Bus:
             if route is None or route.contract is not self.contracts.get(channel):
                 self._add_route(channel)
         return message_id
+
+    def _process_route(self, contract: type[Contract]) -> Route:
+        """The route of ``contract``'s instances on process channels (no durability, the bus's expiry)."""
+        route = self._process_routes.get(contract)
+        if route is None:
+            route = Route(contract, self._expiry_ms)
+            if len(self._process_routes) < MAX_ROUTES:
+                self._process_routes[contract] = route
+        return route
 
     def _add_route(self, channel: str) -> None:
         """Remember a named channel's contract and expiry for ``send``'s fast path."""
@@ -441,6 +446,26 @@ class Bus:
         """Send ``message`` as the reply to request ``request_id``."""
         if self.tracer is not None and trace is None:
             trace = tracing.inject()
+        elif trace is None and (contract is None or type(message) is contract):
+            # The common reply (a consumer's return value, no tracing): what encode
+            # writes, without its contract lookups (a process channel has none).
+            message_id = new_message_id()
+            if isinstance(message, Contract):
+                route = self._process_route(type(message))
+                data = route.reply_envelope(message_id, request_id, message)
+            else:
+                sent_at = now_ms()
+                data = encode(
+                    body_json(message),
+                    id=message_id,
+                    contract=None,
+                    version=1,
+                    sent_at=sent_at,
+                    expires_at=sent_at + self._expiry_ms,
+                    reply_to=request_id,
+                )
+            await self.layer.send(reply_channel, data)
+            return
         data = self.encode(
             reply_channel, message, reply_to=request_id, contract=contract, trace=trace
         )

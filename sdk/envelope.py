@@ -176,11 +176,15 @@ def body_json(body: Any) -> bytes:
 _PLAIN = re.compile(r"[A-Za-z0-9_.!:-]*").fullmatch
 
 
-def _str(value: str) -> bytes:
+def json_string(value: str) -> bytes:
+    """``value`` as a JSON string (its quotes included)."""
     # Ids, contract names and channel names are plain ASCII: skip the JSON encoder.
     if _PLAIN(value):
         return b'"%s"' % value.encode()
     return json.dumps(value, ensure_ascii=False).encode()
+
+
+_str = json_string
 
 
 _contract_parts: dict[tuple[str, int], bytes] = {}

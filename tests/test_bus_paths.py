@@ -263,3 +263,33 @@ async def test_repeated_requests_write_the_same_bytes_as_the_first():
             reply_channel=sent["rc"],
         )
         assert data == expected
+
+
+async def test_replies_write_what_encode_writes():
+    layer = MemoryLayer()
+    async with Bus(layer) as bus:
+        inbox = await bus.new_channel("inbox")
+        await bus.reply(inbox, "req-1", Reading(value=1.5))
+        await bus.reply(inbox, 'odd "id"', {"plain": True})
+        await bus.reply(inbox, "req-3", {"value": 2}, contract=Reading)  # validated the long way
+        raw = [await layer.receive(inbox) for _ in range(3)]
+    bodies = [
+        (b'{"value":1.5}', "Reading"),
+        (b'{"plain":true}', None),
+        (b'{"value":2.0}', "Reading"),
+    ]
+    for data, (body, contract), request_id in zip(
+        raw, bodies, ("req-1", 'odd "id"', "req-3"), strict=True
+    ):
+        sent = json.loads(data)
+        assert sent["re"] == request_id
+        expected = encode(
+            body,
+            id=sent["id"],
+            contract=contract,
+            version=1,
+            sent_at=sent["at"],
+            expires_at=sent["at"] + int(layer.options.expiry * 1000),
+            reply_to=request_id,
+        )
+        assert data == expected

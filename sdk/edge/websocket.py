@@ -223,7 +223,7 @@ class Connection:
                     item = decode(data)
                     if item is None:
                         continue
-                    if self.writer is not None:
+                    while self.writer is not None:
                         # A write started elsewhere (take, a group message) is still
                         # going: it goes first, so the socket sees the sent order.
                         await asyncio.wait([self.writer])

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,8 +57,9 @@ class _FutureWaiter:
         if not self.future.done():
             self.future.set_result(None)
 
-    async def wait(self) -> None:
-        await self.future
+    def wait(self) -> asyncio.Future[None]:
+        # The future itself, not a coroutine around it: one frame less per wait.
+        return self.future
 
 
 def _new_waiter() -> _FutureWaiter | anyio.Event:
@@ -104,6 +105,8 @@ class MemoryHub:
         self.durable: dict[str, DurableQueue] = {}
         """Durable channels (memory_durable.py), apart from the at-most-once queues."""
         self.groups = LocalGroups()
+        self.listeners: dict[str, Callable[[bytes], bool]] = {}
+        """Process channels whose messages go straight to a callback (:meth:`MemoryLayer.listen`)."""
         self.next_sweep = 0.0
         self.expired = 0
         """Messages dropped unread after ``expiry`` (counted as lost)."""
@@ -142,6 +145,7 @@ class MemoryHub:
         self.queues.clear()
         self.durable.clear()
         self.groups.clear()
+        self.listeners.clear()
 
 
 _hubs: dict[str, MemoryHub] = {}
@@ -187,7 +191,12 @@ class MemoryLayer(Layer):
     async def send(self, channel: str, message: bytes) -> None:
         if self._closed:
             self._check_open()
-        validate_channel(channel)
+        queues = self.hub.queues
+        queue = queues.get(channel)
+        if queue is None:
+            # Every queue's name was checked when the queue was made (here, by a
+            # receiver or by group_add): only a new one needs the check.
+            validate_channel(channel)
         options = self.options
         if len(message) > options.max_message_size:
             options.check_size(channel, message)
@@ -196,8 +205,10 @@ class MemoryLayer(Layer):
             if durable is not None:
                 durable.put(message, options.capacity_for(channel), time.monotonic())
                 return
-        queues = self.hub.queues
-        queue = queues.get(channel)
+        if self.hub.listeners and (queue is None or not queue.items):
+            listener = self.hub.listeners.get(channel)
+            if listener is not None and listener(message):
+                return  # taken at once, in this task: no queue, no receiver to wake
         if queue is None:
             queue = queues[channel] = _Queue()
         capacity = options.capacity_for(channel)
@@ -293,6 +304,27 @@ class MemoryLayer(Layer):
         elif items and queue.waiters:
             queue.waiters.pop(0).set()  # more left than we took: pass it on
         return batch
+
+    def listen(self, channel: str, listener: Callable[[bytes], bool]) -> None:
+        """Hand what is sent to ``channel`` (one of this layer's process channels) to ``listener``.
+
+        While nothing is queued on the channel, ``send`` calls ``listener(message)``
+        in the sender's task instead of queueing the message: True means the
+        listener took it, False queues it as usual for the channel's receivers
+        (and later messages queue behind it, so the order holds). The listener
+        must not block or raise: it runs inside the sender's ``send``. The edge
+        uses it to write a consumer's reply to its socket without waking the
+        socket's reader task (:meth:`svcbus.edge.websocket.Connection.take`).
+        """
+        self._check_open()
+        self._check_receivable(channel)  # only the layer that made it
+        if "!" not in channel:
+            raise InvalidChannelName(f"{channel!r}: only process channels can be listened to")
+        self.hub.listeners[channel] = listener
+
+    def unlisten(self, channel: str) -> None:
+        """Stop :meth:`listen` on ``channel``: its messages queue again."""
+        self.hub.listeners.pop(channel, None)
 
     async def declare_durable(self, channel: str, settings: Durability) -> None:
         self._check_open()
@@ -392,4 +424,6 @@ class MemoryLayer(Layer):
         marker = f".{self._token}!"
         for channel in [c for c in self.hub.queues if marker in c]:
             del self.hub.queues[channel]
+        for channel in [c for c in self.hub.listeners if marker in c]:
+            del self.hub.listeners[channel]
         self.hub.groups.discard_channels(lambda channel: marker in channel)

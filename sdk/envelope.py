@@ -176,11 +176,15 @@ def body_json(body: Any) -> bytes:
 _PLAIN = re.compile(r"[A-Za-z0-9_.!:-]*").fullmatch
 
 
-def _str(value: str) -> bytes:
+def json_string(value: str) -> bytes:
+    """``value`` as a JSON string (its quotes included)."""
     # Ids, contract names and channel names are plain ASCII: skip the JSON encoder.
     if _PLAIN(value):
         return b'"%s"' % value.encode()
     return json.dumps(value, ensure_ascii=False).encode()
+
+
+_str = json_string
 
 
 _contract_parts: dict[tuple[str, int], bytes] = {}
@@ -193,6 +197,11 @@ def _contract_part(contract: str, version: int) -> bytes:
         if len(_contract_parts) < 10_000:
             _contract_parts[(contract, version)] = part
     return part
+
+
+def contract_part(contract: str, version: int) -> bytes:
+    """The envelope's ``,"ct":…,"cv":N`` bytes for a contract (cached)."""
+    return _contract_part(contract, version)
 
 
 def envelope_head(contract: str | None, version: int) -> bytes:

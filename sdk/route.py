@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .contract import Contract
-from .envelope import envelope_head, now_ms
+from .envelope import contract_part, envelope_head, json_string, now_ms
 
 MAX_ROUTES = 4096
 """Named channels a bus keeps routes for; more are sent the long way (names are unbounded)."""
@@ -21,12 +21,13 @@ MAX_ROUTES = 4096
 class Route:
     """One named channel as a target of ``Bus.send``: its contract and fixed envelope bytes."""
 
-    __slots__ = ("contract", "expiry_ms", "head", "serialize")
+    __slots__ = ("contract", "expiry_ms", "head", "part", "serialize")
 
     def __init__(self, contract: type[Contract], expiry_ms: int) -> None:
         self.contract = contract
         """Instances of exactly this class take the fast path (they were validated when built)."""
         self.head = envelope_head(contract.__contract_name__, contract.__version__)
+        self.part = contract_part(contract.__contract_name__, contract.__version__)
         self.expiry_ms = expiry_ms
         self.serialize: Callable[[Any], bytes] = contract.__pydantic_serializer__.to_json
 
@@ -36,6 +37,37 @@ class Route:
         return b'{"v":1,"id":"%s%s%d,"ex":%d,"b":%s}' % (
             message_id.encode(),
             self.head,
+            sent_at,
+            sent_at + self.expiry_ms,
+            self.serialize(body),
+        )
+
+    def request_envelope(self, message_id: str, reply_channel: str, body: Contract) -> bytes:
+        """The envelope of a request: byte-identical to :func:`~svcbus.envelope.encode`'s.
+
+        ``message_id`` (made by this process) and ``reply_channel`` (a valid channel
+        name) need no JSON escaping.
+        """
+        sent_at = now_ms()
+        return b'{"v":1,"id":"%s"%s,"rc":"%s","at":%d,"ex":%d,"b":%s}' % (
+            message_id.encode(),
+            self.part,
+            reply_channel.encode(),
+            sent_at,
+            sent_at + self.expiry_ms,
+            self.serialize(body),
+        )
+
+    def reply_envelope(self, message_id: str, request_id: str, body: Contract) -> bytes:
+        """The envelope of a reply: byte-identical to :func:`~svcbus.envelope.encode`'s.
+
+        ``request_id`` comes from the request (untrusted), so it is escaped.
+        """
+        sent_at = now_ms()
+        return b'{"v":1,"id":"%s"%s,"re":%s,"at":%d,"ex":%d,"b":%s}' % (
+            message_id.encode(),
+            self.part,
+            json_string(request_id),
             sent_at,
             sent_at + self.expiry_ms,
             self.serialize(body),

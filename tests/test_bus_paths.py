@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import anyio
 import pytest
 
-from svcbus import Bus, Contract, Durability, MessageInvalid, Runtime, Service
-from svcbus.envelope import encode_plain, peek_contract
+from svcbus import (
+    Bus,
+    Context,
+    Contract,
+    Durability,
+    MessageInvalid,
+    RequestTimeout,
+    Runtime,
+    Service,
+)
+from svcbus.envelope import encode, encode_plain, peek_contract
 from svcbus.layer import LayerOptions
 from svcbus.layers.memory import MemoryHub, MemoryLayer
 
@@ -174,3 +184,112 @@ async def test_messages_on_a_process_channel_types_each_by_its_contract():
             if len(bodies) == 2:
                 break
         assert bodies == [Reading(value=0.5), {"plain": 1}]
+
+
+async def test_a_reply_channel_serves_again_only_after_its_reply_came():
+    service = Service("ptest-reuse")
+    release = anyio.Event()
+
+    @service.consumes("ptest.ask")
+    async def ask(message: dict, ctx: Context) -> dict:
+        if message.get("wait"):
+            await release.wait()
+        return {"rc": ctx.reply_channel}
+
+    layer = MemoryLayer(LayerOptions(expiry=0.5))
+    async with Bus(layer) as bus, Runtime(service, bus).running():
+        first = (await bus.request("ptest.ask", {}))["rc"]
+        assert (await bus.request("ptest.ask", {}))["rc"] == first
+        with pytest.raises(RequestTimeout):
+            await bus.request("ptest.ask", {"wait": True}, timeout=0.2)
+        release.set()
+        # The channel of the request that gave up is not used again: its late reply
+        # lands there, unread, and expires counted as lost.
+        assert (await bus.request("ptest.ask", {}))["rc"] != first
+        await anyio.sleep(0.7)
+        await bus.request("ptest.ask", {})  # a send sweeps expired messages
+        assert layer.lost == 1
+
+
+async def test_a_request_cancelled_from_outside_is_cancelled_not_timed_out():
+    service = Service("ptest-cancel")
+
+    @service.consumes("ptest.never")
+    async def never(message: dict) -> dict:
+        await anyio.sleep(10)
+        return {}
+
+    async with Bus(MemoryLayer()) as bus, Runtime(service, bus, shutdown_timeout=0).running():
+        with anyio.move_on_after(0.1) as outer:
+            await bus.request("ptest.never", {}, timeout=5)
+        assert outer.cancelled_caught
+        # The caller's deadline and the request's at the same moment: either
+        # outcome, but the caller's cancellation is never swallowed into a hang.
+        started = anyio.current_time()
+        with anyio.move_on_after(0.2), contextlib.suppress(RequestTimeout):
+            await bus.request("ptest.never", {}, timeout=0.2)
+        assert anyio.current_time() - started < 1.0
+        started = anyio.current_time()
+        with pytest.raises(RequestTimeout):
+            await bus.request("ptest.never", {}, timeout=0.1)
+        assert anyio.current_time() - started < 1.0
+
+
+async def test_repeated_requests_write_the_same_bytes_as_the_first():
+    layer = MemoryLayer()
+    asked: list[bytes] = []
+    async with Bus(layer) as bus, anyio.create_task_group() as tg:
+
+        async def answer() -> None:
+            while True:
+                data = await layer.receive("ptest.asked")
+                asked.append(data)
+                sent = json.loads(data)
+                await bus.reply(sent["rc"], sent["id"], {"ok": len(asked)})
+
+        tg.start_soon(answer)
+        for n in (1, 2, 3):  # the long way, then the route
+            assert await bus.request("ptest.asked", Reading(value=n), reply_type=dict) == {"ok": n}
+        tg.cancel_scope.cancel()
+    for n, data in enumerate(asked, 1):
+        sent = json.loads(data)
+        expected = encode(
+            b'{"value":%d.0}' % n,
+            id=sent["id"],
+            contract="Reading",
+            version=1,
+            sent_at=sent["at"],
+            expires_at=sent["at"] + int(layer.options.expiry * 1000),
+            reply_channel=sent["rc"],
+        )
+        assert data == expected
+
+
+async def test_replies_write_what_encode_writes():
+    layer = MemoryLayer()
+    async with Bus(layer) as bus:
+        inbox = await bus.new_channel("inbox")
+        await bus.reply(inbox, "req-1", Reading(value=1.5))
+        await bus.reply(inbox, 'odd "id"', {"plain": True})
+        await bus.reply(inbox, "req-3", {"value": 2}, contract=Reading)  # validated the long way
+        raw = [await layer.receive(inbox) for _ in range(3)]
+    bodies = [
+        (b'{"value":1.5}', "Reading"),
+        (b'{"plain":true}', None),
+        (b'{"value":2.0}', "Reading"),
+    ]
+    for data, (body, contract), request_id in zip(
+        raw, bodies, ("req-1", 'odd "id"', "req-3"), strict=True
+    ):
+        sent = json.loads(data)
+        assert sent["re"] == request_id
+        expected = encode(
+            body,
+            id=sent["id"],
+            contract=contract,
+            version=1,
+            sent_at=sent["at"],
+            expires_at=sent["at"] + int(layer.options.expiry * 1000),
+            reply_to=request_id,
+        )
+        assert data == expected

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from svcbus import LayerOptions, open_layer
+from svcbus import InvalidChannelName, LayerOptions, open_layer
 from svcbus.layers import memory
 from svcbus.layers.memory import MemoryHub, MemoryLayer
 
@@ -61,3 +61,39 @@ async def test_closing_drops_the_layers_process_channels_and_memberships():
     assert mine not in hub.queues and "mtest.group" not in hub.groups
     with pytest.raises(Exception, match="closed"):
         await layer.send("mtest.x", b"1")
+
+
+async def test_a_listener_takes_messages_while_nothing_is_queued():
+    layer = MemoryLayer()
+    hub = layer.hub
+    other = MemoryLayer(hub=hub)
+    mine = await layer.new_channel("edge")
+    taken: list[bytes] = []
+    accept = True
+
+    def listener(message: bytes) -> bool:
+        if accept:
+            taken.append(message)
+        return accept
+
+    layer.listen(mine, listener)
+    await other.send(mine, b"1")  # another "process" on the hub sends: taken at once
+    assert taken == [b"1"]
+    accept = False
+    await other.send(mine, b"2")  # refused: queued for the receivers
+    accept = True
+    await other.send(mine, b"3")  # something is queued: 3 queues behind 2, in order
+    assert taken == [b"1"]
+    assert await layer.receive_many(mine, 10) == [b"2", b"3"]
+    await other.send(mine, b"4")
+    assert taken == [b"1", b"4"]
+    layer.unlisten(mine)
+    await other.send(mine, b"5")
+    assert await layer.receive(mine) == b"5"
+    with pytest.raises(InvalidChannelName):
+        other.listen(mine, listener)  # not its channel
+    with pytest.raises(InvalidChannelName):
+        layer.listen("named.channel", listener)
+    layer.listen(mine, listener)
+    await layer.close()
+    assert mine not in hub.listeners

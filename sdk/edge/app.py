@@ -18,6 +18,7 @@ import anyio
 from pydantic import ValidationError
 
 from ..bus import Bus
+from ..deadlines import Deadlines
 from ..envelope import envelope_decoder, now_ms
 from ..errors import ConfigurationError
 from ..layer import Layer
@@ -25,7 +26,6 @@ from ..runtime import Runtime
 from ..service import Service
 from . import tracing
 from .contracts import EdgeReply, Identity
-from .deadlines import Deadlines
 from .delivery import Delivery
 from .groups import Fanout
 from .http import Receive, handle_request, secure_headers, send_response
@@ -132,7 +132,7 @@ class EdgeApp:
         self.fanout = Fanout(self)
         """This process's sockets per group (see :mod:`svcbus.edge.groups`)."""
         self.deadlines = Deadlines()
-        """The patience of HTTP requests in flight, on one shared timer (:mod:`.deadlines`)."""
+        """The patience of HTTP requests in flight, on one shared timer (:mod:`svcbus.deadlines`)."""
         self._bus: Bus | None = layer if isinstance(layer, Bus) else None
         self._reply_cache: dict[bytes, Decoded | None] = {}
 

@@ -32,7 +32,7 @@ from ..errors import (
     RequestTimeout,
     SvcbusError,
 )
-from .contracts import HttpRequest, HttpResponse, Identity
+from .contracts import HttpRequest, HttpResponse, Identity, PathParams
 from .routing import HttpRoute
 from .security import AuthenticationFailed
 
@@ -217,7 +217,7 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
             # bus.request bounds the wait for the reply, not the send, which can hang on
             # an unreachable bus (NATS opens a channel's stream on first use). The
             # patience is watched by the edge's shared deadline timer, not by a cancel
-            # scope per request, which costs ~40k instructions (see .deadlines).
+            # scope per request, which costs ~40k instructions (see svcbus.deadlines).
             patience = max(deadline - time.monotonic(), 0.0) + limits.request_timeout
             watch = edge.deadlines.watch(patience)
             try:
@@ -260,8 +260,19 @@ def build_message(
 ) -> Contract:
     """The message for the route's channel: the channel's contract, else an HttpRequest."""
     scope = request.scope
-    if contract is None or issubclass(contract, HttpRequest):
-        return (contract or HttpRequest).model_construct(
+    if contract is None or contract is HttpRequest:
+        return _http_request(
+            scope["method"],
+            scope["path"],
+            request.params,
+            request.query,
+            request.headers,
+            body,
+            request.client,
+            identity,
+        )
+    if issubclass(contract, HttpRequest):
+        return contract.model_construct(
             method=scope["method"],
             path=scope["path"],
             params=request.params,
@@ -293,6 +304,50 @@ def build_message(
         return contract.model_validate(data)
     except ValidationError as exc:
         raise InvalidInput(exc.errors(include_url=False, include_context=False)) from None
+
+
+_set = object.__setattr__
+_HTTP_REQUEST_SET = frozenset(HttpRequest.model_fields) - {"type"}
+"""The fields model_construct marks as set when all but ``type`` (a default) are given."""
+
+
+def _http_request(
+    method: str,
+    path: str,
+    params: PathParams,
+    query: dict[str, str],
+    headers: dict[str, str],
+    body: bytes,
+    client: str | None,
+    identity: Identity,
+) -> HttpRequest:
+    """``HttpRequest.model_construct(...)`` with every field but ``type`` given.
+
+    What model_construct does for a model without extras, private attributes or
+    a post-init (the same ``__dict__`` and fields set), without its loop over
+    the fields and their aliases: about 3 µs, a twentieth of a request through
+    the edge. ``tests/edge/test_edge_http.py`` checks that both build the same.
+    """
+    message = HttpRequest.__new__(HttpRequest)
+    _set(
+        message,
+        "__dict__",
+        {
+            "type": "http.request",
+            "method": method,
+            "path": path,
+            "params": params,
+            "query": query,
+            "headers": headers,
+            "body": body,
+            "client": client,
+            "identity": identity,
+        },
+    )
+    _set(message, "__pydantic_fields_set__", set(_HTTP_REQUEST_SET))
+    _set(message, "__pydantic_extra__", None)
+    _set(message, "__pydantic_private__", None)
+    return message
 
 
 async def send_reply(send: Send, reply: Any, *, head: bool = False) -> None:

@@ -3,9 +3,11 @@
 One connection costs one small :class:`Connection` object and two tasks: the
 ASGI task reads frames from the client and sends them on the route's
 channels; a pump task reads the connection's reply channel in batches and
-writes to the socket. Replies are decoded once per distinct message
-(:meth:`EdgeApp.decode_reply`), so a ``group_send`` to 10,000 sockets costs
-one decode and 10,000 socket writes.
+writes to the socket. On ``memory://`` a Send to a connection whose reply
+channel is empty is written by the sender's task itself
+(:meth:`Connection.take`), without waking the pump. Replies are decoded once
+per distinct message (:meth:`EdgeApp.decode_reply`), so a ``group_send`` to
+10,000 sockets costs one decode and 10,000 socket writes.
 
 Lifecycle: handshake -> origin, auth and connection-limit checks -> a
 ``WebSocketConnect`` on the route's connect channel -> a consumer answers on
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +40,7 @@ from .contracts import (
     WebSocketReceive,
 )
 from .delivery import DELIVERED, INTERNAL_ERROR
-from .groups import drain
+from .groups import drain, queue_write
 from .http import with_security_headers
 from .replies import ACCEPT, CLOSE, JOIN, SEND, Decoded
 from .request import Request
@@ -75,6 +78,7 @@ class Connection:
         "order",
         "params",
         "path",
+        "pumping",
         "reply_channel",
         "route",
         "send",
@@ -108,6 +112,8 @@ class Connection:
         """Group messages waiting for this socket's writer (see groups.queue_write)."""
         self.writer: asyncio.Task[None] | None = None
         """The task writing ``backlog``, while there is one (kept: the loop holds tasks weakly)."""
+        self.pumping = False
+        """True while the pump acts on a batch from the reply channel (see :meth:`take`)."""
         self.accepted = False
         self.closed = False
         self.budget = budget or FrameBudget()
@@ -211,10 +217,19 @@ class Connection:
         channel = self.reply_channel
         try:
             while True:
-                for data in await receive_many(channel, PUMP_BATCH):
+                batch = await receive_many(channel, PUMP_BATCH)
+                self.pumping = True
+                for data in batch:
                     item = decode(data)
-                    if item is not None and not await self.apply(item):
+                    if item is None:
+                        continue
+                    while self.writer is not None:
+                        # A write started elsewhere (take, a group message) is still
+                        # going: it goes first, so the socket sees the sent order.
+                        await asyncio.wait([self.writer])
+                    if not await self.apply(item):
                         return
+                self.pumping = False
         except OSError:
             return  # the client went away; the ASGI task sees the disconnect
         except SvcbusError as exc:
@@ -227,6 +242,28 @@ class Connection:
             )
             self.edge.stats.closed_bus += 1
             await _close_quietly(self.send, INTERNAL_ERROR)
+
+    def take(self, data: bytes) -> bool:
+        """``memory://``'s listener on the reply channel: a Send written in the sender's task.
+
+        A consumer in this process answering the socket (``ctx.send(msg.reply_channel,
+        Send(...))``) then writes to it directly, as a group message does
+        (:func:`~svcbus.edge.groups.queue_write`: the write is started by hand,
+        and only a socket whose buffer is full gets a writer task), instead of
+        queueing the reply and waking the pump: one task switch less per echoed
+        frame. Anything else (Accept, Close, Join, Leave, a socket not accepted
+        yet, or one whose earlier writes are still going) returns False and is
+        queued for the pump, which keeps the order (see :meth:`MemoryLayer.listen`).
+        """
+        if self.pumping or self.backlog is not None or self.closed or not self.accepted:
+            return False
+        item = self.edge.decode_reply(data)
+        if item is None:
+            return True  # invalid (counted) or expired: dropped, as the pump would
+        if item[0] != SEND:
+            return False  # may await (groups, the handshake): the pump acts on it
+        queue_write(self, item)
+        return True
 
     # frames from the client ---------------------------------------------------------
 
@@ -439,6 +476,7 @@ async def _serve(
     edge, route = conn.edge, conn.route
     code = 1006
     announced = False
+    unlisten: Callable[[str], None] | None = None
     pump: asyncio.Task[None] | None = None
     try:
         if route.connect is None or not announce:
@@ -466,6 +504,11 @@ async def _serve(
         if conn.closed:
             return
         conn.subprotocols = ()
+        layer = edge.bus.layer
+        listen = getattr(layer, "listen", None)
+        if listen is not None and edge.bus.tracer is None:
+            listen(conn.reply_channel, conn.take)  # memory:// (see Connection.take)
+            unlisten = getattr(layer, "unlisten", None)
         pump = asyncio.get_running_loop().create_task(conn.pump())
         code = await _read_frames(conn, receive)
     except OSError:
@@ -482,6 +525,8 @@ async def _serve(
                 await deny(scope, conn.send, 503, UNAVAILABLE)
         code = INTERNAL_ERROR
     finally:
+        if unlisten is not None:
+            unlisten(conn.reply_channel)
         if pump is not None:
             pump.cancel()
             await asyncio.wait([pump])

@@ -15,9 +15,11 @@ import pytest
 from svcbus import (
     Bus,
     ChannelFull,
+    Context,
     Contract,
     InvalidChannelName,
     MessageTooLarge,
+    RequestTimeout,
     Runtime,
     Service,
 )
@@ -347,6 +349,45 @@ async def test_request_reply_across_processes(make_layer, uniq):
             [bus.request(uniq("echo"), {"text": f"hi {i}"}, reply_type=Echo) for i in range(10)]
         )
     assert [r.text for r in replies] == [f"HI {i}" for i in range(10)]
+
+
+async def test_a_late_reply_never_answers_a_later_request(make_layer, uniq):
+    server_layer, client_layer = await make_layer(), await make_layer()
+    service = Service("late")
+    release = anyio.Event()
+
+    @service.consumes(uniq("late"))
+    async def answer(message: dict) -> Echo:
+        if message["text"] == "late":
+            await release.wait()  # answers once its requester has given up
+        return Echo(text=message["text"])
+
+    async with Runtime(service, server_layer, concurrency=2).running(), Bus(client_layer) as bus:
+        assert (await bus.request(uniq("late"), {"text": "warm"}, reply_type=Echo)).text == "warm"
+        with pytest.raises(RequestTimeout):
+            await bus.request(uniq("late"), {"text": "late"}, reply_type=Echo, timeout=0.3)
+        release.set()
+        for i in range(5):
+            reply = await bus.request(uniq("late"), {"text": f"next {i}"}, reply_type=Echo)
+            assert reply.text == f"next {i}"
+
+
+async def test_messages_after_a_reply_do_not_disturb_the_next_request(make_layer, uniq):
+    """A requester's reply channel may serve its next request: what else lands there is dropped."""
+    server_layer, client_layer = await make_layer(), await make_layer()
+    service = Service("chatty")
+
+    @service.consumes(uniq("chatty"))
+    async def chatty(message: dict, ctx: Context) -> None:
+        assert ctx.reply_channel is not None
+        await ctx.send(ctx.reply_channel, {"before": "the reply"})
+        await ctx.reply(Echo(text=message["text"]))
+        await ctx.send(ctx.reply_channel, {"after": "the reply"})  # fits no Echo
+
+    async with Runtime(service, server_layer).running(), Bus(client_layer) as bus:
+        for i in range(5):
+            reply = await bus.request(uniq("chatty"), {"text": f"n{i}"}, reply_type=Echo)
+            assert reply.text == f"n{i}"
 
 
 async def _gather(coroutines):

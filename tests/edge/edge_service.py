@@ -81,6 +81,16 @@ async def on_receive(msg: WebSocketReceive, ctx: Context) -> None:
         await ctx.send(msg.reply_channel, Send(text="left"))
     elif text.startswith("close:"):
         await ctx.send(msg.reply_channel, Close(code=int(text.removeprefix("close:"))))
+    elif text.startswith("burst:"):
+        # Sends with Joins and Leaves among them: a Send may go to the socket at once
+        # (memory://, Connection.take) while a Join waits for the pump; the socket
+        # must still see everything in the order it was sent.
+        for i in range(int(text.removeprefix("burst:"))):
+            if i % 7 == 3:
+                await ctx.send(msg.reply_channel, Join(groups=["burst"]))
+            elif i % 7 == 5:
+                await ctx.send(msg.reply_channel, Leave(groups=["burst"]))
+            await ctx.send(msg.reply_channel, Send(text=str(i)))
     elif text == "order":
         await ctx.send(msg.reply_channel, Send(text=str(msg.order)))
     else:

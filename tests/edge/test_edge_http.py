@@ -138,3 +138,32 @@ async def test_edge_opens_its_own_layer_in_lifespan(serve, hub_url) -> None:
     addr = await serve(app)
     async with httpx.AsyncClient(base_url=f"http://{addr}") as client:
         assert (await client.get("/api/add/20?b=22")).json() == {"total": 42}
+
+
+def test_http_request_built_without_model_construct_is_the_same_message() -> None:
+    """The edge's shortcut for HttpRequest builds what model_construct builds, byte for byte."""
+    from svcbus.edge import HttpRequest
+    from svcbus.edge.http import _http_request
+
+    # The shortcut is only sound for a model without these (see _http_request).
+    assert HttpRequest.__pydantic_post_init__ is None
+    assert HttpRequest.model_config.get("extra") in (None, "ignore")
+    assert not HttpRequest.__private_attributes__
+    values = {
+        "method": "POST",
+        "path": "/api/x/1",
+        "params": {"id": 1},
+        "query": {"q": "é"},
+        "headers": {"host": "h"},
+        "body": b"\x00\xff",
+        "client": "127.0.0.1:5",
+        "identity": {"sub": "ada"},
+    }
+    fast = _http_request(*values.values())
+    slow = HttpRequest.model_construct(**values)
+    assert type(fast) is HttpRequest
+    assert fast == slow
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_dump_json() == slow.model_dump_json()
+    assert fast.__pydantic_extra__ is slow.__pydantic_extra__ is None
+    assert fast.__pydantic_private__ is slow.__pydantic_private__ is None

@@ -131,7 +131,7 @@ async def test_a_hanging_bus_gets_503_for_http_and_websocket_within_the_patience
 
 
 async def test_a_watched_region_past_its_deadline_is_cancelled_and_told_so() -> None:
-    from svcbus.edge.deadlines import Deadlines
+    from svcbus.deadlines import Deadlines
 
     deadlines = Deadlines()
     early = deadlines.watch(5.0)
@@ -148,7 +148,7 @@ async def test_a_watched_region_past_its_deadline_is_cancelled_and_told_so() -> 
 
 
 async def test_a_released_watch_cancels_nothing() -> None:
-    from svcbus.edge.deadlines import Deadlines
+    from svcbus.deadlines import Deadlines
 
     deadlines = Deadlines()
     watch = deadlines.watch(0.02)
@@ -159,7 +159,7 @@ async def test_a_released_watch_cancels_nothing() -> None:
 
 
 async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_deadline() -> None:
-    from svcbus.edge.deadlines import Deadlines
+    from svcbus.deadlines import Deadlines
 
     deadlines = Deadlines()
     outcome: list[str] = []

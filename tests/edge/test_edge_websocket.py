@@ -29,6 +29,17 @@ async def test_echo_binary(edge) -> None:
         assert await ws.recv() == b"cba\xff\x01\x00"
 
 
+async def test_replies_reach_the_socket_in_the_order_sent(edge) -> None:
+    addr, app = edge
+    async with connect(f"ws://{addr}/ws/lobby") as ws:
+        for _ in range(3):
+            await ws.send("burst:60")
+            assert [await ws.recv() for _ in range(60)] == [str(i) for i in range(60)]
+        await ws.send("still in order")
+        assert await ws.recv() == "still in order"
+    assert app.stats.dropped == 0
+
+
 async def test_subprotocol_is_negotiated(edge) -> None:
     addr, _ = edge
     async with connect(f"ws://{addr}/ws/lobby", subprotocols=["chat.v2", "chat.v1"]) as ws:

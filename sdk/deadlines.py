@@ -1,16 +1,18 @@
-"""Deadlines for the edge's requests without a cancel scope and a timer each.
+"""Deadlines for requests in flight without a cancel scope and a timer each.
 
-An HTTP request's patience (:func:`svcbus.edge.http._request`) must bound a
-bus that hangs, but it almost never expires. An anyio cancel scope with a
-deadline costs about as much as the rest of the edge's share of the request
-(its enter/exit and a timer armed and cancelled per request). Here the
-requests in flight share one timer: :meth:`Deadlines.watch` records the task
-and its deadline (a dict entry), :meth:`Deadlines.release` removes it, and
-only a deadline that actually passes costs anything: the timer cancels that
-task (``Task.cancel``), and the watcher turns the ``CancelledError`` into its
-own outcome (:meth:`Watch.expired`).
+A request's wait for its reply (:meth:`svcbus.Bus.request`) and an edge HTTP
+request's patience (:func:`svcbus.edge.http._request`) must be bounded, but
+they almost never expire. An anyio cancel scope with a deadline costs about
+40k instructions (its enter/exit and a timer armed and cancelled), as much as
+the edge's own share of an HTTP request. Here the requests in flight share one
+timer: :meth:`Deadlines.watch` records the task and its deadline (a set
+entry), :meth:`Deadlines.release` removes it, and only a deadline that
+actually passes costs anything: the timer cancels that task
+(``Task.cancel``), and the watcher turns the ``CancelledError`` into its own
+outcome (:meth:`Watch.expired`).
 
-asyncio only, as the edge is (uvicorn serves it on asyncio).
+asyncio only (the edge is served on asyncio; ``Bus.request`` falls back to a
+cancel scope elsewhere).
 """
 
 from __future__ import annotations

@@ -60,7 +60,9 @@ def test_a_worker_that_keeps_dying_is_restarted_with_growing_delays(tmp_path):
     ) as svc:
         svc.wait_for(r"worker 0 \(pid \d+\) exited with status 3; restarting in 0\.5s")
         svc.wait_for(r"exited with status 3; restarting in 1\.0s")
-        svc.wait_for(r"exited with status 3; restarting in 2\.0s", timeout=10)
+        # Each restart starts a Python process that imports svcbus first: seconds
+        # apiece on a loaded machine, hence the generous wait.
+        svc.wait_for(r"exited with status 3; restarting in 2\.0s", timeout=30)
         assert svc.terminate() == 0
 
 

@@ -127,7 +127,7 @@ async def test_a_hanging_bus_gets_503_for_http_and_websocket_within_the_patience
         assert layer.sent == []
 
 
-# -- the shared deadline timer of HTTP requests (svcbus.edge.deadlines) -------------
+# -- the shared deadline timer of HTTP requests (svcbus.deadlines) -------------
 
 
 async def test_a_watched_region_past_its_deadline_is_cancelled_and_told_so() -> None:

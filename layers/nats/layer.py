@@ -46,7 +46,7 @@ from .publisher import Publisher
 from .receiving import Receivers
 from .sending import Sender
 from .streams import Streams
-from .wire import round_trip
+from .wire import abandon, queue_waiter, round_trip
 
 log = logging.getLogger("svcbus.layers.nats")
 
@@ -255,7 +255,34 @@ class NatsLayer(Layer):
         data = self.receivers.take_one(channel)  # None unless a named channel has one buffered
         if data is not None:
             return data
-        return (await self.receive_many(channel, 1))[0]
+        if "!" not in channel:
+            return (await self.receive_many(channel, 1))[0]
+        processes = self.processes
+        box = processes.locals.get(channel)
+        if box is None:
+            validate_channel(channel)
+            processes.check_owned(channel)
+            box = processes.local(channel)
+        # A process channel's buffer here passed those checks when it was made (a
+        # group member's is kept between messages). The wait is inlined: while
+        # this receive waits it holds this one coroutine and one future, where
+        # receive_many -> ProcessChannels.receive -> wait_turn held four coroutines.
+        # Thousands of members re-arm once per message; the fewer objects each
+        # keeps alive, the fewer the young gc collections promote and the rarer
+        # the full collections that stall every member of the process.
+        while True:
+            data = processes.take_one(channel, box)
+            if data is not None:
+                return data
+            waiter = queue_waiter(box.waiters)
+            try:
+                await waiter
+            except BaseException:
+                abandon(box.waiters, waiter, box.items)
+                raise
+            finally:
+                processes.settle(channel, box)
+            box = processes.local(channel)
 
     async def receive_many(self, channel: str, limit: int) -> list[bytes]:
         if channel not in self.receivers.inboxes:

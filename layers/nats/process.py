@@ -25,7 +25,7 @@ from svcbus.names import validate_group
 from .config import Subjects
 from .connection import Connection
 from .losses import Losses
-from .wire import as_error, connection_error, round_trip, too_large, wait_turn, wake
+from .wire import abandon, as_error, connection_error, queue_waiter, round_trip, too_large, wake
 
 
 class Local:
@@ -178,24 +178,56 @@ class ProcessChannels:
 
     async def receive(self, channel: str, limit: int) -> list[bytes]:
         """Wait for at least one message on our channel ``channel``; up to ``limit``."""
+        self.check_owned(channel)
+        while True:
+            box = self.local(channel)
+            batch = self._take(channel, box, limit)
+            if batch:
+                return batch
+            waiter = queue_waiter(box.waiters)
+            try:
+                await waiter
+            except BaseException:
+                abandon(box.waiters, waiter, box.items)
+                raise
+            finally:
+                self.settle(channel, box)
+
+    def check_owned(self, channel: str) -> None:
+        """Raise :class:`InvalidChannelName` unless ``channel`` is this process's to receive."""
         if not self.owns(channel):
             raise InvalidChannelName(
                 f"channel {channel!r} belongs to another process; only the layer that made it "
                 "with new_channel() can receive from it"
             )
-        locals_ = self.locals
-        while True:
-            box = locals_.get(channel)
-            if box is None:
-                box = locals_[channel] = Local()
-            batch = self._take(channel, box, limit)
-            if batch:
-                return batch
-            try:
-                await wait_turn(box.waiters, box.items)
-            finally:
-                if not box.items and not box.waiters and locals_.get(channel) is box:
-                    del locals_[channel]
+
+    def local(self, channel: str) -> Local:
+        """The buffer of our channel ``channel`` (checked by the caller), made if missing."""
+        box = self.locals.get(channel)
+        if box is None:
+            box = self.locals[channel] = Local()
+        return box
+
+    def settle(self, channel: str, box: Local) -> None:
+        """After a wait on ``box``: forget it if nothing is left in it and nobody waits."""
+        if not box.items and not box.waiters and self.locals.get(channel) is box:
+            del self.locals[channel]
+
+    def take_one(self, channel: str, box: Local) -> bytes | None:
+        """The next unexpired message in our channel's ``box``, or None (no list made)."""
+        items = box.items
+        if not items:
+            return None
+        now = time.monotonic()
+        while items:
+            deadline, data = items.popleft()
+            if deadline > now:
+                if items and box.waiters:
+                    wake(box.waiters)
+                elif not items and not box.waiters and not box.member:
+                    del self.locals[channel]  # see _take
+                return data
+        return None
 
     def _take(self, channel: str, box: Local, limit: int) -> list[bytes]:
         items = box.items

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Collection
+from typing import TypeAlias
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
@@ -49,6 +50,17 @@ so a trickle is not hoarded by one process. What it took waits in the local
 box for the next receive; closing the layer gives it back to the list."""
 
 
+_Waiter: TypeAlias = "asyncio.Future[None] | tuple[asyncio.Future[None], int]"
+"""A waiting receive: its future alone when it takes one message, else (future, limit).
+
+A single receive (a group member's, a socket's) is the common case: queuing its
+future alone allocates no tuple per wait (see :meth:`Receivers.arm`)."""
+
+
+def _unpack(waiter: _Waiter) -> tuple[asyncio.Future[None], int]:
+    return waiter if isinstance(waiter, tuple) else (waiter, 1)
+
+
 class _Box:
     """Messages taken from Redis for one channel of this process, and its waiting receivers."""
 
@@ -56,8 +68,8 @@ class _Box:
 
     def __init__(self, source: _Source | None, capacity: int, tick: int) -> None:
         self.items: deque[bytes] = deque()
-        # (future, limit) of each waiting receive, longest-waiting first.
-        self.waiters: deque[tuple[asyncio.Future[None], int]] = deque()
+        # Each waiting receive (_Waiter), longest-waiting first.
+        self.waiters: deque[_Waiter] = deque()
         self.source = source
         self.capacity = capacity
         self.touched = tick
@@ -156,30 +168,52 @@ class Receivers:
     async def receive(self, channel: str, limit: int) -> list[bytes]:
         """Wait for at least one message of ``channel`` (checked by the layer); up to ``limit``."""
         box = self._boxes.get(channel) or self.box(channel)
-        if box.items:
-            return self._take(box, limit)
-        source = box.source
-        assert source is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            future: asyncio.Future[None] = loop.create_future()
-            waiter = (future, limit)
-            box.waiters.append(waiter)
-            source.wanted += limit
-            if source.task is None:
-                source.task = asyncio.ensure_future(self._fetch(source))
+        while not box.items:
+            future = self.arm(box, limit)
             try:
                 await future
             except BaseException:
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    self._wake(box)  # woken, then cancelled: hand the wake-up on
-                else:
-                    with contextlib.suppress(ValueError):
-                        box.waiters.remove(waiter)
-                        source.wanted -= limit
+                self.disarm(box, future, limit)
                 raise
-            if box.items:
-                return self._take(box, limit)
+        return self._take(box, limit)
+
+    def arm(self, box: _Box, limit: int) -> asyncio.Future[None]:
+        """Queue a receive of up to ``limit`` messages on the empty ``box``; await the future.
+
+        The caller awaits it in its own coroutine and calls :meth:`disarm` if that
+        await raises; a receive that wakes to an empty box arms again. Waiting
+        this way costs one future (and no tuple for one message), not a coroutine
+        of its own: a group member re-arms once per message, and what is alive
+        while it waits is promoted by the garbage collector's young collections,
+        which makes the full (slow, every-object) collections come sooner.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        box.waiters.append(future if limit == 1 else (future, limit))
+        source = box.source
+        assert source is not None
+        source.wanted += limit
+        if source.task is None:
+            source.task = asyncio.ensure_future(self._fetch(source))
+        return future
+
+    def disarm(self, box: _Box, future: asyncio.Future[None], limit: int) -> None:
+        """A receive armed with :meth:`arm` ended with an exception (cancelled, closed)."""
+        if future.done() and not future.cancelled() and future.exception() is None:
+            self._wake(box)  # woken, then cancelled: hand the wake-up on
+            return
+        with contextlib.suppress(ValueError):
+            box.waiters.remove(future if limit == 1 else (future, limit))
+            if box.source is not None:
+                box.source.wanted -= limit
+
+    def take_one(self, box: _Box) -> bytes:
+        """The next message of the non-empty ``box`` (a receive of one: no list made)."""
+        items = box.items
+        data = items.popleft()
+        if items and box.waiters:
+            self._wake(box)
+        box.touched = self._tick
+        return data
 
     def _take(self, box: _Box, limit: int) -> list[bytes]:
         items = box.items
@@ -199,7 +233,7 @@ class Receivers:
         waiters = box.waiters
         source = box.source
         while left > 0 and waiters:
-            future, limit = waiters.popleft()
+            future, limit = _unpack(waiters.popleft())
             if source is not None:
                 source.wanted -= limit
             if not future.done():
@@ -482,7 +516,7 @@ class Receivers:
                 if len(waiters) == 1 and len(items) == 1:
                     # The usual case (one receiver waiting on an empty box): wake it
                     # without _wake's loop.
-                    future, limit = waiters.popleft()
+                    future, limit = _unpack(waiters.popleft())
                     source = box.source
                     if source is not None:
                         source.wanted -= limit
@@ -555,7 +589,8 @@ class Receivers:
     def close(self) -> None:
         """Fail every waiting receive and forget every box."""
         for box in self._boxes.values():
-            for future, _ in box.waiters:
+            for waiter in box.waiters:
+                future, _ = _unpack(waiter)
                 if not future.done():
                     future.set_exception(LayerError("the redis layer was closed"))
         self._boxes.clear()

@@ -111,11 +111,13 @@ def group_fanout(
     rounds: int,
     processes: int = 4,
     gc_stats: list[dict[str, Any]] | None = None,
+    samples_out: list[float] | None = None,
 ) -> tuple[float, float]:
     """p50/p99 of group_send -> the last of ``total_members`` members has the message.
 
     With ``gc_stats`` (a list) each member process watches its garbage collector
-    during the sends and one dict per process is appended to it.
+    during the sends and one dict per process is appended to it; ``samples_out``
+    receives every send's time (seconds).
     """
     ctx = mp.get_context("spawn")
     ready, reports = ctx.Semaphore(0), ctx.Queue()
@@ -134,6 +136,8 @@ def group_fanout(
             if not ready.acquire(timeout=120):
                 raise RuntimeError("group member processes did not start")
         samples = asyncio.run(_group_rounds(url, rounds, processes, reports))
+        if samples_out is not None:
+            samples_out.extend(samples)
         if gc_reports is not None and gc_stats is not None:
             for _ in workers:
                 tracked, collections, pauses = gc_reports.get(True, 60)
@@ -171,8 +175,9 @@ async def _group_rounds(url: str, rounds: int, processes: int, reports: Any) -> 
 def _one_run(url: str, members: int, rounds: int, watch_gc: bool) -> dict[str, Any]:
     """``--child``: one fan-out with this interpreter's svcbus; a JSON line on stdout."""
     stats: list[dict[str, Any]] | None = [] if watch_gc else None
-    p50, p99 = group_fanout(url, members, rounds, gc_stats=stats)
-    return {"p50": p50, "p99": p99, "gc": stats or []}
+    samples: list[float] = []
+    p50, p99 = group_fanout(url, members, rounds, gc_stats=stats, samples_out=samples)
+    return {"p50": p50, "p99": p99, "gc": stats or [], "samples": samples}
 
 
 def _run_child(args: argparse.Namespace, url: str, shim: str | None) -> dict[str, Any]:
@@ -190,6 +195,8 @@ def _run_child(args: argparse.Namespace, url: str, shim: str | None) -> dict[str
 
 def _describe(label: str, result: dict[str, Any]) -> str:
     line = f"{label}: p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms"
+    slowest = sorted(result["samples"], reverse=True)[:3]
+    line += f" (slowest sends {', '.join(f'{s * 1000:.0f}' for s in slowest)} ms)"
     for stats in result["gc"]:
         pauses = stats["full"]
         worst = max(pauses, default=0.0) * 1000

@@ -46,7 +46,7 @@ from .publisher import Publisher
 from .receiving import Receivers
 from .sending import Sender
 from .streams import Streams
-from .wire import abandon, queue_waiter, round_trip
+from .wire import round_trip
 
 log = logging.getLogger("svcbus.layers.nats")
 
@@ -265,20 +265,19 @@ class NatsLayer(Layer):
             box = processes.local(channel)
         # A process channel's buffer here passed those checks when it was made (a
         # group member's is kept between messages). The wait is inlined: while
-        # this receive waits it holds this one coroutine and one future, where
-        # receive_many -> ProcessChannels.receive -> wait_turn held four coroutines.
-        # Thousands of members re-arm once per message; the fewer objects each
-        # keeps alive, the fewer the young gc collections promote and the rarer
-        # the full collections that stall every member of the process.
+        # this receive waits it holds this one coroutine and the buffer's reusable
+        # Waiter, where receive_many -> ProcessChannels.receive -> wait_turn held
+        # four coroutines and a new future. Thousands of members re-arm once per
+        # message; see layers/_waiter.py for what that does to the gc.
         while True:
             data = processes.take_one(channel, box)
             if data is not None:
                 return data
-            waiter = queue_waiter(box.waiters)
+            waiter = processes.arm(box)
             try:
                 await waiter
             except BaseException:
-                abandon(box.waiters, waiter, box.items)
+                processes.disarm(box, waiter)
                 raise
             finally:
                 processes.settle(channel, box)

@@ -24,6 +24,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from svcbus.errors import LayerError, MessageTooLarge
+from svcbus.layers._waiter import Wait
 
 OK = b'{"ok":true}'
 """A control request's positive answer."""
@@ -99,7 +100,7 @@ def as_error(exc: BaseException) -> Exception:
 
 
 async def wait_turn(
-    waiters: deque[asyncio.Future[None]],
+    waiters: deque[Wait],
     items: Sized,
     prepare: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
@@ -119,7 +120,7 @@ async def wait_turn(
         raise
 
 
-def queue_waiter(waiters: deque[asyncio.Future[None]]) -> asyncio.Future[None]:
+def queue_waiter(waiters: deque[Wait]) -> asyncio.Future[None]:
     """A new waiter at the end of ``waiters``, for the caller to await (see :func:`wait_turn`).
 
     Awaiting it in the caller's own coroutine, rather than in ``wait_turn``'s, is
@@ -131,9 +132,7 @@ def queue_waiter(waiters: deque[asyncio.Future[None]]) -> asyncio.Future[None]:
     return waiter
 
 
-def abandon(
-    waiters: deque[asyncio.Future[None]], waiter: asyncio.Future[None], items: Sized
-) -> None:
+def abandon(waiters: deque[Wait], waiter: Wait, items: Sized) -> None:
     """The wait on ``waiter`` ended with an exception: leave the queue, passing on a wake-up."""
     if waiter.done() and not waiter.cancelled():
         if items:
@@ -143,7 +142,7 @@ def abandon(
             waiters.remove(waiter)
 
 
-def wake(waiters: deque[asyncio.Future[None]]) -> None:
+def wake(waiters: deque[Wait]) -> None:
     """Wake the longest-waiting receiver that still waits."""
     while waiters:
         waiter = waiters.popleft()

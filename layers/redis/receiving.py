@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from svcbus.errors import LayerError
 from svcbus.layer import LayerOptions
+from svcbus.layers._waiter import Wait, Waiter, Wakeups
 from svcbus.ratelog import RateLimitedLog
 from svcbus.redis_wire import POP_SCRIPT, POP_SHA, quarantine_key, split_item
 
@@ -50,26 +51,28 @@ so a trickle is not hoarded by one process. What it took waits in the local
 box for the next receive; closing the layer gives it back to the list."""
 
 
-_Waiter: TypeAlias = "asyncio.Future[None] | tuple[asyncio.Future[None], int]"
-"""A waiting receive: its future alone when it takes one message, else (future, limit).
+_Queued: TypeAlias = "Wait | tuple[asyncio.Future[None], int]"
+"""A waiting receive: what it awaits when it takes one message, else (future, limit).
 
-A single receive (a group member's, a socket's) is the common case: queuing its
-future alone allocates no tuple per wait (see :meth:`Receivers.arm`)."""
+A single receive (a group member's, a socket's) is the common case: it waits on
+its box's reusable :class:`Waiter` (or, if another receive uses that, a future of
+its own), queued without a tuple (see :meth:`Receivers.arm`)."""
 
 
-def _unpack(waiter: _Waiter) -> tuple[asyncio.Future[None], int]:
+def _unpack(waiter: _Queued) -> tuple[Wait, int]:
     return waiter if isinstance(waiter, tuple) else (waiter, 1)
 
 
 class _Box:
     """Messages taken from Redis for one channel of this process, and its waiting receivers."""
 
-    __slots__ = ("capacity", "items", "source", "touched", "waiters")
+    __slots__ = ("capacity", "items", "signal", "source", "touched", "waiters")
 
-    def __init__(self, source: _Source | None, capacity: int, tick: int) -> None:
+    def __init__(self, source: _Source | None, capacity: int, tick: int, wakeups: Wakeups) -> None:
         self.items: deque[bytes] = deque()
-        # Each waiting receive (_Waiter), longest-waiting first.
-        self.waiters: deque[_Waiter] = deque()
+        self.signal = Waiter(wakeups)  # what a single receive waits on (one at a time)
+        # Each waiting receive (_Queued), longest-waiting first.
+        self.waiters: deque[_Queued] = deque()
         self.source = source
         self.capacity = capacity
         self.touched = tick
@@ -123,6 +126,7 @@ class Receivers:
         self._prefix = prefix
         self._closed = closed
         self._boxes: dict[str, _Box] = {}
+        self._wakeups = Wakeups()
         self._sources: dict[bytes, _Source] = {}
         self._tick = 0
         self._lost_pops = 0
@@ -158,7 +162,9 @@ class Receivers:
                 # waits: direct messages then join group messages in the channel's
                 # one local buffer, in arrival order and under one capacity.
                 source.task = asyncio.ensure_future(self._fetch(source))
-        box = self._boxes[channel] = _Box(source, self._options.capacity_for(channel), self._tick)
+        box = self._boxes[channel] = _Box(
+            source, self._options.capacity_for(channel), self._tick, self._wakeups
+        )
         if source.head is None:
             source.box = box
         else:
@@ -177,18 +183,22 @@ class Receivers:
                 raise
         return self._take(box, limit)
 
-    def arm(self, box: _Box, limit: int) -> asyncio.Future[None]:
+    def arm(self, box: _Box, limit: int) -> Wait:
         """Queue a receive of up to ``limit`` messages on the empty ``box``; await the future.
 
         The caller awaits it in its own coroutine and calls :meth:`disarm` if that
         await raises; a receive that wakes to an empty box arms again. Waiting
-        this way costs one future (and no tuple for one message), not a coroutine
-        of its own: a group member re-arms once per message, and what is alive
-        while it waits is promoted by the garbage collector's young collections,
-        which makes the full (slow, every-object) collections come sooner.
+        this way costs no coroutine of its own, and a receive of one message
+        waits on the box's reusable :class:`Waiter` (``layers/_waiter.py`` says
+        why): a group member re-arms once per message.
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        box.waiters.append(future if limit == 1 else (future, limit))
+        signal = box.signal
+        if limit == 1 and signal.idle:
+            box.waiters.append(signal.arm())
+            future: Wait = signal
+        else:
+            future = asyncio.get_running_loop().create_future()
+            box.waiters.append(future if limit == 1 else (future, limit))
         source = box.source
         assert source is not None
         source.wanted += limit
@@ -196,15 +206,17 @@ class Receivers:
             source.task = asyncio.ensure_future(self._fetch(source))
         return future
 
-    def disarm(self, box: _Box, future: asyncio.Future[None], limit: int) -> None:
+    def disarm(self, box: _Box, future: Wait, limit: int) -> None:
         """A receive armed with :meth:`arm` ended with an exception (cancelled, closed)."""
         if future.done() and not future.cancelled() and future.exception() is None:
             self._wake(box)  # woken, then cancelled: hand the wake-up on
-            return
-        with contextlib.suppress(ValueError):
-            box.waiters.remove(future if limit == 1 else (future, limit))
-            if box.source is not None:
-                box.source.wanted -= limit
+        else:
+            with contextlib.suppress(ValueError):
+                box.waiters.remove(future if limit == 1 else (future, limit))  # type: ignore[arg-type]
+                if box.source is not None:
+                    box.source.wanted -= limit
+        if future is box.signal:
+            box.signal.reset()
 
     def take_one(self, box: _Box) -> bytes:
         """The next message of the non-empty ``box`` (a receive of one: no list made)."""

@@ -275,11 +275,10 @@ class RedisLayer(Layer):
         if box is None or self._closed:
             return (await self.receive_many(channel, 1))[0]
         # A channel with a box here passed the checks when the box was made. The
-        # wait is inlined (Receivers.arm): while a receive waits, it holds this one
-        # coroutine and one future, not a chain of coroutines and a list per
-        # message. Thousands of group members re-arm once per message; the fewer
-        # objects each keeps alive, the fewer the young gc collections promote and
-        # the rarer the full collections that stall every member of the process.
+        # wait is inlined (Receivers.arm): while a receive waits it holds this one
+        # coroutine and the box's reusable Waiter, not a chain of coroutines, a
+        # new future and a list per message. Thousands of group members re-arm
+        # once per message; see layers/_waiter.py for what that does to the gc.
         while not box.items:
             future = receivers.arm(box, 1)
             try:

@@ -306,6 +306,11 @@ async def _serve_runtime(
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_runtime)
             await runtime.started.wait()
+            # Everything made so far (modules, contracts, connections) lives as long
+            # as the process: keep it out of every later full gc scan.
+            from svcbus.startup_gc import freeze_startup_objects
+
+            freeze_startup_objects()
             say("[green]svc run[/]", banner)
         if failed:
             raise failed[0]

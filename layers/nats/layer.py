@@ -255,7 +255,33 @@ class NatsLayer(Layer):
         data = self.receivers.take_one(channel)  # None unless a named channel has one buffered
         if data is not None:
             return data
-        return (await self.receive_many(channel, 1))[0]
+        if "!" not in channel:
+            return (await self.receive_many(channel, 1))[0]
+        processes = self.processes
+        box = processes.locals.get(channel)
+        if box is None:
+            validate_channel(channel)
+            processes.check_owned(channel)
+            box = processes.local(channel)
+        # A process channel's buffer here passed those checks when it was made (a
+        # group member's is kept between messages). The wait is inlined: while
+        # this receive waits it holds this one coroutine and the buffer's reusable
+        # Waiter, where receive_many -> ProcessChannels.receive -> wait_turn held
+        # four coroutines and a new future. Thousands of members re-arm once per
+        # message; see layers/_waiter.py for what that does to the gc.
+        while True:
+            data = processes.take_one(channel, box)
+            if data is not None:
+                return data
+            waiter = processes.arm(box)
+            try:
+                await waiter
+            except BaseException:
+                processes.disarm(box, waiter)
+                raise
+            finally:
+                processes.settle(channel, box)
+            box = processes.local(channel)
 
     async def receive_many(self, channel: str, limit: int) -> list[bytes]:
         if channel not in self.receivers.inboxes:

@@ -20,22 +20,24 @@ from nats.aio.subscription import Subscription
 
 from svcbus.errors import InvalidChannelName
 from svcbus.layer import LayerOptions
+from svcbus.layers._waiter import Wait, Waiter, Wakeups
 from svcbus.names import validate_group
 
 from .config import Subjects
 from .connection import Connection
 from .losses import Losses
-from .wire import as_error, connection_error, round_trip, too_large, wait_turn, wake
+from .wire import abandon, as_error, connection_error, queue_waiter, round_trip, too_large, wake
 
 
 class Local:
     """A process channel's buffer: (deadline, message) pairs and waiting receivers."""
 
-    __slots__ = ("items", "member", "waiters")
+    __slots__ = ("items", "member", "signal", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, wakeups: Wakeups) -> None:
         self.items: deque[tuple[float, bytes]] = deque()
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.waiters: deque[Wait] = deque()
+        self.signal = Waiter(wakeups)  # what a single receive waits on (one at a time)
         # Set once a group message arrived here: a group member receives again at
         # once, so its emptied buffer is kept (until the sweep) instead of made anew.
         self.member = False
@@ -52,6 +54,7 @@ class ProcessChannels:
         self._subjects = subjects
         self._losses = losses
         self.locals: dict[str, Local] = {}
+        self._wakeups = Wakeups()
         self.heads: dict[str, Subscription] = {}
         self._head_ready: dict[str, asyncio.Future[None]] = {}
         self.dropped_reply = ""
@@ -122,7 +125,7 @@ class ProcessChannels:
         for channel in channels:
             box = locals_.get(channel)
             if box is None:
-                box = locals_[channel] = Local()
+                box = locals_[channel] = Local(self._wakeups)
             items = box.items
             capacity = fixed if fixed is not None else options.capacity_for(channel)
             if len(items) >= capacity:
@@ -143,7 +146,7 @@ class ProcessChannels:
         """Put ``data`` into our channel's buffer; False if it is full (dropped)."""
         box = self.locals.get(channel)
         if box is None:
-            box = self.locals[channel] = Local()
+            box = self.locals[channel] = Local(self._wakeups)
         items = box.items
         capacity = self._options.capacity_for(channel)
         if len(items) >= capacity:
@@ -178,24 +181,77 @@ class ProcessChannels:
 
     async def receive(self, channel: str, limit: int) -> list[bytes]:
         """Wait for at least one message on our channel ``channel``; up to ``limit``."""
+        self.check_owned(channel)
+        while True:
+            box = self.local(channel)
+            batch = self._take(channel, box, limit)
+            if batch:
+                return batch
+            waiter = self.arm(box)
+            try:
+                await waiter
+            except BaseException:
+                self.disarm(box, waiter)
+                raise
+            finally:
+                self.settle(channel, box)
+
+    def check_owned(self, channel: str) -> None:
+        """Raise :class:`InvalidChannelName` unless ``channel`` is this process's to receive."""
         if not self.owns(channel):
             raise InvalidChannelName(
                 f"channel {channel!r} belongs to another process; only the layer that made it "
                 "with new_channel() can receive from it"
             )
-        locals_ = self.locals
-        while True:
-            box = locals_.get(channel)
-            if box is None:
-                box = locals_[channel] = Local()
-            batch = self._take(channel, box, limit)
-            if batch:
-                return batch
-            try:
-                await wait_turn(box.waiters, box.items)
-            finally:
-                if not box.items and not box.waiters and locals_.get(channel) is box:
-                    del locals_[channel]
+
+    def local(self, channel: str) -> Local:
+        """The buffer of our channel ``channel`` (checked by the caller), made if missing."""
+        box = self.locals.get(channel)
+        if box is None:
+            box = self.locals[channel] = Local(self._wakeups)
+        return box
+
+    @staticmethod
+    def arm(box: Local) -> Wait:
+        """Queue a receive of one message on the empty ``box``: what it awaits.
+
+        The box's reusable :class:`Waiter` if no other receive uses it
+        (``layers/_waiter.py`` says why), else a future of its own. If the
+        await raises, the caller calls :meth:`disarm`.
+        """
+        signal = box.signal
+        if signal.idle:
+            box.waiters.append(signal.arm())
+            return signal
+        return queue_waiter(box.waiters)
+
+    @staticmethod
+    def disarm(box: Local, waiter: Wait) -> None:
+        """A wait armed with :meth:`arm` ended with an exception: leave, passing a wake-up on."""
+        abandon(box.waiters, waiter, box.items)
+        if waiter is box.signal:
+            box.signal.reset()
+
+    def settle(self, channel: str, box: Local) -> None:
+        """After a wait on ``box``: forget it if nothing is left in it and nobody waits."""
+        if not box.items and not box.waiters and self.locals.get(channel) is box:
+            del self.locals[channel]
+
+    def take_one(self, channel: str, box: Local) -> bytes | None:
+        """The next unexpired message in our channel's ``box``, or None (no list made)."""
+        items = box.items
+        if not items:
+            return None
+        now = time.monotonic()
+        while items:
+            deadline, data = items.popleft()
+            if deadline > now:
+                if items and box.waiters:
+                    wake(box.waiters)
+                elif not items and not box.waiters and not box.member:
+                    del self.locals[channel]  # see _take
+                return data
+        return None
 
     def _take(self, channel: str, box: Local, limit: int) -> list[bytes]:
         items = box.items

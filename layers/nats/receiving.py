@@ -21,6 +21,7 @@ from nats.aio.subscription import Subscription
 
 from svcbus.errors import LayerError
 from svcbus.layer import LayerOptions
+from svcbus.layers._waiter import Wait
 
 from .config import CONSUMER, LINGER, PREFETCH, PULL_EXPIRES, Subjects
 from .connection import Connection
@@ -69,7 +70,7 @@ class Inbox:
         self.spill: Outgoing | None = None  # publishes live arrivals beyond capacity there
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{CONSUMER}"
         self.items: deque[bytes] = deque()
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.waiters: deque[Wait] = deque()
         self.demand = 0  # sum of the limits of waiting receivers
         self.prefetch = PREFETCH  # ahead of demand: receivers usually come back
         self.requested = 0  # pulled for but not yet arrived

@@ -270,11 +270,23 @@ class RedisLayer(Layer):
             )
 
     async def receive(self, channel: str) -> bytes:
-        if channel in self._receivers.boxes() and not self._closed:
-            # A channel with a box here passed the checks when the box was made: skip
-            # receive_many's, and one coroutine per message (group members, sockets).
-            return (await self._receivers.receive(channel, 1))[0]
-        return (await self.receive_many(channel, 1))[0]
+        receivers = self._receivers
+        box = receivers.boxes().get(channel)
+        if box is None or self._closed:
+            return (await self.receive_many(channel, 1))[0]
+        # A channel with a box here passed the checks when the box was made. The
+        # wait is inlined (Receivers.arm): while a receive waits it holds this one
+        # coroutine and the box's reusable Waiter, not a chain of coroutines, a
+        # new future and a list per message. Thousands of group members re-arm
+        # once per message; see layers/_waiter.py for what that does to the gc.
+        while not box.items:
+            future = receivers.arm(box, 1)
+            try:
+                await future
+            except BaseException:
+                receivers.disarm(box, future, 1)
+                raise
+        return receivers.take_one(box)
 
     async def receive_many(self, channel: str, limit: int) -> list[bytes]:
         if self._closed:

@@ -13,12 +13,14 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Collection
+from typing import TypeAlias
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
 from svcbus.errors import LayerError
 from svcbus.layer import LayerOptions
+from svcbus.layers._waiter import Wait, Waiter, Wakeups
 from svcbus.ratelog import RateLimitedLog
 from svcbus.redis_wire import POP_SCRIPT, POP_SHA, quarantine_key, split_item
 
@@ -49,15 +51,28 @@ so a trickle is not hoarded by one process. What it took waits in the local
 box for the next receive; closing the layer gives it back to the list."""
 
 
+_Queued: TypeAlias = "Wait | tuple[asyncio.Future[None], int]"
+"""A waiting receive: what it awaits when it takes one message, else (future, limit).
+
+A single receive (a group member's, a socket's) is the common case: it waits on
+its box's reusable :class:`Waiter` (or, if another receive uses that, a future of
+its own), queued without a tuple (see :meth:`Receivers.arm`)."""
+
+
+def _unpack(waiter: _Queued) -> tuple[Wait, int]:
+    return waiter if isinstance(waiter, tuple) else (waiter, 1)
+
+
 class _Box:
     """Messages taken from Redis for one channel of this process, and its waiting receivers."""
 
-    __slots__ = ("capacity", "items", "source", "touched", "waiters")
+    __slots__ = ("capacity", "items", "signal", "source", "touched", "waiters")
 
-    def __init__(self, source: _Source | None, capacity: int, tick: int) -> None:
+    def __init__(self, source: _Source | None, capacity: int, tick: int, wakeups: Wakeups) -> None:
         self.items: deque[bytes] = deque()
-        # (future, limit) of each waiting receive, longest-waiting first.
-        self.waiters: deque[tuple[asyncio.Future[None], int]] = deque()
+        self.signal = Waiter(wakeups)  # what a single receive waits on (one at a time)
+        # Each waiting receive (_Queued), longest-waiting first.
+        self.waiters: deque[_Queued] = deque()
         self.source = source
         self.capacity = capacity
         self.touched = tick
@@ -111,6 +126,7 @@ class Receivers:
         self._prefix = prefix
         self._closed = closed
         self._boxes: dict[str, _Box] = {}
+        self._wakeups = Wakeups()
         self._sources: dict[bytes, _Source] = {}
         self._tick = 0
         self._lost_pops = 0
@@ -146,7 +162,9 @@ class Receivers:
                 # waits: direct messages then join group messages in the channel's
                 # one local buffer, in arrival order and under one capacity.
                 source.task = asyncio.ensure_future(self._fetch(source))
-        box = self._boxes[channel] = _Box(source, self._options.capacity_for(channel), self._tick)
+        box = self._boxes[channel] = _Box(
+            source, self._options.capacity_for(channel), self._tick, self._wakeups
+        )
         if source.head is None:
             source.box = box
         else:
@@ -156,30 +174,58 @@ class Receivers:
     async def receive(self, channel: str, limit: int) -> list[bytes]:
         """Wait for at least one message of ``channel`` (checked by the layer); up to ``limit``."""
         box = self._boxes.get(channel) or self.box(channel)
-        if box.items:
-            return self._take(box, limit)
-        source = box.source
-        assert source is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            future: asyncio.Future[None] = loop.create_future()
-            waiter = (future, limit)
-            box.waiters.append(waiter)
-            source.wanted += limit
-            if source.task is None:
-                source.task = asyncio.ensure_future(self._fetch(source))
+        while not box.items:
+            future = self.arm(box, limit)
             try:
                 await future
             except BaseException:
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    self._wake(box)  # woken, then cancelled: hand the wake-up on
-                else:
-                    with contextlib.suppress(ValueError):
-                        box.waiters.remove(waiter)
-                        source.wanted -= limit
+                self.disarm(box, future, limit)
                 raise
-            if box.items:
-                return self._take(box, limit)
+        return self._take(box, limit)
+
+    def arm(self, box: _Box, limit: int) -> Wait:
+        """Queue a receive of up to ``limit`` messages on the empty ``box``; await the future.
+
+        The caller awaits it in its own coroutine and calls :meth:`disarm` if that
+        await raises; a receive that wakes to an empty box arms again. Waiting
+        this way costs no coroutine of its own, and a receive of one message
+        waits on the box's reusable :class:`Waiter` (``layers/_waiter.py`` says
+        why): a group member re-arms once per message.
+        """
+        signal = box.signal
+        if limit == 1 and signal.idle:
+            box.waiters.append(signal.arm())
+            future: Wait = signal
+        else:
+            future = asyncio.get_running_loop().create_future()
+            box.waiters.append(future if limit == 1 else (future, limit))
+        source = box.source
+        assert source is not None
+        source.wanted += limit
+        if source.task is None:
+            source.task = asyncio.ensure_future(self._fetch(source))
+        return future
+
+    def disarm(self, box: _Box, future: Wait, limit: int) -> None:
+        """A receive armed with :meth:`arm` ended with an exception (cancelled, closed)."""
+        if future.done() and not future.cancelled() and future.exception() is None:
+            self._wake(box)  # woken, then cancelled: hand the wake-up on
+        else:
+            with contextlib.suppress(ValueError):
+                box.waiters.remove(future if limit == 1 else (future, limit))  # type: ignore[arg-type]
+                if box.source is not None:
+                    box.source.wanted -= limit
+        if future is box.signal:
+            box.signal.reset()
+
+    def take_one(self, box: _Box) -> bytes:
+        """The next message of the non-empty ``box`` (a receive of one: no list made)."""
+        items = box.items
+        data = items.popleft()
+        if items and box.waiters:
+            self._wake(box)
+        box.touched = self._tick
+        return data
 
     def _take(self, box: _Box, limit: int) -> list[bytes]:
         items = box.items
@@ -199,7 +245,7 @@ class Receivers:
         waiters = box.waiters
         source = box.source
         while left > 0 and waiters:
-            future, limit = waiters.popleft()
+            future, limit = _unpack(waiters.popleft())
             if source is not None:
                 source.wanted -= limit
             if not future.done():
@@ -482,7 +528,7 @@ class Receivers:
                 if len(waiters) == 1 and len(items) == 1:
                     # The usual case (one receiver waiting on an empty box): wake it
                     # without _wake's loop.
-                    future, limit = waiters.popleft()
+                    future, limit = _unpack(waiters.popleft())
                     source = box.source
                     if source is not None:
                         source.wanted -= limit
@@ -555,7 +601,8 @@ class Receivers:
     def close(self) -> None:
         """Fail every waiting receive and forget every box."""
         for box in self._boxes.values():
-            for future, _ in box.waiters:
+            for waiter in box.waiters:
+                future, _ = _unpack(waiter)
                 if not future.done():
                     future.set_exception(LayerError("the redis layer was closed"))
         self._boxes.clear()

@@ -188,6 +188,67 @@ async def test_group_send_reaches_every_member_across_processes(make_layer, uniq
     await nothing_within(a, a1)
 
 
+async def test_group_members_waiting_receives_keep_working_across_many_messages(make_layer, uniq):
+    # Each member re-arms its receive as soon as it has a message (as an edge's
+    # connection tasks do): every message reaches every member once, in order.
+    owner, sender = await make_layer(), await make_layer()
+    members = [await owner.new_channel() for _ in range(5)]
+    for channel in members:
+        await sender.group_add(uniq("many"), channel)
+    total = 200
+    received: dict[str, list[bytes]] = {channel: [] for channel in members}
+
+    async def member(channel: str) -> None:
+        for _ in range(total):
+            received[channel].append(await owner.receive(channel))
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for channel in members:
+                tg.start_soon(member, channel)
+            for i in range(total):
+                await sender.group_send(uniq("many"), str(i).encode())
+                if i % 20 == 0:
+                    await anyio.sleep(0.01)  # members catch up and wait again
+    expected = [str(i).encode() for i in range(total)]
+    assert all(got == expected for got in received.values())
+
+
+async def test_cancelled_waiting_receive_on_a_process_channel_loses_nothing(make_layer, uniq):
+    owner, sender = await make_layer(), await make_layer()
+    channel = await owner.new_channel()
+    await sender.group_add(uniq("cancel"), channel)
+    # A waiting receive is cancelled, again and again, with a second one waiting behind it.
+    for i in range(3):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(owner.receive, channel)
+            await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        await sender.group_send(uniq("cancel"), b"m%d" % i)
+        await sender.send(channel, b"d%d" % i)
+        assert await receive_within(owner, channel) == b"m%d" % i
+        assert await receive_within(owner, channel) == b"d%d" % i
+    # Two receivers wait on one channel; the first is cancelled: the other gets the message.
+    got: list[bytes] = []
+
+    async def keep(into: list[bytes]) -> None:
+        into.append(await owner.receive(channel))
+
+    async with anyio.create_task_group() as outer:
+        async with anyio.create_task_group() as first:
+            first.start_soon(owner.receive, channel)
+            await anyio.sleep(0.05)
+            outer.start_soon(keep, got)
+            await anyio.sleep(0.05)
+            first.cancel_scope.cancel()
+        await sender.group_send(uniq("cancel"), b"last")
+        with anyio.fail_after(3):
+            while not got:
+                await anyio.sleep(0.01)
+    assert got == [b"last"]
+    await nothing_within(owner, channel)
+
+
 async def test_group_discard(make_layer, uniq):
     a, sender = await make_layer(), await make_layer()
     stays, leaves = await a.new_channel(), await a.new_channel()

@@ -184,24 +184,17 @@ def json_string(value: str) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
 
 
-_str = json_string
-
-
 _contract_parts: dict[tuple[str, int], bytes] = {}
-
-
-def _contract_part(contract: str, version: int) -> bytes:
-    part = _contract_parts.get((contract, version))
-    if part is None:
-        part = b',"ct":%s,"cv":%d' % (_str(contract), version)
-        if len(_contract_parts) < 10_000:
-            _contract_parts[(contract, version)] = part
-    return part
 
 
 def contract_part(contract: str, version: int) -> bytes:
     """The envelope's ``,"ct":…,"cv":N`` bytes for a contract (cached)."""
-    return _contract_part(contract, version)
+    part = _contract_parts.get((contract, version))
+    if part is None:
+        part = b',"ct":%s,"cv":%d' % (json_string(contract), version)
+        if len(_contract_parts) < 10_000:
+            _contract_parts[(contract, version)] = part
+    return part
 
 
 def envelope_head(contract: str | None, version: int) -> bytes:
@@ -211,7 +204,7 @@ def envelope_head(contract: str | None, version: int) -> bytes:
     message in one step (``Bus.send``'s fast path); the result is byte-identical
     to :func:`encode_plain`.
     """
-    part = _contract_part(contract, version) if contract is not None else b""
+    part = contract_part(contract, version) if contract is not None else b""
     return b'"%s,"at":' % part
 
 
@@ -222,12 +215,43 @@ def encode_plain(
 
     The send path calls it directly: one formatting step, no keyword handling.
     """
-    part = _contract_part(contract, version) if contract is not None else b""
+    part = contract_part(contract, version) if contract is not None else b""
     if expires_at is None:
-        return b'{"v":1,"id":%s%s,"at":%d,"b":%s}' % (_str(id), part, sent_at, body)
+        return b'{"v":1,"id":%s%s,"at":%d,"b":%s}' % (json_string(id), part, sent_at, body)
     return b'{"v":1,"id":%s%s,"at":%d,"ex":%d,"b":%s}' % (
-        _str(id),
+        json_string(id),
         part,
+        sent_at,
+        expires_at,
+        body,
+    )
+
+
+def encode_request(
+    body: bytes, id: str, part: bytes, reply_channel: str, sent_at: int, expires_at: int
+) -> bytes:
+    """:func:`encode` for a request (``rc``, an expiry, nothing else optional) in one step.
+
+    ``part`` is :func:`contract_part`'s bytes, or empty for an untyped body.
+    """
+    return b'{"v":1,"id":%s%s,"rc":%s,"at":%d,"ex":%d,"b":%s}' % (
+        json_string(id),
+        part,
+        json_string(reply_channel),
+        sent_at,
+        expires_at,
+        body,
+    )
+
+
+def encode_reply(
+    body: bytes, id: str, part: bytes, reply_to: str, sent_at: int, expires_at: int
+) -> bytes:
+    """:func:`encode` for a reply (``re``, an expiry, nothing else optional) in one step."""
+    return b'{"v":1,"id":%s%s,"re":%s,"at":%d,"ex":%d,"b":%s}' % (
+        json_string(id),
+        part,
+        json_string(reply_to),
         sent_at,
         expires_at,
         body,
@@ -257,32 +281,19 @@ def encode(
             return encode_plain(body, id, contract, version, sent_at, expires_at)
         if expires_at is not None and (reply_channel is None or reply_to is None):
             # A request (rc) or a reply (re): one formatting step, as encode_plain.
-            part = _contract_part(contract, version) if contract is not None else b""
+            part = contract_part(contract, version) if contract is not None else b""
             if reply_to is None:
-                return b'{"v":1,"id":%s%s,"rc":%s,"at":%d,"ex":%d,"b":%s}' % (
-                    _str(id),
-                    part,
-                    _str(reply_channel),  # type: ignore[arg-type]  # not None: see above
-                    sent_at,
-                    expires_at,
-                    body,
-                )
-            return b'{"v":1,"id":%s%s,"re":%s,"at":%d,"ex":%d,"b":%s}' % (
-                _str(id),
-                part,
-                _str(reply_to),
-                sent_at,
-                expires_at,
-                body,
-            )
-    head = b'{"v":1,"id":' + _str(id)
+                assert reply_channel is not None  # see above
+                return encode_request(body, id, part, reply_channel, sent_at, expires_at)
+            return encode_reply(body, id, part, reply_to, sent_at, expires_at)
+    head = b'{"v":1,"id":' + json_string(id)
     if contract is not None:
-        head += _contract_part(contract, version)
+        head += contract_part(contract, version)
     parts = [head]
     if reply_channel is not None:
-        parts += [b',"rc":', _str(reply_channel)]
+        parts += [b',"rc":', json_string(reply_channel)]
     if reply_to is not None:
-        parts += [b',"re":', _str(reply_to)]
+        parts += [b',"re":', json_string(reply_to)]
     parts += [b',"at":', str(sent_at).encode()]
     if expires_at is not None:
         parts += [b',"ex":', str(expires_at).encode()]

@@ -592,7 +592,6 @@ class Bus:
         one entry on the bus's shared timer (:mod:`svcbus.deadlines`): a cancel
         scope costs about 40k instructions per request, an eighth of a request.
         """
-        receive_many = self.layer.receive_many
         watch = None
         if FAST_DEADLINES:
             with contextlib.suppress(RuntimeError):  # not on asyncio: a cancel scope
@@ -601,24 +600,27 @@ class Bus:
             # A bare CancelScope with a deadline: what fail_after does, without its
             # generator-based wrapper (as costly as the scope itself).
             with anyio.CancelScope(deadline=anyio.current_time() + timeout):
-                while True:
-                    (raw,) = await receive_many(reply_channel, 1)
-                    envelope = self._reply_for(reply_channel, raw, message_id, decode, reply_type)
-                    if envelope is not None:
-                        return envelope
-            raise TimeoutError  # only the deadline ends the loop without returning
+                return await self._read_reply(reply_channel, message_id, decode, reply_type)
+            raise TimeoutError  # only the deadline ends the wait without a reply
         try:
-            while True:
-                (raw,) = await receive_many(reply_channel, 1)
-                envelope = self._reply_for(reply_channel, raw, message_id, decode, reply_type)
-                if envelope is not None:
-                    return envelope
+            return await self._read_reply(reply_channel, message_id, decode, reply_type)
         except asyncio.CancelledError:
             if watch.expired():
                 raise TimeoutError from None
             raise
         finally:
             self._deadlines.release(watch)
+
+    async def _read_reply(
+        self, reply_channel: str, message_id: str, decode: Decoder, reply_type: Any
+    ) -> Envelope[Any]:
+        """Receive on ``reply_channel`` until the reply to ``message_id`` comes (no deadline)."""
+        receive_many = self.layer.receive_many
+        while True:
+            (raw,) = await receive_many(reply_channel, 1)
+            envelope = self._reply_for(reply_channel, raw, message_id, decode, reply_type)
+            if envelope is not None:
+                return envelope
 
     def _reply_for(
         self, reply_channel: str, raw: bytes, message_id: str, decode: Decoder, reply_type: Any

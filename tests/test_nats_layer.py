@@ -21,6 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 from servers import free_port
+from waiter_scenario import wake_up_of_a_cancelled_receive_goes_on
 
 from svcbus import (
     Bus,
@@ -779,33 +780,14 @@ async def test_closing_gives_held_messages_back_at_once(nats_url: str) -> None:
 async def test_a_wake_up_for_a_receive_cancelled_meanwhile_goes_to_the_next_one(
     nats_url: str,
 ) -> None:
-    # As on Redis: the first receive waits on the buffer's reusable waiter, the
-    # second on a future; the first is woken, then cancelled before it runs.
     layer = await connected(isolated(nats_url))
     try:
         channel = await layer.new_channel()
-        got: list[bytes] = []
-
-        async def second() -> None:
-            got.append(await layer.receive(channel))
-
-        async with anyio.create_task_group() as tg:
-            first_scope = anyio.CancelScope()
-
-            async def first() -> None:
-                with first_scope:
-                    got.append(b"first:" + await layer.receive(channel))
-
-            tg.start_soon(first)
-            await anyio.sleep(0.05)
-            tg.start_soon(second)
-            await anyio.sleep(0.05)
-            layer.processes.put_members([channel], b"m", time.monotonic())  # wakes the first
-            first_scope.cancel()  # before it ran
-        assert got == [b"m"]
-        await layer.send(channel, b"again")
-        with anyio.fail_after(3):
-            assert await layer.receive(channel) == b"again"
+        await wake_up_of_a_cancelled_receive_goes_on(
+            layer,
+            channel,
+            lambda ch, m: layer.processes.put_members([ch], m, time.monotonic()),
+        )
         box = layer.processes.locals.get(channel)
         assert box is None or (box.signal.idle and not box.waiters)
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 from servers import RedisServer, find_redis_server, free_port
+from waiter_scenario import wake_up_of_a_cancelled_receive_goes_on
 
 pytest.importorskip("redis")
 
@@ -668,33 +669,11 @@ async def test_a_pop_whose_connection_breaks_counts_what_it_may_have_taken(redis
 
 
 async def test_a_wake_up_for_a_receive_cancelled_meanwhile_goes_to_the_next_one(redis_url):
-    # The first receive waits on the channel's reusable waiter, the second on a
-    # future. A message wakes the first, which is cancelled before it runs: the
-    # wake-up (and the message) must go to the second, and the waiter be reusable.
     async with opened(redis_url) as layer:
         channel = await layer.new_channel()
-        got: list[bytes] = []
-
-        async def second() -> None:
-            got.append(await layer.receive(channel))
-
-        async with anyio.create_task_group() as tg:
-            first_scope = anyio.CancelScope()
-
-            async def first() -> None:
-                with first_scope:
-                    got.append(b"first:" + await layer.receive(channel))
-
-            tg.start_soon(first)
-            await anyio.sleep(0.05)
-            tg.start_soon(second)
-            await anyio.sleep(0.05)
-            receivers = layer._receivers
-            receivers.put_members([channel], b"m", time.monotonic())  # wakes the first
-            first_scope.cancel()  # before it ran
-        assert got == [b"m"]
-        await layer.send(channel, b"again")
-        with anyio.fail_after(3):
-            assert await layer.receive(channel) == b"again"
+        receivers = layer._receivers
+        await wake_up_of_a_cancelled_receive_goes_on(
+            layer, channel, lambda ch, m: receivers.put_members([ch], m, time.monotonic())
+        )
         box = receivers.boxes()[channel]
         assert box.signal.idle and not box.waiters

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable, Generator
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 _IDLE = 0  # not in any queue of waiters
 _ARMED = 1  # a receive waits on it
@@ -38,6 +38,12 @@ _Callback = Callable[[Any], object]
 
 Wait: TypeAlias = "Waiter | asyncio.Future[None]"
 """What a waiting receive awaits: its channel's reusable Waiter, or a future of its own."""
+
+
+class _Queue(Protocol):
+    """Where an owner queues its waiting receives (a deque of waiters)."""
+
+    def append(self, waiter: Waiter, /) -> None: ...
 
 
 class Wakeups:
@@ -60,7 +66,8 @@ class Wakeups:
         """Run ``callback(waiter)`` in ``context`` soon, with the others of this turn."""
         pending = self._pending
         if not pending:
-            loop = waiter.get_loop()
+            loop = waiter._loop
+            assert loop is not None
             self._loop = loop
             loop.call_soon(self._run)
         pending += (callback, waiter, context)
@@ -128,6 +135,21 @@ class Waiter(Generator[Any, None, None]):
         self._yielded = False
         return self
 
+    def claim(self, waiters: _Queue) -> Waiter | None:
+        """:meth:`arm` and queue at the end of ``waiters`` if idle; None if a receive uses it.
+
+        One call where a group member re-arms once per message (``idle``, ``arm``
+        and the append were three).
+        """
+        if self._state != _IDLE:
+            return None
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._state = _ARMED
+        self._yielded = False
+        waiters.append(self)
+        return self
+
     def reset(self) -> None:
         """The wait ended with an exception and its owner has handled it: idle again."""
         self._state = _IDLE
@@ -142,6 +164,30 @@ class Waiter(Generator[Any, None, None]):
         if self._state == _ARMED:
             self._state = _WOKEN
             self._schedule()
+
+    def wake(self) -> bool:
+        """Wake the waiting receive if it still waits; False if its wait already ended.
+
+        :meth:`set_result` with the wake-up queued inline: a fan-out calls this
+        once per member, where ``done``, ``set_result``, ``_schedule`` and
+        ``Wakeups.add`` were four calls.
+        """
+        if self._state != _ARMED:
+            return False
+        self._state = _WOKEN
+        callback = self._callback
+        if callback is not None:  # else the Task's add_done_callback schedules it
+            context = self._context
+            self._callback = self._context = None
+            wakeups = self._wakeups
+            pending = wakeups._pending
+            if not pending:
+                loop = self._loop
+                assert loop is not None
+                wakeups._loop = loop
+                loop.call_soon(wakeups._run)
+            pending += (callback, self, context)
+        return True
 
     def set_exception(self, exception: BaseException) -> None:
         """End the wait with ``exception`` (the layer closed)."""
@@ -167,11 +213,10 @@ class Waiter(Generator[Any, None, None]):
             self._wakeups.add(callback, self, context)
 
     # what asyncio's Task asks of a future-like object ----------------------------------
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the waiting receive runs in."""
-        assert self._loop is not None
-        return self._loop
+    #
+    # No ``get_loop`` method: the Task looks for one on every wait and, without it,
+    # reads ``_loop`` (CPython's C Task, get_future_loop(), and the Python Task's
+    # futures._get_loop() alike), which saves a Python call per wait.
 
     def add_done_callback(
         self, fn: _Callback, *, context: contextvars.Context | None = None
@@ -215,11 +260,16 @@ class Waiter(Generator[Any, None, None]):
     def __iter__(self) -> Generator[Any, None, None]:
         return self
 
-    def __next__(self) -> Any:
-        return self.send(None)
-
     def send(self, value: None) -> Any:
-        """First step: hand the Task this waiter to wait on; next: the wait is over."""
+        """What ``await`` asks of it (see :meth:`__next__`)."""
+        return self.__next__()
+
+    def __next__(self) -> Any:
+        """First step: hand the Task this waiter to wait on; next: the wait is over.
+
+        ``await`` steps an iterator with ``__next__`` when it sends None (always,
+        here), so the work is done here, not in :meth:`send`.
+        """
         if not self._yielded and self._state == _ARMED:
             self._yielded = True
             self._asyncio_future_blocking = True

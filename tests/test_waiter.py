@@ -172,3 +172,31 @@ def test_an_exception_in_a_wake_up_is_reported_and_the_others_still_run() -> Non
         assert isinstance(reported[0]["exception"], ValueError)
 
     asyncio.run(main())
+
+
+def test_claim_queues_one_receive_at_a_time_and_wake_ends_it_once() -> None:
+    async def main() -> None:
+        from collections import deque
+
+        waiter = Waiter(Wakeups())
+        queue: deque[object] = deque()
+        assert waiter.claim(queue) is waiter and list(queue) == [waiter]
+        assert waiter.claim(queue) is None and len(queue) == 1  # in use: the caller makes a future
+        task = asyncio.ensure_future(_await(waiter))
+        await asyncio.sleep(0)
+        assert waiter.wake() and not waiter.wake()  # a second wake-up finds it ended
+        await task
+        assert waiter.idle and waiter.claim(queue) is waiter
+        # A cancelled wait is not woken: its owner passes the wake-up to the next one.
+        task = asyncio.ensure_future(_await(waiter))
+        await asyncio.sleep(0)
+        task.cancel()
+        assert not waiter.wake()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+
+async def _await(waiter: Waiter) -> None:
+    await waiter

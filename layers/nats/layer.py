@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from svcbus.durable import Delivery, Durability
 from svcbus.errors import ConfigurationError, LayerError
 from svcbus.layer import Layer, LayerOptions
+from svcbus.layers._waiter import Wait
 from svcbus.names import validate_channel
 
 from .config import (
@@ -46,7 +47,7 @@ from .publisher import Publisher
 from .receiving import Receivers
 from .sending import Sender
 from .streams import Streams
-from .wire import round_trip
+from .wire import queue_waiter, round_trip
 
 log = logging.getLogger("svcbus.layers.nats")
 
@@ -252,13 +253,14 @@ class NatsLayer(Layer):
         await self.sender.send(channel, message, out)
 
     async def receive(self, channel: str) -> bytes:
-        data = self.receivers.take_one(channel)  # None unless a named channel has one buffered
-        if data is not None:
-            return data
         if "!" not in channel:
+            data = self.receivers.take_one(channel)  # None unless one is buffered
+            if data is not None:
+                return data
             return (await self.receive_many(channel, 1))[0]
         processes = self.processes
-        box = processes.locals.get(channel)
+        locals_ = processes.locals
+        box = locals_.get(channel)
         if box is None:
             validate_channel(channel)
             processes.check_owned(channel)
@@ -268,20 +270,26 @@ class NatsLayer(Layer):
         # this receive waits it holds this one coroutine and the buffer's reusable
         # Waiter, where receive_many -> ProcessChannels.receive -> wait_turn held
         # four coroutines and a new future. Thousands of members re-arm once per
-        # message; see layers/_waiter.py for what that does to the gc.
+        # message, so each step here is counted: see layers/_waiter.py for what
+        # allocations do to the gc, and bench/README for the calls per member.
         while True:
-            data = processes.take_one(channel, box)
-            if data is not None:
-                return data
-            waiter = processes.arm(box)
+            if box.items:
+                data = processes.take_one(channel, box)
+                if data is not None:
+                    return data
+            waiter: Wait | None = box.signal.claim(box.waiters)  # ProcessChannels.arm, inlined
+            if waiter is None:
+                waiter = queue_waiter(box.waiters)
             try:
                 await waiter
             except BaseException:
                 processes.disarm(box, waiter)
-                raise
-            finally:
                 processes.settle(channel, box)
-            box = processes.local(channel)
+                raise
+            # The sweep forgets a buffer left empty while its receiver was being
+            # woken: then wait on the channel's buffer as it is now.
+            if locals_.get(channel) is not box:
+                box = processes.local(channel)
 
     async def receive_many(self, channel: str, limit: int) -> list[bytes]:
         if channel not in self.receivers.inboxes:

@@ -137,8 +137,13 @@ class ProcessChannels:
             items.append(entry)
             box.member = True
             delivered += 1
-            if box.waiters:
-                wake(box.waiters)
+            waiters = box.waiters
+            if waiters:
+                # The member's receive waits on its box's Waiter: woken in one call.
+                if waiters[0] is box.signal and box.signal.wake():
+                    waiters.popleft()
+                else:
+                    wake(waiters)
         self.dropped += dropped
         return delivered, dropped
 
@@ -219,11 +224,8 @@ class ProcessChannels:
         (``layers/_waiter.py`` says why), else a future of its own. If the
         await raises, the caller calls :meth:`disarm`.
         """
-        signal = box.signal
-        if signal.idle:
-            box.waiters.append(signal.arm())
-            return signal
-        return queue_waiter(box.waiters)
+        signal = box.signal.claim(box.waiters)
+        return signal if signal is not None else queue_waiter(box.waiters)
 
     @staticmethod
     def disarm(box: Local, waiter: Wait) -> None:

@@ -192,11 +192,8 @@ class Receivers:
         waits on the box's reusable :class:`Waiter` (``layers/_waiter.py`` says
         why): a group member re-arms once per message.
         """
-        signal = box.signal
-        if limit == 1 and signal.idle:
-            box.waiters.append(signal.arm())
-            future: Wait = signal
-        else:
+        future: Wait | None = box.signal.claim(box.waiters) if limit == 1 else None
+        if future is None:
             future = asyncio.get_running_loop().create_future()
             box.waiters.append(future if limit == 1 else (future, limit))
         source = box.source
@@ -525,15 +522,13 @@ class Receivers:
             delivered += 1
             waiters = box.waiters
             if waiters:
-                if len(waiters) == 1 and len(items) == 1:
-                    # The usual case (one receiver waiting on an empty box): wake it
-                    # without _wake's loop.
-                    future, limit = _unpack(waiters.popleft())
+                if len(items) == 1 and waiters[0] is box.signal and box.signal.wake():
+                    # The usual case (the member's receive waiting on its empty box):
+                    # woken in one call, without _wake's loop.
+                    waiters.popleft()
                     source = box.source
                     if source is not None:
-                        source.wanted -= limit
-                    if not future.done():
-                        future.set_result(None)
+                        source.wanted -= 1
                 else:
                     self._wake(box)
         return delivered, dropped

@@ -215,32 +215,31 @@ class Bus:
         untyped channels). Raises :class:`MessageInvalid` with the reason.
         """
         if body_type is None:
-            body_type = self.contracts.get(channel) if "!" not in channel else None
-        return self._validate(channel, data, body_type)
+            contract = self.contracts.get(channel) if "!" not in channel else None
+            body_type = contract if contract is not None else Any
+        return self._decode_received(channel, data, body_type)
 
     def _decode_received(self, channel: str, data: bytes, body_type: Any) -> Envelope[Any]:
-        """:meth:`decode` for :meth:`receive`: a process channel's body is typed by its envelope.
+        """The one decode+validate of received bytes (shared by a group's local members).
 
-        Without ``body_type`` (callers resolve a named channel's contract first),
-        the body is the contract the envelope names, when this process knows it,
-        else any JSON value.
+        ``body_type`` None (a process channel's receive) types the body as the
+        contract the envelope names, when this process knows it, else any JSON
+        value; callers resolve a named channel's contract first.
         """
-        if body_type is None:
-            named = peek_contract(data)
-            body_type = contract_named(*named) if named is not None else None
-        return self._validate(channel, data, body_type)
-
-    def _validate(self, channel: str, data: bytes, body_type: Any) -> Envelope[Any]:
-        """The one decode+validate of received bytes (shared by a group's local members)."""
         last_data, last_type, last_envelope = self._last_decoded
         if last_data is data and last_type is body_type and last_envelope is not None:
             # A group fan-out hands every local member the same bytes object, one
-            # receive after another: validate it once and share the (frozen) envelope.
+            # receive after another: decode it once and share the (frozen) envelope.
+            # Checked before reading the contract name, which would be a pass per member.
             return last_envelope
+        decoded_as = body_type
+        if body_type is None:
+            named = peek_contract(data)
+            decoded_as = contract_named(*named) if named is not None else None
         try:
-            envelope = envelope_decoder(body_type if body_type is not None else Any)(data)
+            envelope = envelope_decoder(decoded_as if decoded_as is not None else Any)(data)
         except ValidationError as exc:
-            raise _invalid(channel, exc, body_type) from None
+            raise _invalid(channel, exc, decoded_as) from None
         # One tuple, replaced whole: safe when worker threads decode too. It keeps the
         # last message alive, which is what makes the identity check sound.
         self._last_decoded = (data, body_type, envelope)

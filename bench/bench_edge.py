@@ -6,7 +6,9 @@
         # echo (1,000 sockets x 20 frames), one socket, HTTP and a 1,000-socket
         # broadcast, servers interleaved round by round, medians, ratios to raw
         # uvicorn and the servers' CPU time per frame and request; --before REF
-        # also serves the edge of an older commit (bench/checkout.py)
+        # also serves the edge of an older commit (bench/checkout.py);
+        # --servers svcbus,raw,svcbus-uvloop,raw-uvloop adds both on uvloop
+        # (needs uvloop installed), each compared with raw uvicorn on its loop
 
 Each server runs in its own process on a loopback port; the load comes from
 several client processes speaking WebSocket through websockets' sans-I/O
@@ -218,6 +220,10 @@ def serve(kind: str, port: int) -> None:
 
     from svcbus.edge import uvicorn_options
 
+    # Each kind names its event loop, so that installing uvloop (which uvicorn's
+    # default "auto" would take) does not change what "svcbus" and "raw" measure.
+    kind, _, loop = kind.partition("-")
+    loop = loop or "asyncio"
     if kind == "svcbus":
         import svcbus
 
@@ -228,7 +234,7 @@ def serve(kind: str, port: int) -> None:
         app = RawApp()
         options = uvicorn_options()
         options["lifespan"] = "on"
-    uvicorn.run(app, host=HOST, port=port, log_level="error", **options)
+    uvicorn.run(app, host=HOST, port=port, log_level="error", loop=loop, **options)
 
 
 # -- clients --------------------------------------------------------------------------------
@@ -670,7 +676,14 @@ NAMES = {
     "before": "svcbus edge, before",
     "daphne": "Daphne + Channels",
     "raw": "raw uvicorn (floor)",
+    "svcbus-uvloop": "svcbus edge, uvloop",
+    "raw-uvloop": "raw uvicorn, uvloop (floor)",
 }
+
+
+def floor_of(kind: str) -> str:
+    """The raw app on the same event loop as ``kind``: what its ratios are taken against."""
+    return "raw-uvloop" if kind.endswith("-uvloop") else "raw"
 
 
 @dataclass
@@ -758,12 +771,10 @@ async def compare(
     return rows
 
 
-def compare_table(
-    rows: dict[str, Rows], echo: tuple[int, int], fanout: int, floor: str = "raw"
-) -> str:
-    """Medians of :func:`compare`, with ratios to the floor (raw uvicorn) where it ran."""
+def compare_table(rows: dict[str, Rows], echo: tuple[int, int], fanout: int) -> str:
+    """Medians of :func:`compare`, with ratios to the floor (raw uvicorn on the same loop)."""
     med = statistics.median
-    base = rows.get(floor)
+    floors = {floor_of(kind) for kind in rows} & rows.keys()
     columns = [
         "server",
         f"echo {echo[0]:,}x{echo[1]} p50 ms",
@@ -777,7 +788,7 @@ def compare_table(
         f"bcast {fanout:,} p50 ms",
         "all ms",
     ]
-    if base is not None:
+    if floors:
         columns += ["RTT vs raw", "rate vs raw", "one socket vs raw", "HTTP vs raw"]
         columns += ["CPU/frame vs raw", "CPU/req vs raw"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -795,6 +806,7 @@ def compare_table(
             f"{med(row.bcast_p50):.1f}",
             f"{med(row.bcast_all):.1f}",
         ]
+        base = rows.get(floor_of(kind))
         if base is not None:
             cells += [
                 f"{med(row.echo_p50) / med(base.echo_p50):.2f}x",
@@ -804,6 +816,8 @@ def compare_table(
                 f"{med(row.echo_cpu) / med(base.echo_cpu):.2f}x",
                 f"{med(row.http_cpu) / med(base.http_cpu):.2f}x",
             ]
+        elif floors:
+            cells += [""] * 6
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

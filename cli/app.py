@@ -158,6 +158,35 @@ LogFormatOption = Annotated[
         help="text (for people) or json (one object per line, for log collectors).",
     ),
 ]
+LoopOption = Annotated[
+    str,
+    typer.Option(
+        "--loop",
+        envvar="SVCBUS_LOOP",
+        metavar="[auto|asyncio|uvloop]",
+        help="Event loop: uvloop (the uvloop extra) is faster; auto takes it when it is "
+        "installed, as uvicorn does, else asyncio.",
+    ),
+]
+
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def event_loop(choice: str) -> str:
+    """The event loop ``--loop`` asks for, ``asyncio`` or ``uvloop``; fails clearly if missing."""
+    if choice not in LOOPS:
+        fail(f"--loop {choice!r}: use one of {', '.join(LOOPS)}")
+    if choice == "asyncio":
+        return choice
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if choice == "uvloop":
+            fail("--loop uvloop needs uvloop: pip install 'svcbus[uvloop]' (or --loop asyncio)")
+        return "asyncio"
+    return "uvloop"
+
+
 ReloadOption = Annotated[
     bool,
     typer.Option(
@@ -196,6 +225,7 @@ def run(
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
     trace: TraceOption = "off",
+    loop: LoopOption = "auto",
 ) -> None:
     """Run a service's consumers until SIGINT/SIGTERM (in-flight messages finish)."""
     from svcbus import Runtime, open_layer
@@ -204,6 +234,7 @@ def run(
     setup_logging(log_level, log_format)
     url = layer_url(layer)
     check_service_ref(service)
+    loop = event_loop(loop)
     if workers > 1 or reload:
         supervise_run(
             service,
@@ -219,6 +250,7 @@ def run(
                 f"--log-format={log_format}",
                 f"--trace={trace}",
                 f"--health-host={health_host}",
+                f"--loop={loop}",
                 *([f"--dead-letter={dead_letter}"] if dead_letter else []),
             ],
         )
@@ -250,14 +282,23 @@ def run(
     worker = os.environ.get("SVCBUS_WORKER")  # set by the --workers supervisor
     banner = (
         f"{svc.name}{f' (worker {worker})' if worker else ''}: "
-        f"consuming {', '.join(svc.channels) or '(nothing)'} on {redact_url(url)}"
+        f"consuming {', '.join(svc.channels) or '(nothing)'} on {redact_url(url)} "
+        f"(event loop: {loop})"
     )
     # Until the runtime watches SIGTERM itself, a stop request (a supervisor
     # draining a worker that is still connecting) ends the process quietly:
     # nothing has been taken from the layer yet.
     signal.signal(signal.SIGTERM, _stop_while_starting)
     try:
-        anyio.run(_serve_runtime, runtime, banner, health_host, health_port, metrics)
+        anyio.run(
+            _serve_runtime,
+            runtime,
+            banner,
+            health_host,
+            health_port,
+            metrics,
+            backend_options={"use_uvloop": loop == "uvloop"},
+        )
     except SvcbusError as exc:
         fail(str(exc))
     except OSError as exc:

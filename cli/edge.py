@@ -16,8 +16,10 @@ from .app import (
     LayerOption,
     LogFormatOption,
     LogLevelOption,
+    LoopOption,
     ReloadOption,
     TraceOption,
+    event_loop,
     fail,
     layer_url,
     say,
@@ -46,6 +48,7 @@ def edge(
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
     trace: TraceOption = "off",
+    loop: LoopOption = "auto",
 ) -> None:
     """Serve ROUTES as an edge: WebSockets and HTTP in, channel messages out.
 
@@ -71,6 +74,7 @@ def edge(
     host = host.strip("[]") or "127.0.0.1"
     port = int(port_text)
     url = layer_url(layer)
+    loop = event_loop(loop)
     if url.startswith("memory:") and workers > 1:
         say(
             "[yellow]note:[/]",
@@ -94,7 +98,7 @@ def edge(
     say(
         "[green]svc edge[/]",
         f"{routes} on http://{host}:{port_text} (layer {redact_url(url)}, "
-        f"{workers} worker{'s' if workers > 1 else ''})",
+        f"{workers} worker{'s' if workers > 1 else ''}, event loop: {loop})",
     )
     options = uvicorn_options(app)
     # log_config=None: uvicorn's lines go through svcbus's handler, in one format.
@@ -103,6 +107,7 @@ def edge(
         "port": port,
         "log_level": log_level.lower(),
         "log_config": None,
+        "loop": loop,
         **options,
     }
     if workers == 1:

@@ -28,8 +28,14 @@ LAYERS = [
 ]
 
 
+TEST_LOOP = os.environ.get("SVCBUS_TEST_LOOP", "asyncio")
+"""The event loop async tests run on: ``asyncio`` or ``uvloop`` (``SVCBUS_TEST_LOOP``)."""
+
+
 @pytest.fixture
-def anyio_backend() -> str:
+def anyio_backend() -> Any:
+    if TEST_LOOP == "uvloop":
+        return ("asyncio", {"use_uvloop": True})
     return "asyncio"
 
 

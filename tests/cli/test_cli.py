@@ -50,6 +50,7 @@ def test_version():
         (("run", "cli.echo_service", "--layer", "memory://?capacity=lots"), "not a number"),
         (("send", "clitest.say", '{"wrong": 1}', "-i", "cli.echo_service"), "text: Field required"),
         (("request", "clitest.say", "{}", "--import", "no_such_contracts"), "--import"),
+        (("run", "cli.echo_service", "--loop", "trio"), "use one of auto, asyncio, uvloop"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_code_2(args, message):
@@ -74,9 +75,10 @@ def test_send_with_a_message_that_breaks_the_contract():
     assert result.returncode == 0 and result.stdout.strip()
 
 
-def test_run_starts_and_stops_gracefully_on_sigterm():
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_run_starts_and_stops_gracefully_on_sigterm(loop: str):
     process = subprocess.Popen(
-        [sys.executable, "-m", "svcbus.cli", "run", "cli.echo_service"],
+        [sys.executable, "-m", "svcbus.cli", "run", "cli.echo_service", "--loop", loop],
         cwd=TESTS,
         stderr=subprocess.PIPE,
         text=True,
@@ -88,6 +90,7 @@ def test_run_starts_and_stops_gracefully_on_sigterm():
         while "consuming" not in line and time.monotonic() < deadline:
             line = process.stderr.readline()
         assert "echo_service: consuming clitest.say on memory://" in line
+        assert f"(event loop: {loop})" in line
         time.sleep(0.3)
         process.send_signal(signal.SIGTERM)
         rest = process.communicate(timeout=15)[1]

@@ -44,6 +44,10 @@ async def on_connect(msg: WebSocketConnect, ctx: Context) -> None:
 
 @service.consumes("bp.ws.receive")
 async def on_receive(msg: WebSocketReceive, ctx: Context) -> None:
+    # A consumer slower than the sockets (at most ~5,000 frames/s at the runtime's
+    # concurrency of 10), so that the channel fills however fast the edge and the
+    # event loop are: the test is about what happens then.
+    await anyio.sleep(0.002)
     delivered.add(msg.text or "")
     await ctx.send(msg.reply_channel, Send(text=msg.text or ""))
 

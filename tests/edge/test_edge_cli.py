@@ -83,6 +83,17 @@ def test_svc_edge_serves_a_routes_module_and_stops_on_sigint(svc_edge) -> None:
     assert "svc edge" in process.stderr.read()
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_svc_edge_on_each_event_loop(svc_edge, loop: str) -> None:
+    # uvicorn's default (auto) takes uvloop whenever it is installed, so the edge
+    # must work on both; the startup line says which one serves.
+    port, process = svc_edge("edge_service:cli_app", "--loop", loop)
+    exercise(port)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(10) == 0
+    assert f"event loop: {loop}" in process.stderr.read()
+
+
 def test_svc_edge_with_workers(svc_edge) -> None:
     port, _ = svc_edge("edge_service:cli_app", "--workers", "2")
     exercise(port)

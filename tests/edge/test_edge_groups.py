@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from raw_handshake import websocket_handshake
 from websockets.asyncio.client import connect
 
 from svcbus import Bus, Runtime
@@ -118,11 +119,7 @@ async def test_a_stalled_client_does_not_hold_up_the_room(edge, edge_bus) -> Non
     host, port = addr.split(":")
     # A client that completes the handshake and then never reads again.
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"GET /ws/stall HTTP/1.1\r\nHost: " + addr.encode() + b"\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
+    writer.write(websocket_handshake(addr, "/ws/stall"))
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
     try:
         async with connect(f"ws://{addr}/ws/stall", max_size=None) as reading:

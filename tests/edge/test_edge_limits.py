@@ -8,6 +8,7 @@ import json
 
 import httpx
 import pytest
+from raw_handshake import websocket_handshake
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -155,11 +156,7 @@ async def test_tcp_cap_refuses_with_503_before_reading(serve, edge_bus) -> None:
         # A handshake written by hand: the refusal comes before the server reads
         # it, which a WebSocket client library may take for a broken connection.
         reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(
-            b"GET /ws/lobby HTTP/1.1\r\nHost: " + addr.encode() + b"\r\n"
-            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
+        writer.write(websocket_handshake(addr, "/ws/lobby"))
         with contextlib.suppress(ConnectionError):  # refused: the server may close first
             await writer.drain()
         head = (await asyncio.wait_for(reader.read(), 5)).split(b"\r\n\r\n")[0].lower()

@@ -7,6 +7,8 @@
         # broadcast, servers interleaved round by round, medians, ratios to raw
         # uvicorn and the servers' CPU time per frame and request; --before REF
         # also serves the edge of an older commit (bench/checkout.py);
+        # "layered" is the svcbus edge with its HTTP requests sent through the
+        # memory layer (in_process=False): the path to consumers elsewhere;
         # --servers svcbus,raw,svcbus-uvloop,raw-uvloop adds both on uvloop
         # (needs uvloop installed), each compared with raw uvicorn on its loop
 
@@ -22,8 +24,9 @@ measured). Measured, for each server:
   sockets); latency from send to each socket's receipt, p50/p99, at 1,000 /
   5,000 / 10,000 sockets;
 * echo: round trips of 1,000 concurrent clients, p50/p99 and messages/s;
-* HTTP: keep-alive request/reply through the server (svcbus: edge -> bus
-  request -> consumer -> reply), requests/s and p50/p99.
+* HTTP: keep-alive request/reply through the server (svcbus: edge -> the
+  consumer, handed over in process, -> reply; "layered": edge -> bus request
+  through the memory layer -> consumer -> reply envelope), requests/s and p50/p99.
 
 svcbus runs with its default security and limits (origin check, rate limit,
 header sanitising) except ``max_connections``, raised for 10,000 sockets; its
@@ -72,8 +75,13 @@ PAD = "x" * 80  # ~100-byte broadcast frames
 # -- the servers under test ----------------------------------------------------------------
 
 
-def svcbus_app() -> Any:
-    """The svcbus edge, with its echo/broadcast consumers in the same process (memory://)."""
+def svcbus_app(in_process: bool = True) -> Any:
+    """The svcbus edge, with its echo/broadcast consumers in the same process (memory://).
+
+    ``in_process=False``: HTTP requests go through the memory layer as envelopes
+    (the edge's path to consumers in other processes) instead of being handed
+    to the consumer directly (svcbus.local).
+    """
     service = Service("bench-edge")
 
     @service.consumes("bench.ws.connect")
@@ -103,6 +111,7 @@ def svcbus_app() -> Any:
         layer="memory://bench?channel_capacity=bench.ws.*:2000",
         services=[service],
         limits=Limits(max_connections=20_000),
+        in_process=in_process,
     )
 
 
@@ -224,11 +233,11 @@ def serve(kind: str, port: int) -> None:
     # default "auto" would take) does not change what "svcbus" and "raw" measure.
     kind, _, loop = kind.partition("-")
     loop = loop or "asyncio"
-    if kind == "svcbus":
+    if kind in ("svcbus", "layered"):
         import svcbus
 
         print(f"serving the edge of {Path(svcbus.__file__).parent}", file=sys.stderr, flush=True)
-        app = svcbus_app()
+        app = svcbus_app(in_process=kind == "svcbus")
         options = uvicorn_options(app)
     else:
         app = RawApp()
@@ -673,6 +682,7 @@ async def measure(
 
 NAMES = {
     "svcbus": "svcbus edge",
+    "layered": "svcbus edge, through the layer",
     "before": "svcbus edge, before",
     "daphne": "Daphne + Channels",
     "raw": "raw uvicorn (floor)",
@@ -879,7 +889,7 @@ def main() -> None:
 
 def run_compare(args: argparse.Namespace, pool: Pool, echo: tuple[int, int], http_s: float) -> None:
     """``--compare``: the echo and HTTP rows, interleaved rounds, medians and ratios."""
-    kinds = (args.servers or "svcbus,raw").split(",")
+    kinds = (args.servers or "svcbus,layered,raw").split(",")
     single = (2, 40) if args.quick else (5, 80)
     fanout = 100 if args.quick else 1000
     worktree = shim = None

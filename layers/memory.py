@@ -24,6 +24,7 @@ from svcbus.durable import Delivery, Durability
 from svcbus.errors import ChannelFull, ConfigurationError, InvalidChannelName, SvcbusError
 from svcbus.layer import Layer, LayerOptions
 from svcbus.layers._fanout import LocalGroups
+from svcbus.local import LocalConsumer
 from svcbus.names import validate_channel, validate_group
 from svcbus.ratelog import RateLimitedLog
 
@@ -107,6 +108,8 @@ class MemoryHub:
         self.groups = LocalGroups()
         self.listeners: dict[str, Callable[[bytes], bool]] = {}
         """Process channels whose messages go straight to a callback (:meth:`MemoryLayer.listen`)."""
+        self.local: dict[str, LocalConsumer] = {}
+        """Named channels a runtime in this process serves in-process requests on (svcbus.local)."""
         self.next_sweep = 0.0
         self.expired = 0
         """Messages dropped unread after ``expiry`` (counted as lost)."""
@@ -146,6 +149,7 @@ class MemoryHub:
         self.durable.clear()
         self.groups.clear()
         self.listeners.clear()
+        self.local.clear()
 
 
 _hubs: dict[str, MemoryHub] = {}
@@ -325,6 +329,28 @@ class MemoryLayer(Layer):
     def unlisten(self, channel: str) -> None:
         """Stop :meth:`listen` on ``channel``: its messages queue again."""
         self.hub.listeners.pop(channel, None)
+
+    def serve_locally(self, channel: str, consumer: LocalConsumer) -> bool:
+        # Every receiver of a memory channel is in this process. The first runtime
+        # to offer a channel serves its in-process requests; the others (and this
+        # one, for everything else) still receive through the queue.
+        self._check_open()
+        return self.hub.local.setdefault(channel, consumer) is consumer
+
+    def unserve_locally(self, channel: str, consumer: LocalConsumer) -> None:
+        if self.hub.local.get(channel) is consumer:
+            del self.hub.local[channel]
+
+    def local_consumer(self, channel: str) -> LocalConsumer | None:
+        local = self.hub.local
+        if not local or self._closed:
+            return None
+        consumer = local.get(channel)
+        if consumer is not None:
+            queue = self.hub.queues.get(channel)
+            if queue is not None and queue.items:
+                return None  # FIFO: this request must not overtake what waits
+        return consumer
 
     async def declare_durable(self, channel: str, settings: Durability) -> None:
         self._check_open()

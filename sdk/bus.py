@@ -481,7 +481,7 @@ class Bus:
             sent_at=sent_at,
             expires_at=sent_at + self._expiry_ms,
             reply_to=request_id,
-            error=ErrorInfo(type=type(error).__name__, message=str(error)[:1000]),
+            error=ErrorInfo.of(error),
         )
         await self.layer.send(reply_channel, data)
 
@@ -554,10 +554,7 @@ class Bus:
         if len(idle) < MAX_IDLE_REPLY_CHANNELS:
             idle.append(reply_channel)
         if envelope.er is not None:
-            raise RemoteError(
-                f"{channel!r} consumer failed: {envelope.er.type}: {envelope.er.message}",
-                error_type=envelope.er.type,
-            )
+            raise RemoteError.of(channel, envelope.er.type, envelope.er.message)
         if envelope.b is None and reply_type is not None:
             raise MessageInvalid(
                 f"the reply on {channel!r} has no body; {getattr(reply_type, '__name__', reply_type)} "

@@ -34,6 +34,11 @@ class ErrorInfo(BaseModel):
     type: str
     message: str
 
+    @classmethod
+    def of(cls, error: BaseException) -> ErrorInfo:
+        """What travels back about ``error``: its class name and (the start of) its message."""
+        return cls(type=type(error).__name__, message=str(error)[:1000])
+
 
 class Envelope(BaseModel, Generic[B]):
     """A decoded message: metadata plus a body of type ``B``.

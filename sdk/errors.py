@@ -64,6 +64,11 @@ class RemoteError(SvcbusError):
         super().__init__(message)
         self.error_type = error_type
 
+    @classmethod
+    def of(cls, channel: str, error_type: str, message: str) -> RemoteError:
+        """The error a requester on ``channel`` gets for the consumer's ``error_type: message``."""
+        return cls(f"{channel!r} consumer failed: {error_type}: {message}", error_type=error_type)
+
 
 class LayerError(SvcbusError):
     """The transport failed: the server is unreachable or the connection broke."""

@@ -40,7 +40,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .durable import (
@@ -54,6 +54,9 @@ from .durable import (
 )
 from .errors import ConfigurationError, MessageTooLarge
 from .redact import redact_url
+
+if TYPE_CHECKING:
+    from .local import LocalConsumer
 
 
 @dataclass(frozen=True)
@@ -114,11 +117,12 @@ class LayerOptions:
                 cache[(channel, settings)] = found
         return found
 
-    def check_size(self, channel: str, message: bytes) -> None:
-        """Raise :class:`MessageTooLarge` if ``message`` exceeds the limit."""
-        if len(message) > self.max_message_size:
+    def check_size(self, channel: str, message: bytes | int) -> None:
+        """Raise :class:`MessageTooLarge` if ``message`` (or a size in bytes) exceeds the limit."""
+        size = message if isinstance(message, int) else len(message)
+        if size > self.max_message_size:
             raise MessageTooLarge(
-                f"message for {channel!r} is {len(message)} bytes; the limit is "
+                f"message for {channel!r} is {size} bytes; the limit is "
                 f"{self.max_message_size} (max_message_size). Send a reference to large data "
                 "instead, or raise the limit on every layer that carries it"
             )
@@ -196,6 +200,22 @@ class Layer(ABC):
         worst a delivery taken meanwhile comes back after ``ack_wait``).
         """
         raise not_durable_here(self.system)
+
+    def serve_locally(self, channel: str, consumer: LocalConsumer) -> bool:
+        """Offer ``consumer`` for in-process requests on ``channel`` (:mod:`svcbus.local`).
+
+        Only a layer whose every receiver lives in this process may take it
+        (memory://); elsewhere another process may be the one to answer, so
+        the default declines.
+        """
+        return False
+
+    def unserve_locally(self, channel: str, consumer: LocalConsumer) -> None:  # noqa: B027
+        """Withdraw ``consumer``'s offer made with :meth:`serve_locally`."""
+
+    def local_consumer(self, channel: str) -> LocalConsumer | None:
+        """The consumer serving ``channel`` in process, while nothing waits in the channel."""
+        return None
 
     async def flush(self) -> None:  # noqa: B027 - optional hook
         """Wait until every message sent so far has been handed to the server."""

@@ -13,6 +13,7 @@ route without creating streams or keys.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import signal
@@ -29,16 +30,18 @@ from . import tracing
 from .bus import Bus, _invalid
 from .consumer import Consumer, resolve_message_type
 from .context import BlockingContext, Context
-from .contract import Contract
-from .envelope import Envelope, envelope_type, now_ms
+from .contract import Contract, coerce
+from .envelope import Envelope, ErrorInfo, body_json, envelope_type, new_message_id, now_ms
 from .errors import (
     ConfigurationError,
     InvalidChannelName,
     MessageInvalid,
     MessageTooLarge,
+    RemoteError,
     SvcbusError,
 )
 from .layer import Layer
+from .local import LocalConsumer, LocalContext, LocalReply, Start
 from .names import is_reply_channel
 from .ratelog import DEFAULT_WINDOW, RateLimitedLog
 from .redact import redact_text
@@ -154,7 +157,13 @@ Observer = Callable[[str, Envelope[Any], Any], None]
 
 
 class Runtime:
-    """Runs ``service`` on ``layer`` until stopped (SIGINT/SIGTERM or :meth:`stop`)."""
+    """Runs ``service`` on ``layer`` until stopped (SIGINT/SIGTERM or :meth:`stop`).
+
+    On memory://, the edge's requests to this runtime's ``async def`` consumers
+    are handed over in process, without the layer's round trip
+    (:mod:`svcbus.local`); ``in_process=False`` sends them through the layer
+    like any other message.
+    """
 
     def __init__(
         self,
@@ -165,6 +174,7 @@ class Runtime:
         dead_letter: str | None = None,
         shutdown_timeout: float = 10.0,
         threads: int = DEFAULT_THREADS,
+        in_process: bool = True,
     ) -> None:
         if concurrency < 1:
             raise SvcbusError(f"concurrency must be >= 1, got {concurrency}")
@@ -187,6 +197,11 @@ class Runtime:
         )
         self.started = anyio.Event()
         """Set once every consumer is receiving."""
+        self.in_process = in_process
+        self._local: list[tuple[_Bound, LocalConsumer]] = []
+        """Consumers offered for in-process requests (svcbus.local), while running."""
+        self._local_tasks: set[asyncio.Task[None]] = set()
+        self._local_reply_channel = ""
 
     @staticmethod
     def _bind(consumer: Consumer, default_concurrency: int) -> _Bound:
@@ -207,6 +222,7 @@ class Runtime:
     def stop(self) -> None:
         """Stop taking messages now; in-flight ones finish (within ``shutdown_timeout``)."""
         self._stopping = True
+        self._unserve_locally()
         for worker in list(self._workers):
             if worker.receiving:
                 worker.scope.cancel()
@@ -229,6 +245,7 @@ class Runtime:
                             work = self._work if bound.durable is None else self._work_durable
                             workers.start_soon(work, bound)
                     outer.start_soon(self._drain_on_stop, workers.cancel_scope)
+                    await self._serve_locally(workers)
                     self.started.set()
                 log.info(
                     "service %s stopped (%s)",
@@ -236,6 +253,7 @@ class Runtime:
                     ", ".join(f"{c}: {s.processed} processed" for c, s in self.stats.items()),
                 )
             finally:
+                self._unserve_locally()
                 outer.cancel_scope.cancel()
                 self._flush_logs(force=True)
                 with anyio.CancelScope(shield=True):
@@ -329,6 +347,139 @@ class Runtime:
                         await anyio.lowlevel.checkpoint()
         finally:
             self._workers.discard(worker)
+
+    # In-process requests (svcbus.local) -------------------------------------------
+
+    async def _serve_locally(self, workers: anyio.abc.TaskGroup) -> None:
+        """Offer the async consumers for in-process requests, where the layer allows it.
+
+        asyncio only (the edge, their one requester, is served on asyncio), and
+        not on a traced bus: its spans travel in the envelope.
+        """
+        self._local.clear()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self.bus.tracer is not None or not self.in_process:
+            return
+        for bound in self._bound:
+            consumer = bound.consumer
+            if not consumer.is_async or bound.durable is not None:
+                continue
+            if not isinstance(consumer.message_type, type):
+                continue  # untyped: the message is whatever the bytes decode to
+            local = LocalConsumer(
+                consumer.channel,
+                consumer.message_type,
+                bound.concurrency,
+                self.bus.layer.options,
+                self._local_starter(bound),
+            )
+            if self.bus.layer.serve_locally(consumer.channel, local):
+                self._local.append((bound, local))
+        if self._local:
+            # What a consumer's context shows as the request's reply channel (its
+            # reply goes straight to the requester); nothing reads it, so a message
+            # sent there expires like any unread one.
+            self._local_reply_channel = await self.bus.layer.new_channel("local")
+            workers.start_soon(self._drain_local)
+
+    def _unserve_locally(self) -> None:
+        """New requests go through the layer; those handed over already are still handled."""
+        for bound, local in self._local:
+            self.bus.layer.unserve_locally(bound.consumer.channel, local)
+
+    def _local_starter(self, bound: _Bound) -> Start:
+        loop = asyncio.get_running_loop()
+        tasks = self._local_tasks
+
+        def start(local: LocalConsumer, message: Any, reply: asyncio.Future[LocalReply]) -> None:
+            task = loop.create_task(self._serve_local(bound, local, message, reply))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        return start
+
+    async def _serve_local(
+        self, bound: _Bound, local: LocalConsumer, message: Any, reply: asyncio.Future[LocalReply]
+    ) -> None:
+        """Handle one in-process request in its own task; settle ``reply``.
+
+        :meth:`_invoke` for a message that came without an envelope: the same
+        counts, log lines and errors, the reply handed over instead of sent.
+        """
+        consumer = bound.consumer
+        stats = bound.stats
+        stats.received += 1
+        message_id = new_message_id()
+        envelope = None
+        ctx = None
+        try:
+            try:
+                if consumer.takes_context or self.observers:
+                    envelope = envelope_type(consumer.message_type).model_construct(
+                        v=1, id=message_id, rc=self._local_reply_channel, at=now_ms(), b=message
+                    )
+                if consumer.takes_context:
+                    assert envelope is not None
+                    ctx = LocalContext(
+                        self.bus,
+                        consumer.channel,
+                        envelope,
+                        self.service,
+                        answer=lambda value: self._answer_local(bound, message_id, reply, value),
+                    )
+                    result = await consumer.func(message, ctx)
+                else:
+                    result = await consumer.func(message)
+            except Exception as exc:
+                stats.failed += 1
+                log.exception("consumer %s failed on message %s", consumer.name, message_id)
+                if not reply.done():
+                    reply.set_exception(_remote_error(consumer.channel, exc))
+                return
+            if ctx is None or not ctx._replied:
+                self._answer_local(bound, message_id, reply, result)
+            stats.processed += 1
+            if envelope is not None:
+                for observer in self.observers:
+                    observer(consumer.channel, envelope, result)
+        finally:
+            local.done()
+
+    def _answer_local(
+        self, bound: _Bound, message_id: str, reply: asyncio.Future[LocalReply], value: Any
+    ) -> None:
+        """Settle ``reply`` with ``value`` as ``Bus.reply`` would send it (coerced, encoded)."""
+        if reply.done():
+            return  # answered already, or the requester gave up
+        consumer = bound.consumer
+        try:
+            if consumer.reply_type is not None:
+                value = coerce(consumer.channel, value, consumer.reply_type)
+            body = body_json(value)
+            if len(body) > self._max_size:
+                self.bus.layer.options.check_size(consumer.channel, len(body))
+        except Exception as exc:
+            log.error("reply of %s to message %s failed: %s", consumer.name, message_id, exc)
+            reply.set_exception(_remote_error(consumer.channel, exc))
+            return
+        reply.set_result(LocalReply(value, body))
+
+    async def _drain_local(self) -> None:
+        """After stop(): wait for in-process requests in flight (cancelled with the workers)."""
+        await self._stop_requested.wait()
+        try:
+            while self._local_tasks:
+                await asyncio.wait(set(self._local_tasks))
+        finally:
+            # Out of time: what still waits is not started (its requester times out,
+            # as for a message left in the channel), what runs is cancelled.
+            for _, local in self._local:
+                local.waiting.clear()
+            for task in self._local_tasks:
+                task.cancel()
 
     async def _work_durable(self, bound: _Bound) -> None:
         """One worker of a durable channel (acks, retries, dead letters: runtime_durable.py)."""
@@ -686,6 +837,12 @@ class Runtime:
         except SvcbusError as exc:
             log.error("dead-letter channel %s refused a message: %s", to, exc)
             return False
+
+
+def _remote_error(channel: str, exc: BaseException) -> RemoteError:
+    """What a requester on ``channel`` gets for the consumer's ``exc`` (as through the layer)."""
+    info = ErrorInfo.of(exc)
+    return RemoteError.of(channel, info.type, info.message)
 
 
 def _letter(

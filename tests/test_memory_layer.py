@@ -97,3 +97,46 @@ async def test_a_listener_takes_messages_while_nothing_is_queued():
     layer.listen(mine, listener)
     await layer.close()
     assert mine not in hub.listeners
+
+
+async def test_in_process_requests_queue_behind_waiting_messages():
+    """svcbus.local: a channel's in-process consumer is offered only while nothing waits there."""
+    from svcbus.local import LocalConsumer
+
+    hub = MemoryHub()
+    layer, other = MemoryLayer(hub=hub), MemoryLayer(hub=hub)
+    started: list[object] = []
+    consumer = LocalConsumer("mtest.local", dict, 1, layer.options, lambda *a: started.append(a))
+    assert layer.serve_locally("mtest.local", consumer)
+    assert not other.serve_locally(
+        "mtest.local", LocalConsumer("mtest.local", dict, 1, layer.options, print)
+    )
+    assert other.local_consumer("mtest.local") is consumer  # one hub: any layer on it
+    await other.send("mtest.local", b"first")  # nobody receives yet: it waits
+    assert other.local_consumer("mtest.local") is None  # a request must not overtake it
+    assert await layer.receive("mtest.local") == b"first"
+    assert other.local_consumer("mtest.local") is consumer
+    layer.unserve_locally("mtest.local", consumer)
+    assert other.local_consumer("mtest.local") is None
+
+
+async def test_in_process_requests_wait_in_order_up_to_the_capacity():
+    from svcbus.errors import ChannelFull, MessageTooLarge
+    from svcbus.local import LocalConsumer
+
+    options = LayerOptions(capacity=2, max_message_size=100)
+    started: list[dict[str, int]] = []
+    consumer = LocalConsumer("mtest.local", dict, 1, options, lambda _, m, __: started.append(m))
+    futures = [consumer.call({"n": n}) for n in range(3)]
+    assert started == [{"n": 0}] and consumer.in_flight == 1
+    with pytest.raises(ChannelFull):
+        consumer.call({"n": 3})  # one running, two waiting: the capacity
+    with pytest.raises(MessageTooLarge):
+        consumer.call({"text": "x" * 200})
+    assert consumer.call(["not", "a", "dict"]) is None  # another type: through the layer
+    consumer.done()
+    consumer.done()
+    assert started == [{"n": 0}, {"n": 1}, {"n": 2}] and consumer.in_flight == 1
+    consumer.done()
+    assert consumer.in_flight == 0
+    assert all(f is not None and not f.done() for f in futures)  # the runtime settles them

@@ -96,7 +96,9 @@ class EdgeApp:
     else a list of origins and ``https://*.example.com`` patterns.
     ``authenticate`` is a hook (see :func:`~svcbus.edge.bearer_token`); with
     ``require_identity`` anonymous requests are refused. ``services`` run in
-    this process on the edge's bus (demos, ``memory://``, tests).
+    this process on the edge's bus (demos, ``memory://``, tests); on
+    ``memory://`` the edge hands its HTTP requests to them directly
+    (:mod:`svcbus.local`), unless ``in_process=False``.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class EdgeApp:
         require_identity: bool = False,
         dropped_headers: Collection[str] = DROPPED_HEADERS,
         services: Iterable[Service] = (),
+        in_process: bool = True,
     ) -> None:
         if not isinstance(routes, Routes):
             raise ConfigurationError(f"EdgeApp needs a Routes table, got {type(routes).__name__}")
@@ -123,6 +126,7 @@ class EdgeApp:
         self.secret_query_params = secret_query_params(authenticate)
         self.dropped_headers = frozenset(h.lower() for h in dropped_headers)
         self.services = list(services)
+        self.in_process = in_process
         self.stats = EdgeStats()
         self.quiet = Quiet(log)
         """Rate-limited warnings: one per kind per 10 s, then a count."""
@@ -206,7 +210,9 @@ class EdgeApp:
             bus, owned = self._lifespan_bus()  # inside: a bad layer URL fails the startup
             async with _open(bus, owned), anyio.create_task_group() as services:
                 self._bus = bus
-                runtimes = [Runtime(service, bus) for service in self.services]
+                runtimes = [
+                    Runtime(service, bus, in_process=self.in_process) for service in self.services
+                ]
                 for runtime in runtimes:
                     services.start_soon(partial(runtime.run, handle_signals=False))
                     await runtime.started.wait()

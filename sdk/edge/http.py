@@ -32,13 +32,14 @@ from ..errors import (
     RequestTimeout,
     SvcbusError,
 )
+from ..local import LocalReply
 from .contracts import HttpRequest, HttpResponse, Identity, PathParams
 from .routing import HttpRoute
 from .security import AuthenticationFailed
 
 if TYPE_CHECKING:
     from .app import EdgeApp
-    from .request import Request
+from .request import Request
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -214,6 +215,13 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
     delay = 0.002
     while True:
         try:
+            local = edge.bus.layer.local_consumer(route.channel)
+            if local is not None:
+                # The consumer runs in this process (memory://): hand it the message,
+                # which the edge built for this request alone (svcbus.local).
+                reply = local.call(message)
+                if reply is not None:
+                    return await _local_reply(edge, route, reply)
             # bus.request bounds the wait for the reply, not the send, which can hang on
             # an unreachable bus (NATS opens a channel's stream on first use). The
             # patience is watched by the edge's shared deadline timer, not by a cancel
@@ -245,6 +253,22 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
             edge.stats.retried += 1
             await anyio.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)
+
+
+async def _local_reply(
+    edge: EdgeApp, route: HttpRoute, reply: asyncio.Future[LocalReply]
+) -> LocalReply:
+    """An in-process consumer's reply, within the request timeout (as ``bus.request``'s)."""
+    timeout = edge.limits.request_timeout
+    watch = edge.deadlines.watch(timeout)
+    try:
+        return await reply
+    except asyncio.CancelledError:
+        if watch.expired():
+            raise RequestTimeout(f"no reply on {route.channel!r} within {timeout:g}s") from None
+        raise
+    finally:
+        edge.deadlines.release(watch)
 
 
 class InvalidInput(Exception):
@@ -351,8 +375,17 @@ def _http_request(
 
 
 async def send_reply(send: Send, reply: Any, *, head: bool = False) -> None:
-    """Send a consumer's reply: an HttpResponse as is, anything else as 200 JSON."""
-    if isinstance(reply, dict) and reply.get("type") == "http.response":
+    """Send a consumer's reply: an HttpResponse as is, anything else as 200 JSON.
+
+    ``reply`` is the decoded body of a reply envelope, or an in-process
+    consumer's :class:`~svcbus.local.LocalReply` (its value, already encoded).
+    """
+    body = None
+    if type(reply) is LocalReply:
+        reply, body = reply.value, reply.body
+    if isinstance(reply, HttpResponse):
+        response = reply
+    elif isinstance(reply, dict) and reply.get("type") == "http.response":
         try:
             response = HttpResponse.model_validate(reply)
         except ValidationError as exc:
@@ -360,12 +393,13 @@ async def send_reply(send: Send, reply: Any, *, head: bool = False) -> None:
                 send, 502, "the service sent a malformed HttpResponse", detail=str(exc)
             )
             return
-        headers = [
-            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
-        ]
-        if not any(k == b"content-type" for k, _ in headers):
-            headers.append((b"content-type", b"application/octet-stream"))
-        headers = [(k, v) for k, v in headers if k != b"content-length"]
-        await send_response(send, response.status, response.payload(), headers, head=head)
+    else:
+        await send_response(send, 200, to_json(reply) if body is None else body, _JSON, head=head)
         return
-    await send_response(send, 200, to_json(reply), _JSON, head=head)
+    headers = [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
+    ]
+    if not any(k == b"content-type" for k, _ in headers):
+        headers.append((b"content-type", b"application/octet-stream"))
+    headers = [(k, v) for k, v in headers if k != b"content-length"]
+    await send_response(send, response.status, response.payload(), headers, head=head)

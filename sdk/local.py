@@ -1,0 +1,148 @@
+"""Requests served in process: a consumer running beside its requester, without the layer's trip.
+
+On ``memory://`` the edge and the consumers it asks often share one process
+(the embedded default, ``svc demo``, an :class:`~svcbus.edge.EdgeApp` given
+``services=``). Through the layer, such a request is encoded as an envelope,
+queued, decoded and validated by the consumer, answered with a second envelope
+on a reply channel and decoded once more: under load that round trip costs the
+edge more CPU than uvicorn spends on the whole HTTP exchange. Here the memory
+layer keeps, per channel, the consumer a running :class:`~svcbus.Runtime`
+serves in process (:class:`LocalConsumer`), and a requester that qualifies
+hands its message over directly.
+
+What holds as through the layer:
+
+* the handler runs in a task of its runtime, not in the requester's: a
+  requester that gives up (its timeout) does not cancel it, and the runtime's
+  stop drains it like any message in flight;
+* the request and the reply are each encoded once, so the layer's size limit
+  (:class:`~svcbus.errors.MessageTooLarge`) and JSON-ability apply, and the
+  reply is coerced to the consumer's reply contract as ``Bus.reply`` does;
+* a failing handler is counted, logged, and reported to the requester as
+  :class:`~svcbus.errors.RemoteError`; ``ConsumerStats`` count every request;
+* order: a request is handed over only while nothing waits in the channel
+  (otherwise it queues behind what is there), and in-process requests start
+  in the order they came;
+* at most the consumer's ``concurrency`` in-process requests run at once; the
+  next ones wait, up to the channel's capacity, then ``ChannelFull``. (The
+  consumer's workers may meanwhile handle as many messages from the channel:
+  in mixed traffic up to twice ``concurrency`` handlers run.) Requests
+  already waiting when the runtime stops are handled during its drain.
+
+What differs, and why that is safe for the one caller, the edge: the consumer
+receives the requester's message object itself, not a copy decoded from the
+bytes. Only a requester that built the message for this request and never
+touches it again may do that (the edge builds a fresh, checked ``HttpRequest``
+or contract per HTTP request), and only when the message is of the consumer's
+exact type. A traced bus always goes through the layer (the spans are the
+envelope's), and so does every other layer: on NATS or Redis another process
+may be the one to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .context import Context
+from .envelope import body_json
+from .errors import ChannelFull
+
+if TYPE_CHECKING:
+    from .layer import LayerOptions
+
+__all__ = ["LocalConsumer", "LocalContext", "LocalReply"]
+
+
+class LocalReply:
+    """A consumer's reply to an in-process request: the value and its JSON."""
+
+    __slots__ = ("body", "value")
+
+    def __init__(self, value: Any, body: bytes) -> None:
+        self.value = value
+        """The reply as the consumer gave it, coerced to its reply contract."""
+        self.body = body
+        """``value`` encoded as JSON (what a reply envelope would carry)."""
+
+
+Start = Callable[["LocalConsumer", Any, "asyncio.Future[LocalReply]"], None]
+"""Starts the handler's task for one message; the task settles the future, then calls ``done``."""
+
+
+class LocalConsumer:
+    """One consumer a running runtime serves in process (see the module's docstring)."""
+
+    __slots__ = ("_start", "channel", "in_flight", "limit", "message_type", "options", "waiting")
+
+    def __init__(
+        self, channel: str, message_type: type, limit: int, options: LayerOptions, start: Start
+    ) -> None:
+        self.channel = channel
+        self.message_type = message_type
+        """The consumer's message type: only messages of exactly this type are handed over."""
+        self.limit = limit
+        """Most in-process requests handled at once (the consumer's concurrency)."""
+        self.options = options
+        """The layer's options: its size limit and the channel's capacity apply here too."""
+        self.in_flight = 0
+        self.waiting: deque[tuple[Any, asyncio.Future[LocalReply]]] = deque()
+        """Requests waiting for a free place, oldest first (at most the channel's capacity)."""
+        self._start = start
+
+    def call(self, message: Any) -> asyncio.Future[LocalReply] | None:
+        """Hand ``message`` over; its reply's future, or None if it must go through the layer.
+
+        The caller must own ``message`` (see the module's docstring). Raises
+        :class:`~svcbus.errors.MessageTooLarge` and
+        :class:`~svcbus.errors.ChannelFull` as the layer's ``send`` would.
+        Giving up on the future (a timeout, a cancellation) leaves the handler
+        running, or to run; its reply is then dropped.
+        """
+        if type(message) is not self.message_type:
+            return None
+        options = self.options
+        size = len(body_json(message))  # encoded once, as for the layer: JSON-able, not too large
+        if size > options.max_message_size:
+            options.check_size(self.channel, size)
+        future: asyncio.Future[LocalReply] = asyncio.get_running_loop().create_future()
+        if self.in_flight < self.limit:
+            self._start(self, message, future)
+            self.in_flight += 1
+            return future
+        capacity = options.capacity_for(self.channel)
+        if len(self.waiting) >= capacity:
+            raise ChannelFull(
+                f"channel {self.channel!r} holds {capacity} requests (its capacity); "
+                "its consumers are behind: retry later or raise channel_capacity"
+            )
+        self.waiting.append((message, future))
+        return future
+
+    def done(self) -> None:
+        """One request's handler has finished: start the oldest waiting one, if any."""
+        if self.waiting:
+            message, future = self.waiting.popleft()
+            self._start(self, message, future)
+        else:
+            self.in_flight -= 1
+
+
+class LocalContext(Context):
+    """A consumer's context for an in-process request: ``reply`` settles the requester's future."""
+
+    __slots__ = ("_answer",)
+
+    def __init__(self, *args: Any, answer: Callable[[Any], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._answer = answer
+
+    async def reply(self, message: Any) -> None:
+        """Reply to the current request now (the consumer's return value is then not sent).
+
+        As through the layer, only the first reply reaches the requester.
+        """
+        self._answer(message)
+        self._replied = True

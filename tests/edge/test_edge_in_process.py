@@ -1,0 +1,172 @@
+"""HTTP to consumers in the edge's own process (svcbus.local), against the same through the layer.
+
+Every scenario runs twice: with the runtime serving in-process requests (the
+default on memory://) and with ``in_process=False``, which sends them through
+the layer. The client must not see a difference, and the runtime's counts
+must balance with what the client got, either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from svcbus import Bus, Context, Contract, Runtime, Service
+from svcbus.edge import EdgeApp, HttpRequest, HttpRoute, Limits, Routes
+
+pytestmark = pytest.mark.anyio
+
+
+class Total(Contract):
+    total: int
+
+
+service = Service("edge-local-test")
+running = {"now": 0, "most": 0, "finished": 0}
+
+
+@service.consumes("local.busy", concurrency=3)
+async def busy(request: HttpRequest, ctx: Context) -> dict[str, Any]:
+    running["now"] += 1
+    running["most"] = max(running["most"], running["now"])
+    try:
+        await anyio.sleep(0.02)
+    finally:
+        running["now"] -= 1
+    return {"rc": ctx.reply_channel, "id": ctx.message_id, "path": request.path}
+
+
+@service.consumes("local.slow")
+async def slow(request: HttpRequest) -> dict[str, Any]:
+    await anyio.sleep(1.3)
+    running["finished"] += 1
+    return {"late": True}
+
+
+@service.consumes("local.early")
+async def early(request: HttpRequest, ctx: Context) -> dict[str, Any]:
+    await ctx.reply({"early": True})
+    await ctx.reply({"twice": True})  # as through the layer: only the first arrives
+    return {"late": True}
+
+
+@service.consumes("local.big")
+async def big(request: HttpRequest) -> dict[str, Any]:
+    return {"text": "x" * 3000}
+
+
+@service.consumes("local.wrong")
+async def wrong(request: HttpRequest) -> Total:
+    return {"total": "not a number"}  # type: ignore[return-value]  # what the test is about
+
+
+@service.consumes("local.queue", concurrency=1)
+async def queue(request: HttpRequest) -> dict[str, Any]:
+    await anyio.sleep(0.2)  # longer than the edge retries a full channel (accept_timeout)
+    return {"ok": True}
+
+
+routes = Routes(
+    HttpRoute("/busy", "local.busy"),
+    HttpRoute("/slow", "local.slow"),
+    HttpRoute("/early", "local.early"),
+    HttpRoute("/big", "local.big", methods=["GET", "POST"]),
+    HttpRoute("/wrong", "local.wrong"),
+    HttpRoute("/queue", "local.queue"),
+)
+
+
+@pytest.fixture(params=[True, False], ids=["in-process", "through-layer"])
+async def served(
+    request: pytest.FixtureRequest, serve: Any, hub_url: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime, bool]]:
+    """(client, runtime, in_process): the routes above, their consumers beside the edge."""
+    running.update(now=0, most=0, finished=0)
+    url = f"{hub_url}?max_message_size=2000&channel_capacity=local.queue:2"
+    limits = Limits(accept_timeout=0.1, request_timeout=1.0, max_body_size=10_000)
+    async with Bus(url) as bus:
+        runtime = Runtime(service, bus, in_process=request.param)
+        async with runtime.running():
+            addr = await serve(EdgeApp(routes, layer=bus, limits=limits))
+            async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as client:
+                yield client, runtime, request.param
+
+
+async def test_requests_balance_with_the_consumers_counts_and_concurrency(served) -> None:
+    client, runtime, in_process = served
+    responses = await asyncio.gather(*(client.get("/busy") for _ in range(40)))
+    assert [r.status_code for r in responses] == [200] * 40
+    replies = [r.json() for r in responses]
+    assert len({r["id"] for r in replies}) == 40  # one handling per request, none twice
+    # Which path served them: the in-process context shows the runtime's own channel.
+    assert all(r["rc"].startswith("local." if in_process else "reply.") for r in replies)
+    stats = runtime.stats["local.busy"]
+    assert (stats.received, stats.processed, stats.failed) == (40, 40, 0)
+    assert 1 < running["most"] <= 3  # the consumer's concurrency holds
+
+
+async def test_a_timeout_answers_504_and_leaves_the_handler_running(served) -> None:
+    client, runtime, _ = served
+    response = await client.get("/slow")
+    assert response.status_code == 504
+    assert running["finished"] == 0
+    await anyio.sleep(0.5)
+    assert running["finished"] == 1  # not cancelled by the requester giving up
+    stats = runtime.stats["local.slow"]
+    assert (stats.received, stats.processed, stats.failed) == (1, 1, 0)
+
+
+async def test_ctx_reply_answers_once(served) -> None:
+    client, _, _ = served
+    response = await client.get("/early")
+    assert (response.status_code, response.json()) == (200, {"early": True})
+
+
+async def test_sizes_and_reply_contracts_hold_as_on_the_layer(served) -> None:
+    client, runtime, _ = served
+    # A body the edge takes (max_body_size) but the layer's limit does not.
+    too_large = await client.post("/big", content=b"y" * 5000)
+    assert too_large.status_code == 413
+    assert runtime.stats["local.big"].received == 0
+    # A reply above the layer's limit, and one that breaks its contract.
+    big_reply = await client.get("/big")
+    assert (big_reply.status_code, big_reply.json()["type"]) == (500, "MessageTooLarge")
+    wrong_reply = await client.get("/wrong")
+    assert (wrong_reply.status_code, wrong_reply.json()["type"]) == (500, "MessageInvalid")
+
+
+async def test_capacity_refuses_what_cannot_wait(served) -> None:
+    """concurrency 1, capacity 2: what cannot wait is refused, what was taken is answered."""
+    client, runtime, in_process = served
+    responses = await asyncio.gather(*(client.get("/queue") for _ in range(6)))
+    codes = [r.status_code for r in responses]
+    answered, refused = codes.count(200), codes.count(503)
+    assert answered + refused == 6 and refused >= 1
+    if in_process:
+        assert answered == 3  # one running, two waiting
+    # Through the layer a worker takes what waits as one batch, which frees the
+    # channel for more: more may be answered there, never fewer.
+    stats = runtime.stats["local.queue"]
+    assert (stats.received, stats.processed) == (answered, answered)
+
+
+async def test_stop_drains_in_process_requests(hub_url: str) -> None:
+    """Requests handed over (running or waiting) when the runtime stops are still answered."""
+    async with Bus(hub_url) as bus:
+        runtime = Runtime(service, bus)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: runtime.run(handle_signals=False))
+            await runtime.started.wait()
+            local = bus.layer.local_consumer("local.queue")
+            assert local is not None
+            message = HttpRequest(method="GET", path="/queue")
+            replies = [local.call(message) for _ in range(2)]  # one runs, one waits
+            runtime.stop()
+            assert bus.layer.local_consumer("local.queue") is None  # new ones: the layer
+        assert [(await r).value for r in replies if r is not None] == [{"ok": True}] * 2
+        assert runtime.stats["local.queue"].processed == 2

@@ -111,7 +111,8 @@ def svcbus_app(in_process: bool = True) -> Any:
         layer="memory://bench?channel_capacity=bench.ws.*:2000",
         services=[service],
         limits=Limits(max_connections=20_000),
-        in_process=in_process,
+        # Named only when off: --before serves edges older than the option.
+        **({} if in_process else {"in_process": False}),
     )
 
 

@@ -203,3 +203,13 @@ class HttpResponse(Contract):
     def payload(self) -> bytes:
         """The bytes to send as the body."""
         return self.text.encode() if self.text is not None else self.body
+
+
+def owned_identity(identity: Identity) -> Identity:
+    """A copy of a dict ``identity`` made for one message, as decoding would make it.
+
+    An authentication hook may return the same dict for many requests (a
+    cache): a consumer handed a request in process (svcbus.local) must not
+    share it, nor see values JSON would not carry.
+    """
+    return from_json(to_json(identity)) if isinstance(identity, dict) else identity

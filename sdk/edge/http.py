@@ -33,7 +33,7 @@ from ..errors import (
     SvcbusError,
 )
 from ..local import LocalReply
-from .contracts import HttpRequest, HttpResponse, Identity, PathParams
+from .contracts import HttpRequest, HttpResponse, Identity, PathParams, owned_identity
 from .routing import HttpRoute
 from .security import AuthenticationFailed
 
@@ -219,6 +219,9 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
             if local is not None:
                 # The consumer runs in this process (memory://): hand it the message,
                 # which the edge built for this request alone (svcbus.local).
+                identity = getattr(message, "identity", None)
+                if isinstance(identity, dict):
+                    _set(message, "identity", owned_identity(identity))
                 reply = local.call(message)
                 if reply is not None:
                     return await _local_reply(edge, route, reply)

@@ -70,11 +70,26 @@ def hub_url() -> str:
 
 
 @pytest.fixture
-async def edge_bus(hub_url: str) -> AsyncIterator[Bus]:
+def in_process() -> bool:
+    """Whether the test service takes the edge's messages in process (svcbus.local).
+
+    A test module that sets ``BOTH_PATHS = True`` runs each of its tests both
+    ways: handed over in process, and through the layer.
+    """
+    return True
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if getattr(metafunc.module, "BOTH_PATHS", False) and "in_process" in metafunc.fixturenames:
+        metafunc.parametrize("in_process", [True, False], ids=["in-process", "through-layer"])
+
+
+@pytest.fixture
+async def edge_bus(hub_url: str, in_process: bool) -> AsyncIterator[Bus]:
     """An open bus on the test's hub, with the test service consuming on it."""
     from edge_service import service
 
-    async with Bus(hub_url) as bus, Runtime(service, bus).running():
+    async with Bus(hub_url) as bus, Runtime(service, bus, in_process=in_process).running():
         yield bus
 
 

@@ -5,19 +5,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from svcbus import Bus, Runtime
+from svcbus import Bus
 from svcbus.edge import EdgeApp, HttpRoute, Limits, Routes
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=[True, False], ids=["in-process", "through-layer"])
-async def edge_bus(request: pytest.FixtureRequest, hub_url: str) -> Bus:
-    """The test service beside the edge: served in process (svcbus.local), or through the layer."""
-    from edge_service import service
-
-    async with Bus(hub_url) as bus, Runtime(service, bus, in_process=request.param).running():
-        yield bus
+BOTH_PATHS = True  # each test with the service in process (svcbus.local) and through the layer
 
 
 @pytest.fixture

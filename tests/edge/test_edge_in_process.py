@@ -9,17 +9,29 @@ must balance with what the client got, either way.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from svcbus import Bus, Context, Contract, Runtime, Service
-from svcbus.edge import EdgeApp, HttpRequest, HttpRoute, Limits, Routes
+from svcbus.edge import (
+    EdgeApp,
+    HttpRequest,
+    HttpRoute,
+    Limits,
+    Routes,
+    Send,
+    WebSocketReceive,
+    WebSocketRoute,
+)
 
 pytestmark = pytest.mark.anyio
+BOTH_PATHS = True
 
 
 class Total(Contract):
@@ -71,7 +83,36 @@ async def queue(request: HttpRequest) -> dict[str, Any]:
     return {"ok": True}
 
 
+CLAIMS = {"sub": "ada", "roles": ["reader"]}
+"""What the authentication hook returns, the same dict every time (as a cache would)."""
+
+
+def authenticate(handshake: Any) -> dict[str, Any]:
+    return CLAIMS
+
+
+@service.consumes("local.ws.receive")
+async def frame(msg: WebSocketReceive, ctx: Context) -> None:
+    seen = {
+        "order": msg.order,
+        "params": dict(msg.params),
+        "identity": json.loads(json.dumps(msg.identity)),
+    }
+    msg.params["mutated"] = 1  # a consumer's own copy: no other frame may see this
+    msg.identity["roles"].append("admin")
+    await ctx.send(msg.reply_channel, Send(text=json.dumps(seen)))
+
+
+@service.consumes("local.whoami")
+async def whoami(request: HttpRequest) -> dict[str, Any]:
+    seen = {"identity": json.loads(json.dumps(request.identity))}
+    request.identity["roles"].append("admin")
+    return seen
+
+
 routes = Routes(
+    WebSocketRoute("/ws/{room}", connect=None, receive="local.ws.receive", disconnect=None),
+    HttpRoute("/whoami", "local.whoami"),
     HttpRoute("/busy", "local.busy"),
     HttpRoute("/slow", "local.slow"),
     HttpRoute("/early", "local.early"),
@@ -81,20 +122,22 @@ routes = Routes(
 )
 
 
-@pytest.fixture(params=[True, False], ids=["in-process", "through-layer"])
+@pytest.fixture
 async def served(
-    request: pytest.FixtureRequest, serve: Any, hub_url: str
+    serve: Any, hub_url: str, in_process: bool
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime, bool]]:
     """(client, runtime, in_process): the routes above, their consumers beside the edge."""
     running.update(now=0, most=0, finished=0)
     url = f"{hub_url}?max_message_size=2000&channel_capacity=local.queue:2"
     limits = Limits(accept_timeout=0.1, request_timeout=1.0, max_body_size=10_000)
     async with Bus(url) as bus:
-        runtime = Runtime(service, bus, in_process=request.param)
+        runtime = Runtime(service, bus, in_process=in_process)
         async with runtime.running():
-            addr = await serve(EdgeApp(routes, layer=bus, limits=limits))
+            app = EdgeApp(routes, layer=bus, limits=limits, authenticate=authenticate)
+            addr = await serve(app)
             async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as client:
-                yield client, runtime, request.param
+                client.addr = addr  # type: ignore[attr-defined]  # for the WebSocket tests
+                yield client, runtime, in_process
 
 
 async def test_requests_balance_with_the_consumers_counts_and_concurrency(served) -> None:
@@ -153,6 +196,25 @@ async def test_capacity_refuses_what_cannot_wait(served) -> None:
     # channel for more: more may be answered there, never fewer.
     stats = runtime.stats["local.queue"]
     assert (stats.received, stats.processed) == (answered, answered)
+
+
+async def test_frames_and_requests_share_nothing_with_each_other(served) -> None:
+    """Each message is the consumer's own: mutating it changes no other frame, request or hook."""
+    client, runtime, _ = served
+    async with connect(f"ws://{client.addr}/ws/lobby") as ws:
+        for _ in range(5):
+            await ws.send("hi")
+        seen = [json.loads(await ws.recv()) for _ in range(5)]
+    assert [s["order"] for s in seen] == [1, 2, 3, 4, 5]
+    assert all(s["params"] == {"room": "lobby"} for s in seen)
+    assert all(s["identity"] == {"sub": "ada", "roles": ["reader"]} for s in seen)
+    for _ in range(3):
+        response = await client.get("/whoami")
+        assert response.json() == {"identity": {"sub": "ada", "roles": ["reader"]}}
+    assert CLAIMS == {"sub": "ada", "roles": ["reader"]}
+    frames, requests = runtime.stats["local.ws.receive"], runtime.stats["local.whoami"]
+    assert (frames.received, frames.processed, frames.failed) == (5, 5, 0)
+    assert (requests.received, requests.processed, requests.failed) == (3, 3, 0)
 
 
 async def test_stop_drains_in_process_requests(hub_url: str) -> None:

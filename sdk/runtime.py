@@ -14,6 +14,7 @@ route without creating streams or keys.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import signal
@@ -393,9 +394,13 @@ class Runtime:
     def _local_starter(self, bound: _Bound) -> Start:
         loop = asyncio.get_running_loop()
         tasks = self._local_tasks
+        # The handler runs in a copy of the runtime's context, as a worker's would,
+        # not in the requester's: nothing the edge set in its task leaks into it.
+        context = contextvars.copy_context()
 
         def start(local: LocalConsumer, message: Any, reply: asyncio.Future[LocalReply]) -> None:
-            task = loop.create_task(self._serve_local(bound, local, message, reply))
+            coro = self._serve_local(bound, local, message, reply)
+            task = context.run(loop.create_task, coro)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 

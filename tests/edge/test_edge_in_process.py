@@ -9,6 +9,7 @@ must balance with what the client got, either way.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -81,6 +82,14 @@ async def wrong(request: HttpRequest) -> Total:
 async def queue(request: HttpRequest) -> dict[str, Any]:
     await anyio.sleep(0.2)  # longer than the edge retries a full channel (accept_timeout)
     return {"ok": True}
+
+
+REQUESTER = contextvars.ContextVar("requester", default="none")
+
+
+@service.consumes("local.context")
+async def context(request: HttpRequest) -> dict[str, Any]:
+    return {"requester": REQUESTER.get()}
 
 
 CLAIMS = {"sub": "ada", "roles": ["reader"]}
@@ -232,3 +241,14 @@ async def test_stop_drains_in_process_requests(hub_url: str) -> None:
             assert bus.layer.local_consumer("local.queue") is None  # new ones: the layer
         assert [(await r).value for r in replies if r is not None] == [{"ok": True}] * 2
         assert runtime.stats["local.queue"].processed == 2
+
+
+async def test_the_handler_runs_in_the_runtimes_context_not_the_requesters(hub_url: str) -> None:
+    """As a worker would: what the requester's task set does not leak into the consumer."""
+    async with Bus(hub_url) as bus, Runtime(service, bus).running():
+        REQUESTER.set("the edge's request task")
+        local = bus.layer.local_consumer("local.context")
+        assert local is not None
+        reply = local.call(HttpRequest(method="GET", path="/context"))
+        assert reply is not None
+        assert (await reply).value == {"requester": "none"}

@@ -13,8 +13,9 @@ hands its message over directly.
 What holds as through the layer:
 
 * the handler runs in a task of its runtime, not in the requester's: a
-  requester that gives up (its timeout) does not cancel it, and the runtime's
-  stop drains it like any message in flight;
+  requester that gives up (its timeout) does not cancel it, the runtime's
+  stop drains it like any message in flight, and it sees the runtime's
+  context variables (a copy), not the requester's;
 * the request and the reply are each encoded once, so the layer's size limit
   (:class:`~svcbus.errors.MessageTooLarge`) and JSON-ability apply, and the
   reply is coerced to the consumer's reply contract as ``Bus.reply`` does;
@@ -33,8 +34,10 @@ What differs, and why that is safe for the one caller, the edge: the consumer
 receives the requester's message object itself, not a copy decoded from the
 bytes. Only a requester that built the message for this request and never
 touches it again may do that (the edge builds a fresh, checked ``HttpRequest``
-or contract per HTTP request), and only when the message is of the consumer's
-exact type. A traced bus always goes through the layer (the spans are the
+or contract per HTTP request, and copies a dict identity its authentication
+hook may share between requests), and only when the message is of the
+consumer's exact type. ``ctx.reply_channel`` names a channel of the runtime
+that nothing reads (``ctx.reply`` answers the requester directly). A traced bus always goes through the layer (the spans are the
 envelope's), and so does every other layer: on NATS or Redis another process
 may be the one to answer.
 """

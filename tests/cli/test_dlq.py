@@ -42,7 +42,9 @@ async def dead_letters(url: str, channel: str, count: int, replayed: int = 0) ->
     service.consumes(channel)(fail)
     async with Bus(url) as bus:
         await bus.declare_durable(channel, ONCE)
-        runtime = Runtime(service, bus)
+        # One worker: the letters come in the order sent, which the test reads them by
+        # (with several, two failures may overtake each other).
+        runtime = Runtime(service, bus, concurrency=1)
         async with runtime.running():
             for n in range(count):
                 await bus.send(channel, {"n": n})

@@ -24,9 +24,11 @@ from .app import (
     LayerOption,
     LogFormatOption,
     LogLevelOption,
+    LoopOption,
     ReloadOption,
     TraceOption,
     err,
+    event_loop,
     fail,
     layer_url,
     say,
@@ -57,6 +59,7 @@ def demo(
     log_level: LogLevelOption = "warning",
     log_format: LogFormatOption = "text",
     trace: TraceOption = "off",
+    loop: LoopOption = "auto",
 ) -> None:
     """Run the example chat: the edge, the chat and the stats services in one process.
 
@@ -70,6 +73,7 @@ def demo(
     # Process-wide setup (logging, tracing) comes
     # before the app is built, so the services start with it in place.
     setup_logging(log_level, log_format)
+    loop = event_loop(loop)
     if reload:
         from .supervisor import reload_command
 
@@ -90,11 +94,14 @@ def demo(
     address = f"{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
 
     def ready() -> None:
-        say("[green]svc demo[/]", f"edge + chat + stats services on {redact_url(url)}")
+        say(
+            "[green]svc demo[/]",
+            f"edge + chat + stats services on {redact_url(url)} (event loop: {loop})",
+        )
         # stdout, unstyled and flushed: scripts (and tests) read the URL from it.
         print(f"open http://{address}/  (Ctrl-C stops)", flush=True)
 
-    if not serve(app, sock, log_level, on_ready=ready):
+    if not serve(app, sock, log_level, on_ready=ready, loop=loop):
         err.print("[bold red]error:[/] the demo did not start (see the log above)")
         raise typer.Exit(1)
 
@@ -151,13 +158,24 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: EdgeApp, sock: socket.socket, log_level: str, on_ready: Callable[[], None]) -> bool:
-    """Serve until SIGINT/SIGTERM; calls ``on_ready`` once serving. False if startup failed."""
+def serve(
+    app: EdgeApp,
+    sock: socket.socket,
+    log_level: str,
+    on_ready: Callable[[], None],
+    loop: str = "asyncio",
+) -> bool:
+    """Serve until SIGINT/SIGTERM on ``loop`` (``asyncio`` or ``uvloop``); calls ``on_ready``
+    once serving. False if startup failed."""
     from svcbus.edge import config
 
     server = _server_class()(
         config(app, log_level=log_level.lower(), timeout_graceful_shutdown=5, log_config=None)
     )
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(_serve(server, sock, on_ready))
     return asyncio.run(_serve(server, sock, on_ready))
 
 

@@ -14,19 +14,24 @@ from websockets.sync.client import connect
 
 
 @pytest.mark.parametrize(
-    "server",
+    ("server", "loop"),
     [
-        pytest.param(None, id="memory"),
-        pytest.param("nats_url", id="nats", marks=pytest.mark.nats),
-        pytest.param("redis_url", id="redis", marks=pytest.mark.redis),
+        pytest.param(None, "asyncio", id="memory"),
+        pytest.param(None, "uvloop", id="memory-uvloop"),
+        pytest.param("nats_url", "asyncio", id="nats", marks=pytest.mark.nats),
+        pytest.param("redis_url", "asyncio", id="redis", marks=pytest.mark.redis),
     ],
 )
 def test_svc_demo_serves_the_page_and_stops_on_sigterm(
-    server: str | None, request: pytest.FixtureRequest, processes: Processes, tmp_path: Path
+    server: str | None,
+    loop: str,
+    request: pytest.FixtureRequest,
+    processes: Processes,
+    tmp_path: Path,
 ) -> None:
     layer = ["--layer", isolated(request.getfixturevalue(server))] if server else []
     # From another directory: the demo finds the examples in the checkout itself.
-    demo = processes.start("demo", "demo", "--port", "0", *layer, cwd=tmp_path)
+    demo = processes.start("demo", "demo", "--port", "0", "--loop", loop, *layer, cwd=tmp_path)
     url = read_url(demo)
     assert url.startswith("http://127.0.0.1:") and url.endswith("/")
 
@@ -48,7 +53,7 @@ def test_svc_demo_serves_the_page_and_stops_on_sigterm(
         assert "welcome" in first_frames, first_frames
 
     assert processes.stop(demo) == 0, processes.log("demo")
-    assert "svc demo" in processes.log("demo")
+    assert f"(event loop: {loop})" in processes.log("demo")
 
 
 def test_svc_demo_says_what_to_do_when_the_port_is_taken() -> None:

@@ -199,7 +199,7 @@ class Runtime:
         self.started = anyio.Event()
         """Set once every consumer is receiving."""
         self.in_process = in_process
-        self._local: list[tuple[_Bound, LocalConsumer]] = []
+        self._local: list[LocalConsumer] = []
         """Consumers offered for in-process requests (svcbus.local), while running."""
         self._local_tasks: set[asyncio.Task[None]] = set()
         self._local_reply_channel = ""
@@ -378,7 +378,7 @@ class Runtime:
                 self._local_starter(bound),
             )
             if self.bus.layer.serve_locally(consumer.channel, local):
-                self._local.append((bound, local))
+                self._local.append(local)
         if self._local:
             # What a consumer's context shows as the request's reply channel (its
             # reply goes straight to the requester); nothing reads it, so a message
@@ -388,8 +388,8 @@ class Runtime:
 
     def _unserve_locally(self) -> None:
         """New requests go through the layer; those handed over already are still handled."""
-        for bound, local in self._local:
-            self.bus.layer.unserve_locally(bound.consumer.channel, local)
+        for local in self._local:
+            self.bus.layer.unserve_locally(local.channel, local)
 
     def _local_starter(self, bound: _Bound) -> Start:
         loop = asyncio.get_running_loop()
@@ -481,7 +481,7 @@ class Runtime:
         finally:
             # Out of time: what still waits is not started (its requester times out,
             # as for a message left in the channel), what runs is cancelled.
-            for _, local in self._local:
+            for local in self._local:
                 local.waiting.clear()
             for task in self._local_tasks:
                 task.cancel()

@@ -39,7 +39,7 @@ from .security import AuthenticationFailed
 
 if TYPE_CHECKING:
     from .app import EdgeApp
-from .request import Request
+    from .request import Request
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -10,7 +10,10 @@
         # "layered" is the svcbus edge with its HTTP requests sent through the
         # memory layer (in_process=False): the path to consumers elsewhere;
         # --servers svcbus,raw,svcbus-uvloop,raw-uvloop adds both on uvloop
-        # (needs uvloop installed), each compared with raw uvicorn on its loop
+        # (needs uvloop installed), each compared with raw uvicorn on its loop;
+        # a "+h11" or "+httptools" suffix (svcbus+h11,raw+h11) picks the HTTP
+        # parser of that server's uvicorn protocol, compared with raw uvicorn on
+        # the same parser (default: auto, httptools when installed, as uvicorn)
 
 Each server runs in its own process on a loopback port; the load comes from
 several client processes speaking WebSocket through websockets' sans-I/O
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import multiprocessing as mp
 import os
 import resource
@@ -232,17 +236,18 @@ def serve(kind: str, port: int) -> None:
 
     # Each kind names its event loop, so that installing uvloop (which uvicorn's
     # default "auto" would take) does not change what "svcbus" and "raw" measure.
-    kind, _, loop = kind.partition("-")
-    loop = loop or "asyncio"
+    kind, loop, parser = kind_parts(kind)
+    # Named only when not auto: --before serves edges older than the option.
+    http = {} if parser == "auto" else {"http": parser}
     if kind in ("svcbus", "layered"):
         import svcbus
 
         print(f"serving the edge of {Path(svcbus.__file__).parent}", file=sys.stderr, flush=True)
         app = svcbus_app(in_process=kind == "svcbus")
-        options = uvicorn_options(app)
+        options = uvicorn_options(app, **http)
     else:
         app = RawApp()
-        options = uvicorn_options()
+        options = uvicorn_options(**http)
         options["lifespan"] = "on"
     uvicorn.run(app, host=HOST, port=port, log_level="error", loop=loop, **options)
 
@@ -687,14 +692,36 @@ NAMES = {
     "before": "svcbus edge, before",
     "daphne": "Daphne + Channels",
     "raw": "raw uvicorn (floor)",
-    "svcbus-uvloop": "svcbus edge, uvloop",
-    "raw-uvloop": "raw uvicorn, uvloop (floor)",
 }
 
 
+def auto_parser() -> str:
+    """The HTTP parser uvicorn's protocol takes when none is named (svcbus.edge.server)."""
+    return "httptools" if importlib.util.find_spec("httptools") else "h11"
+
+
+def kind_parts(kind: str) -> tuple[str, str, str]:
+    """``server[-loop][+parser]`` (e.g. ``raw-uvloop+h11``) as (server, loop, HTTP parser)."""
+    kind, _, parser = kind.partition("+")
+    kind, _, loop = kind.partition("-")
+    return kind, loop or "asyncio", parser or "auto"
+
+
+def name_of(kind: str) -> str:
+    """The table's name of ``kind``: its server, then its loop and parser where not the default."""
+    server, loop, parser = kind_parts(kind)
+    extras = [x for x in (loop, parser) if x not in ("asyncio", "auto")]
+    return ", ".join([NAMES[server], *extras])
+
+
 def floor_of(kind: str) -> str:
-    """The raw app on the same event loop as ``kind``: what its ratios are taken against."""
-    return "raw-uvloop" if kind.endswith("-uvloop") else "raw"
+    """The raw app on the same event loop and HTTP parser as ``kind``: its ratios' base."""
+    _, loop, parser = kind_parts(kind)
+    return (
+        "raw"
+        + ("" if loop == "asyncio" else f"-{loop}")
+        + ("" if parser == "auto" else f"+{parser}")
+    )
 
 
 @dataclass
@@ -805,7 +832,7 @@ def compare_table(rows: dict[str, Rows], echo: tuple[int, int], fanout: int) -> 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for kind, row in rows.items():
         cells = [
-            NAMES[kind],
+            name_of(kind),
             f"{med(row.echo_p50):.1f}",
             f"{med(row.echo_p99):.1f}",
             f"{med(row.echo_rate):,.0f}",
@@ -839,7 +866,7 @@ def table(results: list[dict], sizes: list[int], echo_clients: int) -> str:
     columns += [f"echo {echo_clients:,} p50/p99 ms", "echo msg/s", "HTTP req/s", "HTTP p50/p99 ms"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
-        cells = [NAMES[r["kind"]], f"{r.get('held', 0):,}", f"{r.get('kib_per_conn', 0):.1f}"]
+        cells = [name_of(r["kind"]), f"{r.get('held', 0):,}", f"{r.get('kib_per_conn', 0):.1f}"]
         for s in sizes:
             p50, p99, whole, share = r[f"bcast{s}"]
             lost = "" if share >= 0.9995 else f" ({share:.0%} delivered)"
@@ -908,7 +935,8 @@ def run_compare(args: argparse.Namespace, pool: Pool, echo: tuple[int, int], htt
     print(compare_table(rows, echo, fanout))
     print()
     print(
-        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {args.clients} client "
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, HTTP parser (auto): "
+        f"{auto_parser()}, {args.clients} client "
         f"processes; median of {args.rounds} interleaved rounds; echo: {echo[0]:,} sockets x "
         f"{echo[1]} sequential frames; one socket: {single[0]} sockets x {single[1]} frames, "
         f"one at a time; HTTP: {50 // pool.size * pool.size} keep-alive connections, {http_s:g} s; "
@@ -930,7 +958,7 @@ def run_full(args: argparse.Namespace, pool: Pool, echo: tuple[int, int], http_s
     results = []
     try:
         for kind in kinds:
-            print(f"measuring {NAMES[kind]}...", file=sys.stderr, flush=True)
+            print(f"measuring {name_of(kind)}...", file=sys.stderr, flush=True)
             started = time.perf_counter()
             results.append(asyncio.run(measure(kind, pool, sizes, echo, http_s, shim)))
             print(f"  done in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
@@ -941,7 +969,8 @@ def run_full(args: argparse.Namespace, pool: Pool, echo: tuple[int, int], http_s
     print(table(results, sizes, echo[0]))
     print()
     print(
-        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {args.clients} client processes, "
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, HTTP parser (auto): "
+        f"{auto_parser()}, {args.clients} client processes, "
         f"{BROADCAST_ROUNDS} broadcast rounds per size; 'all' = time until the last socket got it."
     )
 

@@ -3,7 +3,9 @@
 :func:`svcbus.edge.uvicorn_options` names these classes (as import strings,
 so ``--workers`` can pass them to worker processes):
 
-* :class:`EdgeHttpProtocol` (h11): a TCP connection of any kind counts
+* :class:`EdgeHttpProtocol` (h11) and
+  :class:`~svcbus.edge.httptools_protocol.EdgeHttpToolsProtocol` (httptools,
+  the faster parser, taken when installed): a TCP connection of any kind counts
   against ``Limits.max_connections + Limits.max_requests`` (room for every
   socket and every request in flight) from the moment TCP hands it over,
   headers unsent; over that it gets a 503 at once. The app itself then
@@ -71,16 +73,27 @@ def limits_of(config: Config) -> Limits:
     return limits
 
 
-class EdgeHttpProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a connection limit and a header timeout."""
+class ConnectionLimits:
+    """The edge's limits on an HTTP protocol class: a connection cap and a header timeout.
+
+    Mixed into uvicorn's h11 protocol here and into its httptools protocol
+    (:mod:`.httptools_protocol`); each names, in :meth:`waiting_for_headers`,
+    how its parser tells that a connection has no complete request headers.
+    """
+
+    # What the mixin uses of uvicorn's protocols (both have these).
+    connections: set[Any]
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
 
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
-        super().__init__(config, *args, **kwargs)
+        super().__init__(config, *args, **kwargs)  # type: ignore[call-arg]  # uvicorn's protocol
         self.limits = limits_of(config)
         self.header_timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows BaseTransport too
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]  # uvicorn's protocol
         # Counted from the start (uvicorn's own limit looks only at finished headers,
         # which a slow-header client never sends).
         cap = self.limits.max_connections + self.limits.max_requests
@@ -92,23 +105,27 @@ class EdgeHttpProtocol(H11Protocol):
                 len(self.connections) - 1,
                 cap,
             )
-            transport.write(_BUSY)
-            transport.close()
+            self.transport.write(_BUSY)
+            self.transport.close()
             return
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]  # uvicorn's protocol
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]  # uvicorn's protocol
         if not self.transport.is_closing():
             self._arm_header_timer()  # the next request's headers get the same time
 
-    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+    def handle_websocket_upgrade(self, *args: Any) -> None:
         self._disarm_header_timer()
-        super().handle_websocket_upgrade(event)
+        super().handle_websocket_upgrade(*args)  # type: ignore[misc]  # uvicorn's protocol
+
+    def waiting_for_headers(self) -> bool:
+        """Whether the connection has no complete request headers (the current request's)."""
+        raise NotImplementedError
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
@@ -121,12 +138,10 @@ class EdgeHttpProtocol(H11Protocol):
 
     def _header_timeout(self) -> None:
         self.header_timer = None
-        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+        serving: object = self.transport.get_protocol()  # a WebSocket's protocol after an upgrade
+        if self.transport.is_closing() or serving is not self:
             return
-        waiting_for_headers = self.conn.their_state in (h11.IDLE, h11.DONE) and (
-            self.cycle is None or self.cycle.response_complete
-        )
-        if waiting_for_headers:
+        if self.waiting_for_headers():
             quiet.log(
                 logging.INFO,
                 "header-timeout",
@@ -135,6 +150,15 @@ class EdgeHttpProtocol(H11Protocol):
                 self.limits.header_timeout,
             )
             self.transport.close()
+
+
+class EdgeHttpProtocol(ConnectionLimits, H11Protocol):
+    """uvicorn's h11 protocol (pure Python) with the edge's connection limit and header timeout."""
+
+    def waiting_for_headers(self) -> bool:
+        return self.conn.their_state in (h11.IDLE, h11.DONE) and (
+            self.cycle is None or self.cycle.response_complete
+        )
 
 
 class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):

@@ -36,7 +36,7 @@ def free_socket() -> socket.socket:
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
+async def serve(http_parser: str) -> AsyncIterator[Serve]:
     """``await serve(app)`` starts uvicorn for ``app`` and returns ``host:port``; stopped after."""
     started: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
@@ -44,7 +44,7 @@ async def serve() -> AsyncIterator[Serve]:
         sock = free_socket()
         port = sock.getsockname()[1]
         options = {"log_level": "warning", "timeout_graceful_shutdown": 2, **overrides}
-        server = uvicorn.Server(config(app, port=port, **options))
+        server = uvicorn.Server(config(app, port=port, parser=http_parser, **options))
         task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         started.append((server, task))
         for _ in range(500):
@@ -79,9 +79,21 @@ def in_process() -> bool:
     return True
 
 
+@pytest.fixture
+def http_parser() -> str:
+    """The HTTP parser of the edge's uvicorn protocol in ``serve``.
+
+    A test module that sets ``BOTH_PARSERS = True`` runs each of its tests
+    on both: httptools (what ``auto`` takes when installed) and h11.
+    """
+    return "auto"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if getattr(metafunc.module, "BOTH_PATHS", False) and "in_process" in metafunc.fixturenames:
         metafunc.parametrize("in_process", [True, False], ids=["in-process", "through-layer"])
+    if getattr(metafunc.module, "BOTH_PARSERS", False) and "http_parser" in metafunc.fixturenames:
+        metafunc.parametrize("http_parser", ["httptools", "h11"])
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from svcbus.edge import EdgeApp, Limits, bearer_token
 
 pytestmark = pytest.mark.anyio
+BOTH_PARSERS = True  # each test on the edge's httptools protocol and on its h11 one
 
 
 @pytest.fixture
@@ -93,6 +94,33 @@ async def test_slow_header_clients_are_refused_or_cut_off(serve, edge_bus) -> No
         assert (await client.get("/api/add/1?b=1")).json() == {"total": 2}
 
 
+async def test_each_kept_alive_request_gets_the_header_timeout(serve, edge_bus) -> None:
+    """A kept-alive connection's next request has the same time for its headers as the first.
+
+    The time counts from the end of the previous response (idle time included).
+    """
+    from edge_service import routes
+
+    limits = Limits(header_timeout=1.0)
+    addr = await serve(EdgeApp(routes, layer=edge_bus, limits=limits))
+    host, port = addr.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for _ in range(3):  # whole requests, each within the time: all answered
+            await asyncio.sleep(0.6)  # idle before each, under the timeout
+            writer.write(b"GET /api/add/1?b=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            assert await reader.readexactly(length) == b'{"total":2}'
+        answered = time.monotonic()
+        writer.write(b"GET /api/add/1?b=1 HTTP/1.1\r\nHost: x\r\n")  # never finished
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
+        assert 0.9 < time.monotonic() - answered < 2.5
+    finally:
+        writer.close()
+
+
 async def test_a_ping_flood_is_rate_limited(serve, edge_bus) -> None:
     from edge_service import routes
 
@@ -110,8 +138,16 @@ async def test_a_ping_flood_is_rate_limited(serve, edge_bus) -> None:
         assert await ws.recv() == "hi"
 
 
-async def test_invalid_utf8_is_one_line_without_traceback(serve, edge_bus, edge_log) -> None:
+async def test_invalid_utf8_is_one_line_without_traceback(
+    serve, edge_bus, edge_log, monkeypatch
+) -> None:
     from edge_service import routes
+
+    from svcbus.edge import protocol
+    from svcbus.edge.logs import Quiet
+
+    # The protocols' rate limit is per process: a fresh one, whatever ran before.
+    monkeypatch.setattr(protocol, "quiet", Quiet(protocol.log))
 
     addr = await serve(EdgeApp(routes, layer=edge_bus), log_level="info")
     listen(edge_log)

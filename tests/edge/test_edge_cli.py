@@ -94,6 +94,17 @@ def test_svc_edge_on_each_event_loop(svc_edge, loop: str) -> None:
     assert f"event loop: {loop}" in process.stderr.read()
 
 
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_svc_edge_on_each_http_parser(svc_edge, http: str) -> None:
+    # auto takes httptools when it is installed (the edge extra installs it);
+    # h11 is the pure-Python fallback. Both carry the edge's limits.
+    port, process = svc_edge("edge_service:cli_app", "--http", http, "--workers", "2")
+    exercise(port)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(10) == 0
+    assert f"HTTP: {http}" in process.stderr.read()
+
+
 def test_svc_edge_with_workers(svc_edge) -> None:
     port, _ = svc_edge("edge_service:cli_app", "--workers", "2")
     exercise(port)
@@ -106,11 +117,12 @@ def test_svc_edge_with_workers(svc_edge) -> None:
         ("edge_service:nothing", "has no attribute 'nothing'"),
         ("no_such_module:routes", "cannot import 'no_such_module'"),
         ("edge_service:service", "must be a svcbus.edge.Routes table or EdgeApp"),
+        ("edge_service:cli_app --http fast", "use one of auto, h11, httptools"),
     ],
 )
 def test_svc_edge_bad_routes_say_what_to_do(ref: str, message: str) -> None:
     result = subprocess.run(
-        [*SVC, "edge", ref, "--bind", "127.0.0.1:1"],
+        [*SVC, "edge", *ref.split(), "--bind", "127.0.0.1:1"],
         cwd=HERE,
         capture_output=True,
         text=True,

@@ -10,6 +10,7 @@ from svcbus.edge import EdgeApp, HttpRoute, Limits, Routes
 
 pytestmark = pytest.mark.anyio
 BOTH_PATHS = True  # each test with the service in process (svcbus.local) and through the layer
+BOTH_PARSERS = True  # and on the edge's httptools protocol and on its h11 one
 
 
 @pytest.fixture

@@ -25,6 +25,10 @@ async def app_on(serve, bus: Bus, *, http: str | None = None, **options) -> str:
     return await serve(EdgeApp(routes, layer=bus, **options), **server_options)
 
 
+PLAIN_H11 = "uvicorn.protocols.http.h11_impl:H11Protocol"
+"""uvicorn's own h11 protocol, without the edge's connection limit and header timeout."""
+
+
 async def close_code(ws) -> int:
     """Read until the server closes; the code it closed with."""
     with pytest.raises(ConnectionClosed) as info:
@@ -146,6 +150,7 @@ async def test_request_cap_refuses_requests_over_it_with_503(serve, edge_bus) ->
     await still_echoes(addr)  # sockets do not count against max_requests
 
 
+@pytest.mark.parametrize("http_parser", ["httptools", "h11"])
 async def test_tcp_cap_refuses_with_503_before_reading(serve, edge_bus) -> None:
     """The edge's protocol counts TCP connections from their first byte, up to both limits."""
     addr = await app_on(serve, edge_bus, limits=Limits(max_connections=2, max_requests=1))
@@ -177,7 +182,7 @@ async def test_tcp_cap_refuses_with_503_before_reading(serve, edge_bus) -> None:
 
 async def test_connection_cap_closes_1013_under_a_plain_server(serve, edge_bus) -> None:
     """Under an ASGI server without the edge's protocol the app itself refuses: 1013 / 503."""
-    addr = await app_on(serve, edge_bus, limits=Limits(max_connections=3), http="h11")
+    addr = await app_on(serve, edge_bus, limits=Limits(max_connections=3), http=PLAIN_H11)
     held = [await connect(f"ws://{addr}/ws/lobby") for _ in range(3)]
     try:
         async with connect(f"ws://{addr}/ws/lobby") as ws:
@@ -211,6 +216,7 @@ async def test_bad_json_on_json_route_closes_1007(edge) -> None:
     await still_echoes(addr)
 
 
+@pytest.mark.parametrize("http_parser", ["httptools", "h11"])
 async def test_garbage_handshake_does_not_hurt_the_edge(edge) -> None:
     addr, _ = edge
     host, port = addr.split(":")

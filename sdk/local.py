@@ -12,10 +12,12 @@ hands its message over directly.
 
 What holds as through the layer:
 
-* the handler runs in a task of its runtime, not in the requester's: a
-  requester that gives up (its timeout) does not cancel it, the runtime's
-  stop drains it like any message in flight, and it sees the runtime's
-  context variables (a copy), not the requester's;
+* the handler runs in a worker task of its runtime, not in the requester's:
+  a requester that gives up (its timeout) does not cancel it, the runtime's
+  stop drains it like any message in flight, and it sees the worker's
+  context variables (a copy of the runtime's), not the requester's. The
+  workers are long-lived, as the layer's are: under load one wake-up serves
+  every request waiting, and no request pays for a task of its own;
 * the request and the reply are each encoded once, so the layer's size limit
   (:class:`~svcbus.errors.MessageTooLarge`) and JSON-ability apply, and the
   reply is coerced to the consumer's reply contract as ``Bus.reply`` does;
@@ -24,11 +26,12 @@ What holds as through the layer:
 * order: a request is handed over only while nothing waits in the channel
   (otherwise it queues behind what is there), and in-process requests start
   in the order they came;
-* at most the consumer's ``concurrency`` in-process requests run at once; the
-  next ones wait, up to the channel's capacity, then ``ChannelFull``. (The
-  consumer's workers may meanwhile handle as many messages from the channel:
-  in mixed traffic up to twice ``concurrency`` handlers run.) Requests
-  already waiting when the runtime stops are handled during its drain.
+* at most the consumer's ``concurrency`` in-process requests run at once
+  (one per worker); the next ones wait, up to the channel's capacity, then
+  ``ChannelFull``. (The consumer's layer workers may meanwhile handle as many
+  messages from the channel: in mixed traffic up to twice ``concurrency``
+  handlers run.) Requests already waiting when the runtime stops are handled
+  during its drain.
 
 What differs, and why that is safe for the one caller, the edge: the consumer
 receives the requester's message object itself, not a copy decoded from the
@@ -71,18 +74,17 @@ class LocalReply:
         """``value`` encoded as JSON (what a reply envelope would carry)."""
 
 
-Start = Callable[["LocalConsumer", Any, "asyncio.Future[LocalReply]"], None]
-"""Starts the handler's task for one message; the task settles the future, then calls ``done``."""
-
-
 class LocalConsumer:
-    """One consumer a running runtime serves in process (see the module's docstring)."""
+    """One consumer a running runtime serves in process (see the module's docstring).
 
-    __slots__ = ("_start", "channel", "in_flight", "limit", "message_type", "options", "waiting")
+    Requests wait in :attr:`waiting`, oldest first; the runtime's local
+    workers (one per unit of the consumer's concurrency) take them from there
+    and wait in :meth:`wait_for_work` while there are none.
+    """
 
-    def __init__(
-        self, channel: str, message_type: type, limit: int, options: LayerOptions, start: Start
-    ) -> None:
+    __slots__ = ("channel", "idle", "limit", "message_type", "options", "pending", "waiting")
+
+    def __init__(self, channel: str, message_type: type, limit: int, options: LayerOptions) -> None:
         self.channel = channel
         self.message_type = message_type
         """The consumer's message type: only messages of exactly this type are handed over."""
@@ -90,10 +92,12 @@ class LocalConsumer:
         """Most in-process requests handled at once (the consumer's concurrency)."""
         self.options = options
         """The layer's options: its size limit and the channel's capacity apply here too."""
-        self.in_flight = 0
+        self.pending = 0
+        """Requests taken and not yet finished: waiting or being handled."""
         self.waiting: deque[tuple[Any, asyncio.Future[LocalReply]]] = deque()
-        """Requests waiting for a free place, oldest first (at most the channel's capacity)."""
-        self._start = start
+        """Requests no worker has taken yet, oldest first."""
+        self.idle: list[asyncio.Future[None]] = []
+        """The wake-ups of workers waiting for a request."""
 
     def call(self, message: Any) -> asyncio.Future[LocalReply] | None:
         """Hand ``message`` over; its reply's future, or None if it must go through the layer.
@@ -110,27 +114,33 @@ class LocalConsumer:
         size = len(body_json(message))  # encoded once, as for the layer: JSON-able, not too large
         if size > options.max_message_size:
             options.check_size(self.channel, size)
-        future: asyncio.Future[LocalReply] = asyncio.get_running_loop().create_future()
-        if self.in_flight < self.limit:
-            self._start(self, message, future)
-            self.in_flight += 1
-            return future
+        # As many as the workers handle at once, and the channel's capacity waiting.
         capacity = options.capacity_for(self.channel)
-        if len(self.waiting) >= capacity:
+        if self.pending >= self.limit + capacity:
             raise ChannelFull(
                 f"channel {self.channel!r} holds {capacity} requests (its capacity); "
                 "its consumers are behind: retry later or raise channel_capacity"
             )
+        future: asyncio.Future[LocalReply] = asyncio.get_running_loop().create_future()
+        self.pending += 1
         self.waiting.append((message, future))
+        self.wake(1)
         return future
 
-    def done(self) -> None:
-        """One request's handler has finished: start the oldest waiting one, if any."""
-        if self.waiting:
-            message, future = self.waiting.popleft()
-            self._start(self, message, future)
-        else:
-            self.in_flight -= 1
+    def wake(self, count: int) -> None:
+        """Wake up to ``count`` idle workers."""
+        idle = self.idle
+        while count and idle:
+            wake_up = idle.pop()  # the most recent: its memory is the warmest
+            if not wake_up.done():  # not cancelled with its worker
+                wake_up.set_result(None)
+                count -= 1
+
+    async def wait_for_work(self) -> None:
+        """Wait, as a worker, until a request may be waiting (or the runtime stops)."""
+        wake_up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.idle.append(wake_up)
+        await wake_up
 
 
 class LocalContext(Context):

@@ -14,7 +14,6 @@ route without creating streams or keys.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import random
 import signal
@@ -42,7 +41,7 @@ from .errors import (
     SvcbusError,
 )
 from .layer import Layer
-from .local import LocalConsumer, LocalContext, LocalReply, Start
+from .local import LocalConsumer, LocalContext, LocalReply
 from .names import is_reply_channel
 from .ratelog import DEFAULT_WINDOW, RateLimitedLog
 from .redact import redact_text
@@ -201,7 +200,6 @@ class Runtime:
         self.in_process = in_process
         self._local: list[LocalConsumer] = []
         """Consumers offered for in-process requests (svcbus.local), while running."""
-        self._local_tasks: set[asyncio.Task[None]] = set()
         self._local_reply_channel = ""
 
     @staticmethod
@@ -371,45 +369,68 @@ class Runtime:
             if not isinstance(consumer.message_type, type):
                 continue  # untyped: the message is whatever the bytes decode to
             local = LocalConsumer(
-                consumer.channel,
-                consumer.message_type,
-                bound.concurrency,
-                self.bus.layer.options,
-                self._local_starter(bound),
+                consumer.channel, consumer.message_type, bound.concurrency, self.bus.layer.options
             )
             if self.bus.layer.serve_locally(consumer.channel, local):
                 self._local.append(local)
-        if self._local:
-            # What a consumer's context shows as the request's reply channel (its
-            # reply goes straight to the requester); nothing reads it, so a message
-            # sent there expires like any unread one.
-            self._local_reply_channel = await self.bus.layer.new_channel("local")
-            workers.start_soon(self._drain_local)
+        if not self._local:
+            return
+        # What a consumer's context shows as the request's reply channel (its reply
+        # goes straight to the requester); nothing reads it, so a message sent there
+        # expires like any unread one. Requests handed over meanwhile wait for the
+        # workers, which start once it exists.
+        self._local_reply_channel = await self.bus.layer.new_channel("local")
+        by_channel = {bound.consumer.channel: bound for bound in self._bound}
+        for local in self._local:
+            bound = by_channel[local.channel]
+            # Each worker task runs in its own copy of the runtime's context, as a
+            # layer worker does, not in the requester's.
+            for _ in range(bound.concurrency):
+                workers.start_soon(self._work_local, bound, local)
 
     def _unserve_locally(self) -> None:
         """New requests go through the layer; those handed over already are still handled."""
         for local in self._local:
             self.bus.layer.unserve_locally(local.channel, local)
+            local.wake(len(local.idle))  # idle workers see that the runtime stops
 
-    def _local_starter(self, bound: _Bound) -> Start:
-        loop = asyncio.get_running_loop()
-        tasks = self._local_tasks
-        # The handler runs in a copy of the runtime's context, as a worker's would,
-        # not in the requester's: nothing the edge set in its task leaks into it.
-        context = contextvars.copy_context()
+    async def _work_local(self, bound: _Bound, local: LocalConsumer) -> None:
+        """One worker of in-process requests: handle them as they come, until stopped.
 
-        def start(local: LocalConsumer, message: Any, reply: asyncio.Future[LocalReply]) -> None:
-            coro = self._serve_local(bound, local, message, reply)
-            task = context.run(loop.create_task, coro)
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        return start
+        After stop() it handles what still waits (the drain), then ends. If the
+        drain runs out of time the workers are cancelled: what still waits is
+        never started and its requesters time out, as for messages left in a
+        channel.
+        """
+        waiting = local.waiting
+        unyielded = 0
+        try:
+            while True:
+                if waiting:
+                    message, reply = waiting.popleft()
+                    try:
+                        await self._serve_local(bound, message, reply)
+                    finally:
+                        local.pending -= 1
+                    # Handlers that never suspend must not starve the requesters'
+                    # tasks while requests keep coming: yield every BATCH_SIZE.
+                    unyielded += 1
+                    if unyielded >= BATCH_SIZE:
+                        unyielded = 0
+                        await asyncio.sleep(0)
+                elif self._stopping:
+                    return
+                else:
+                    unyielded = 0
+                    await local.wait_for_work()
+        except BaseException:
+            waiting.clear()  # cancelled (the drain ran out of time): see above
+            raise
 
     async def _serve_local(
-        self, bound: _Bound, local: LocalConsumer, message: Any, reply: asyncio.Future[LocalReply]
+        self, bound: _Bound, message: Any, reply: asyncio.Future[LocalReply]
     ) -> None:
-        """Handle one in-process request in its own task; settle ``reply``.
+        """Handle one in-process request; settle ``reply``.
 
         :meth:`_invoke` for a message that came without an envelope: the same
         counts, log lines and errors, the reply handed over instead of sent.
@@ -421,37 +442,34 @@ class Runtime:
         envelope = None
         ctx = None
         try:
-            try:
-                if consumer.takes_context or self.observers:
-                    envelope = envelope_type(consumer.message_type).model_construct(
-                        v=1, id=message_id, rc=self._local_reply_channel, at=now_ms(), b=message
-                    )
-                if consumer.takes_context:
-                    assert envelope is not None
-                    ctx = LocalContext(
-                        self.bus,
-                        consumer.channel,
-                        envelope,
-                        self.service,
-                        answer=lambda value: self._answer_local(bound, message_id, reply, value),
-                    )
-                    result = await consumer.func(message, ctx)
-                else:
-                    result = await consumer.func(message)
-            except Exception as exc:
-                stats.failed += 1
-                log.exception("consumer %s failed on message %s", consumer.name, message_id)
-                if not reply.done():
-                    reply.set_exception(_remote_error(consumer.channel, exc))
-                return
-            if ctx is None or not ctx._replied:
-                self._answer_local(bound, message_id, reply, result)
-            stats.processed += 1
-            if envelope is not None:
-                for observer in self.observers:
-                    observer(consumer.channel, envelope, result)
-        finally:
-            local.done()
+            if consumer.takes_context or self.observers:
+                envelope = envelope_type(consumer.message_type).model_construct(
+                    v=1, id=message_id, rc=self._local_reply_channel, at=now_ms(), b=message
+                )
+            if consumer.takes_context:
+                assert envelope is not None
+                ctx = LocalContext(
+                    self.bus,
+                    consumer.channel,
+                    envelope,
+                    self.service,
+                    answer=lambda value: self._answer_local(bound, message_id, reply, value),
+                )
+                result = await consumer.func(message, ctx)
+            else:
+                result = await consumer.func(message)
+        except Exception as exc:
+            stats.failed += 1
+            log.exception("consumer %s failed on message %s", consumer.name, message_id)
+            if not reply.done():
+                reply.set_exception(_remote_error(consumer.channel, exc))
+            return
+        if ctx is None or not ctx._replied:
+            self._answer_local(bound, message_id, reply, result)
+        stats.processed += 1
+        if envelope is not None:
+            for observer in self.observers:
+                observer(consumer.channel, envelope, result)
 
     def _answer_local(
         self, bound: _Bound, message_id: str, reply: asyncio.Future[LocalReply], value: Any
@@ -471,20 +489,6 @@ class Runtime:
             reply.set_exception(_remote_error(consumer.channel, exc))
             return
         reply.set_result(LocalReply(value, body))
-
-    async def _drain_local(self) -> None:
-        """After stop(): wait for in-process requests in flight (cancelled with the workers)."""
-        await self._stop_requested.wait()
-        try:
-            while self._local_tasks:
-                await asyncio.wait(set(self._local_tasks))
-        finally:
-            # Out of time: what still waits is not started (its requester times out,
-            # as for a message left in the channel), what runs is cancelled.
-            for local in self._local:
-                local.waiting.clear()
-            for task in self._local_tasks:
-                task.cancel()
 
     async def _work_durable(self, bound: _Bound) -> None:
         """One worker of a durable channel (acks, retries, dead letters: runtime_durable.py)."""

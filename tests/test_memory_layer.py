@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import pytest
 
@@ -105,11 +107,10 @@ async def test_in_process_requests_queue_behind_waiting_messages():
 
     hub = MemoryHub()
     layer, other = MemoryLayer(hub=hub), MemoryLayer(hub=hub)
-    started: list[object] = []
-    consumer = LocalConsumer("mtest.local", dict, 1, layer.options, lambda *a: started.append(a))
+    consumer = LocalConsumer("mtest.local", dict, 1, layer.options)
     assert layer.serve_locally("mtest.local", consumer)
     assert not other.serve_locally(
-        "mtest.local", LocalConsumer("mtest.local", dict, 1, layer.options, print)
+        "mtest.local", LocalConsumer("mtest.local", dict, 1, layer.options)
     )
     assert other.local_consumer("mtest.local") is consumer  # one hub: any layer on it
     await other.send("mtest.local", b"first")  # nobody receives yet: it waits
@@ -121,22 +122,29 @@ async def test_in_process_requests_queue_behind_waiting_messages():
 
 
 async def test_in_process_requests_wait_in_order_up_to_the_capacity():
+    """One handled at once (concurrency 1) and two waiting (capacity 2); the workers wake in turn."""
     from svcbus.errors import ChannelFull, MessageTooLarge
     from svcbus.local import LocalConsumer
 
     options = LayerOptions(capacity=2, max_message_size=100)
-    started: list[dict[str, int]] = []
-    consumer = LocalConsumer("mtest.local", dict, 1, options, lambda _, m, __: started.append(m))
+    consumer = LocalConsumer("mtest.local", dict, 1, options)
+    worker = asyncio.ensure_future(consumer.wait_for_work())
+    await asyncio.sleep(0)  # the worker waits
     futures = [consumer.call({"n": n}) for n in range(3)]
-    assert started == [{"n": 0}] and consumer.in_flight == 1
+    assert [m for m, _ in consumer.waiting] == [{"n": 0}, {"n": 1}, {"n": 2}]  # oldest first
+    assert consumer.pending == 3
+    await asyncio.wait_for(worker, 1)  # the first call woke it
     with pytest.raises(ChannelFull):
-        consumer.call({"n": 3})  # one running, two waiting: the capacity
+        consumer.call({"n": 3})  # one to handle, two waiting: the capacity
     with pytest.raises(MessageTooLarge):
         consumer.call({"text": "x" * 200})
     assert consumer.call(["not", "a", "dict"]) is None  # another type: through the layer
-    consumer.done()
-    consumer.done()
-    assert started == [{"n": 0}, {"n": 1}, {"n": 2}] and consumer.in_flight == 1
-    consumer.done()
-    assert consumer.in_flight == 0
+    assert consumer.pending == 3 and len(consumer.waiting) == 3
+    # A worker that was cancelled is not woken (the latest idle, woken first): the next one is.
+    idle, gone = (asyncio.ensure_future(consumer.wait_for_work()) for _ in range(2))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.sleep(0)
+    consumer.wake(1)
+    await asyncio.wait_for(idle, 1)
     assert all(f is not None and not f.done() for f in futures)  # the runtime settles them

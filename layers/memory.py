@@ -108,6 +108,8 @@ class MemoryHub:
         self.groups = LocalGroups()
         self.listeners: dict[str, Callable[[bytes], bool]] = {}
         """Process channels whose messages go straight to a callback (:meth:`MemoryLayer.listen`)."""
+        self.message_listeners: dict[str, Callable[[Any], bool]] = {}
+        """Listeners that also take messages unencoded (:meth:`MemoryLayer.deliver_locally`)."""
         self.local: dict[str, LocalConsumer] = {}
         """Named channels a runtime in this process serves in-process requests on (svcbus.local)."""
         self.next_sweep = 0.0
@@ -149,6 +151,7 @@ class MemoryHub:
         self.durable.clear()
         self.groups.clear()
         self.listeners.clear()
+        self.message_listeners.clear()
         self.local.clear()
 
 
@@ -309,7 +312,12 @@ class MemoryLayer(Layer):
             queue.waiters.pop(0).set()  # more left than we took: pass it on
         return batch
 
-    def listen(self, channel: str, listener: Callable[[bytes], bool]) -> None:
+    def listen(
+        self,
+        channel: str,
+        listener: Callable[[bytes], bool],
+        message_listener: Callable[[Any], bool] | None = None,
+    ) -> None:
         """Hand what is sent to ``channel`` (one of this layer's process channels) to ``listener``.
 
         While nothing is queued on the channel, ``send`` calls ``listener(message)``
@@ -319,16 +327,39 @@ class MemoryLayer(Layer):
         must not block or raise: it runs inside the sender's ``send``. The edge
         uses it to write a consumer's reply to its socket without waking the
         socket's reader task (:meth:`svcbus.edge.websocket.Connection.take`).
+
+        ``message_listener``, if given, is offered the message object itself
+        by :meth:`deliver_locally`, before anything is encoded, on the same
+        terms; False sends it encoded as usual. It must take only what the
+        encoded send would accept (the layer's size limit) and be done with
+        the object when it returns (the sender may reuse it).
         """
         self._check_open()
         self._check_receivable(channel)  # only the layer that made it
         if "!" not in channel:
             raise InvalidChannelName(f"{channel!r}: only process channels can be listened to")
         self.hub.listeners[channel] = listener
+        if message_listener is not None:
+            self.hub.message_listeners[channel] = message_listener
 
     def unlisten(self, channel: str) -> None:
         """Stop :meth:`listen` on ``channel``: its messages queue again."""
         self.hub.listeners.pop(channel, None)
+        self.hub.message_listeners.pop(channel, None)
+
+    def deliver_locally(self, channel: str, message: Any) -> bool:
+        # Only while nothing waits in the channel: a message must not overtake
+        # earlier ones (group messages, replies the listener declined).
+        listeners = self.hub.message_listeners
+        if not listeners or self._closed:
+            return False
+        listener = listeners.get(channel)
+        if listener is None:
+            return False
+        queue = self.hub.queues.get(channel)
+        if queue is not None and queue.items:
+            return False
+        return listener(message)
 
     def serve_locally(self, channel: str, consumer: LocalConsumer) -> bool:
         # Every receiver of a memory channel is in this process. The first runtime
@@ -451,5 +482,5 @@ class MemoryLayer(Layer):
         for channel in [c for c in self.hub.queues if marker in c]:
             del self.hub.queues[channel]
         for channel in [c for c in self.hub.listeners if marker in c]:
-            del self.hub.listeners[channel]
+            self.unlisten(channel)
         self.hub.groups.discard_channels(lambda channel: marker in channel)

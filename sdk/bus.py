@@ -276,7 +276,6 @@ class Bus:
             message_id = new_message_id()
             await self.layer.send(channel, route.envelope(message_id, message))
             return message_id
-        validate_channel(channel)
         if (
             route is None
             and "!" in channel
@@ -286,12 +285,19 @@ class Bus:
             and headers is None
             and self.tracer is None
         ):
-            # A contract instance on a process channel (a consumer answering a socket):
-            # no contract lookup, no durability, the bus's expiry; what encode() writes.
+            # A contract instance on a process channel (a consumer answering a socket).
+            # A reader in this process may take it as it is (memory://: the edge
+            # writing a Send to its socket): no envelope, no second decode. The
+            # channel's name was checked when that reader started listening.
+            if self.layer.deliver_locally(channel, message):
+                return new_message_id()
+            validate_channel(channel)
+            # Else: no contract lookup, no durability, the bus's expiry; what encode() writes.
             route = self._process_route(type(message))
             message_id = new_message_id()
             await self.layer.send(channel, route.envelope(message_id, message))
             return message_id
+        validate_channel(channel)
         if self.tracer is not None and trace is None:
             with tracing.send_span(self.tracer, self.layer.system, channel) as span:
                 return await self._send(

@@ -217,6 +217,16 @@ class Layer(ABC):
         """The consumer serving ``channel`` in process, while nothing waits in the channel."""
         return None
 
+    def deliver_locally(self, channel: str, message: Any) -> bool:
+        """Hand ``message`` (a contract instance, unencoded) to a reader of ``channel`` in process.
+
+        True if a reader took it (nothing is sent then); False to send it
+        encoded as usual. Only a layer whose every reader lives in this
+        process may take it (memory://: a listener on a process channel, see
+        ``MemoryLayer.listen``), so the default declines.
+        """
+        return False
+
     async def flush(self) -> None:  # noqa: B027 - optional hook
         """Wait until every message sent so far has been handed to the server."""
 

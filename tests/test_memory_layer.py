@@ -101,6 +101,61 @@ async def test_a_listener_takes_messages_while_nothing_is_queued():
     assert mine not in hub.listeners
 
 
+async def test_a_message_listener_takes_objects_only_while_nothing_is_queued():
+    """deliver_locally: a message handed over unencoded must not overtake queued ones."""
+    layer = MemoryLayer()
+    other = MemoryLayer(hub=layer.hub)
+    mine = await layer.new_channel("edge")
+    objects: list[object] = []
+    accept = True
+
+    def take(message: object) -> bool:
+        if accept:
+            objects.append(message)
+        return accept
+
+    assert not other.deliver_locally(mine, "early")  # nobody listens yet
+    layer.listen(mine, lambda data: False, take)
+    assert other.deliver_locally(mine, "one")  # another layer on the hub sends
+    accept = False
+    assert not other.deliver_locally(mine, "two")  # declined: the sender encodes it
+    await other.send(mine, b"queued")  # the bytes listener declines: queued
+    accept = True
+    assert not other.deliver_locally(mine, "three")  # would overtake what is queued
+    assert await layer.receive_many(mine, 10) == [b"queued"]
+    assert other.deliver_locally(mine, "four")
+    assert objects == ["one", "four"]
+    layer.unlisten(mine)
+    assert not other.deliver_locally(mine, "five")
+    layer.listen(mine, lambda data: False, take)
+    await layer.close()  # its channels' listeners go with it
+    assert not other.deliver_locally(mine, "six") and objects == ["one", "four"]
+
+
+async def test_a_bus_hands_contracts_to_a_message_listener_and_encodes_the_rest():
+    from svcbus import Bus, Contract
+
+    class Note(Contract):
+        text: str
+
+    async with Bus("memory://deliver-test") as bus:
+        layer = bus.layer
+        assert isinstance(layer, MemoryLayer)
+        mine = await layer.new_channel("edge")
+        objects: list[object] = []
+        layer.listen(
+            mine, lambda data: False, lambda m: isinstance(m, Note) and not objects.append(m)
+        )
+        note = Note(text="hi")
+        assert await bus.send(mine, note)  # an id, as for any send
+        assert objects == [note]  # the object itself: nothing encoded, nothing queued
+        await bus.send(mine, {"text": "a dict"})  # not a contract instance: encoded
+        envelope = await bus.receive(mine)
+        assert envelope.b == {"text": "a dict"}
+        with pytest.raises(InvalidChannelName):
+            await bus.send("bad name!x", Note(text="no listener: the name is checked"))
+
+
 async def test_in_process_requests_queue_behind_waiting_messages():
     """svcbus.local: a channel's in-process consumer is offered only while nothing waits there."""
     from svcbus.local import LocalConsumer

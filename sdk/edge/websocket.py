@@ -35,6 +35,7 @@ from . import tracing
 from .contracts import (
     Accept,
     PathParams,
+    Send,
     WebSocketConnect,
     WebSocketDisconnect,
     WebSocketReceive,
@@ -42,7 +43,7 @@ from .contracts import (
 from .delivery import DELIVERED, INTERNAL_ERROR
 from .groups import drain, queue_write
 from .http import with_security_headers
-from .replies import ACCEPT, CLOSE, JOIN, SEND, Decoded
+from .replies import ACCEPT, CLOSE, JOIN, SEND, Decoded, ready
 from .request import Request
 from .routing import WebSocketRoute
 from .security import BUDGET_EXTENSION, AuthenticationFailed, FrameBudget
@@ -61,6 +62,8 @@ INVALID_DATA = 1007
 TRY_AGAIN_LATER = 1013
 
 PUMP_BATCH = 32
+ENVELOPE_ROOM = 1024
+"""More than an encoded reply's envelope adds to its payload (ids, times, contract name)."""
 
 
 class Connection:
@@ -263,6 +266,27 @@ class Connection:
         if item[0] != SEND:
             return False  # may await (groups, the handshake): the pump acts on it
         queue_write(self, item)
+        return True
+
+    def take_message(self, message: Any) -> bool:
+        """:meth:`take` for a reply handed over unencoded (``MemoryLayer.deliver_locally``).
+
+        A ``Send`` from a consumer in this process is written as it is: no
+        envelope is encoded for it and none decoded here. It must fit the
+        layer's size limit as the encoded reply would: a payload that might not
+        (JSON escapes at most 6 bytes per character) goes the encoded way,
+        where the layer measures it. The event is built before returning, so
+        the sender may reuse the object.
+        """
+        if type(message) is not Send:
+            return False  # Accept, Close, Join, Leave: the encoded way, to the pump
+        if self.pumping or self.backlog is not None or self.closed or not self.accepted:
+            return False
+        text = message.text
+        size = len(text) if text is not None else len(message.binary or b"")
+        if size * 6 + ENVELOPE_ROOM > self.edge.bus.layer.options.max_message_size:
+            return False
+        queue_write(self, ready(message))
         return True
 
     # frames from the client ---------------------------------------------------------
@@ -507,7 +531,7 @@ async def _serve(
         layer = edge.bus.layer
         listen = getattr(layer, "listen", None)
         if listen is not None and edge.bus.tracer is None:
-            listen(conn.reply_channel, conn.take)  # memory:// (see Connection.take)
+            listen(conn.reply_channel, conn.take, conn.take_message)  # memory:// (Connection.take)
             unlisten = getattr(layer, "unlisten", None)
         pump = asyncio.get_running_loop().create_task(conn.pump())
         code = await _read_frames(conn, receive)

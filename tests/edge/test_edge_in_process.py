@@ -30,6 +30,7 @@ from svcbus.edge import (
     WebSocketReceive,
     WebSocketRoute,
 )
+from svcbus.errors import MessageTooLarge
 
 pytestmark = pytest.mark.anyio
 BOTH_PATHS = True
@@ -102,6 +103,9 @@ def authenticate(handshake: Any) -> dict[str, Any]:
 
 @service.consumes("local.ws.receive")
 async def frame(msg: WebSocketReceive, ctx: Context) -> None:
+    if msg.text == "replies":
+        await replies(msg, ctx)
+        return
     seen = {
         "order": msg.order,
         "params": dict(msg.params),
@@ -110,6 +114,21 @@ async def frame(msg: WebSocketReceive, ctx: Context) -> None:
     msg.params["mutated"] = 1  # a consumer's own copy: no other frame may see this
     msg.identity["roles"].append("admin")
     await ctx.send(msg.reply_channel, Send(text=json.dumps(seen)))
+
+
+async def replies(msg: WebSocketReceive, ctx: Context) -> None:
+    """Replies a consumer in the edge's process sends to a socket (handed over unencoded)."""
+    # The edge takes Sends as objects while it listens on the socket's reply channel.
+    listening = msg.reply_channel in ctx.bus.layer.hub.message_listeners  # type: ignore[attr-defined]
+    reply = Send(text=f"listening={listening}")
+    await ctx.send(msg.reply_channel, reply)
+    reply.text = "reused"  # the sender's object again: what was sent must not change
+    await ctx.send(msg.reply_channel, reply)
+    try:  # over the layer's limit (2,000 bytes): refused as the encoded reply would be
+        await ctx.send(msg.reply_channel, Send(text="x" * 3000))
+    except MessageTooLarge:
+        await ctx.send(msg.reply_channel, Send(text="too large"))
+    await ctx.send(msg.reply_channel, Send(binary=b"\x00\xff"))
 
 
 @service.consumes("local.whoami")
@@ -224,6 +243,16 @@ async def test_frames_and_requests_share_nothing_with_each_other(served) -> None
     frames, requests = runtime.stats["local.ws.receive"], runtime.stats["local.whoami"]
     assert (frames.received, frames.processed, frames.failed) == (5, 5, 0)
     assert (requests.received, requests.processed, requests.failed) == (3, 3, 0)
+
+
+async def test_replies_to_a_socket_arrive_in_order_and_unchanged(served) -> None:
+    client, runtime, _ = served
+    async with connect(f"ws://{client.addr}/ws/lobby") as ws:
+        await ws.send("replies")
+        got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(4)]
+    assert got == ["listening=True", "reused", "too large", b"\x00\xff"]
+    frames = runtime.stats["local.ws.receive"]
+    assert (frames.received, frames.processed, frames.failed) == (1, 1, 0)
 
 
 async def test_stop_drains_in_process_requests(hub_url: str) -> None:

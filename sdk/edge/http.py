@@ -82,6 +82,10 @@ def secure_headers(send: Send) -> Send:
     return secured
 
 
+_BODILESS_WITHOUT_FRAMING = frozenset({"1.0", "1.1"})
+"""HTTP versions whose requests have no body unless Content-Length or Transfer-Encoding says so."""
+
+
 class BodyTooLarge(Exception):
     """The request body exceeds ``Limits.max_body_size``."""
 
@@ -123,13 +127,24 @@ async def send_error(send: Send, status: int, message: str, **detail: Any) -> No
 
 async def read_body(receive: Receive, scope: dict[str, Any], limit: int) -> bytes:
     """The whole request body; raises :class:`BodyTooLarge` as soon as it exceeds ``limit``."""
+    framed = False
     for name, value in scope["headers"]:
         if name == b"content-length":
+            framed = True
             try:
-                if int(value) > limit:
-                    raise BodyTooLarge
+                length = int(value)
             except ValueError:
-                pass  # the server rejects malformed lengths; count the bytes instead
+                continue  # the server rejects malformed lengths; count the bytes instead
+            if length > limit:
+                raise BodyTooLarge
+            if length == 0:
+                framed = False
+        elif name == b"transfer-encoding":
+            framed = True
+    if not framed and scope.get("http_version") in _BODILESS_WITHOUT_FRAMING:
+        # HTTP/1.x: a request with neither header has no body (RFC 9112, 6.3), so
+        # there is nothing to wait for (HTTP/2 may send a body without either).
+        return b""
     chunks: list[bytes] = []
     size = 0
     while True:

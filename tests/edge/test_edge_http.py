@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -63,6 +65,35 @@ async def test_untyped_channel_gets_http_request_and_returns_http_response(clien
     assert response.content == b"\x00raw bytes\xff"
     assert response.headers["x-method"] == "PUT"
     assert response.headers["content-type"] == "application/octet-stream"
+
+
+async def test_bodies_arrive_however_they_are_framed(client) -> None:
+    """Content-Length, chunked, an empty Content-Length and none at all (no body in HTTP/1.1)."""
+
+    async def chunks():
+        for part in (b"chunk", b"ed ", b"body"):
+            yield part
+
+    framed = {
+        "content-length": await client.put("/api/echo", content=b"sized body"),
+        "chunked": await client.put("/api/echo", content=chunks()),
+        "empty": await client.put("/api/echo", content=b""),
+    }
+    assert {k: r.status_code for k, r in framed.items()} == dict.fromkeys(framed, 201)
+    assert {k: r.content for k, r in framed.items()} == {
+        "content-length": b"sized body",
+        "chunked": b"chunked body",
+        "empty": b"",
+    }
+    # Neither header (httpx always sends one for PUT): written by hand.
+    reader, writer = await asyncio.open_connection(client.base_url.host, client.base_url.port)
+    try:
+        writer.write(b"PUT /api/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 201 "), head
+        assert b"\r\ncontent-length: 0\r\n" in head.lower()
+    finally:
+        writer.close()
 
 
 async def test_credentials_do_not_travel(client) -> None:

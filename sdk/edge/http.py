@@ -127,21 +127,20 @@ async def send_error(send: Send, status: int, message: str, **detail: Any) -> No
 
 async def read_body(receive: Receive, scope: dict[str, Any], limit: int) -> bytes:
     """The whole request body; raises :class:`BodyTooLarge` as soon as it exceeds ``limit``."""
-    framed = False
+    has_body = False
     for name, value in scope["headers"]:
         if name == b"content-length":
-            framed = True
             try:
                 length = int(value)
             except ValueError:
-                continue  # the server rejects malformed lengths; count the bytes instead
+                has_body = True  # the server rejects malformed lengths; count the bytes instead
+                continue
             if length > limit:
                 raise BodyTooLarge
-            if length == 0:
-                framed = False
+            has_body = has_body or length > 0
         elif name == b"transfer-encoding":
-            framed = True
-    if not framed and scope.get("http_version") in _BODILESS_WITHOUT_FRAMING:
+            has_body = True
+    if not has_body and scope.get("http_version") in _BODILESS_WITHOUT_FRAMING:
         # HTTP/1.x: a request with neither header has no body (RFC 9112, 6.3), so
         # there is nothing to wait for (HTTP/2 may send a body without either).
         return b""

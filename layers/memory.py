@@ -145,6 +145,11 @@ class MemoryHub:
         for durable in self.durable.values():
             durable.expire(now)
 
+    def has_queued(self, channel: str) -> bool:
+        """Whether messages wait in ``channel``: what is handed over in process must not overtake them."""
+        queue = self.queues.get(channel)
+        return queue is not None and bool(queue.items)
+
     def clear(self) -> None:
         """Drop every message and group (tests)."""
         self.queues.clear()
@@ -354,10 +359,7 @@ class MemoryLayer(Layer):
         if not listeners or self._closed:
             return False
         listener = listeners.get(channel)
-        if listener is None:
-            return False
-        queue = self.hub.queues.get(channel)
-        if queue is not None and queue.items:
+        if listener is None or self.hub.has_queued(channel):
             return False
         return listener(message)
 
@@ -377,10 +379,8 @@ class MemoryLayer(Layer):
         if not local or self._closed:
             return None
         consumer = local.get(channel)
-        if consumer is not None:
-            queue = self.hub.queues.get(channel)
-            if queue is not None and queue.items:
-                return None  # FIFO: this request must not overtake what waits
+        if consumer is not None and self.hub.has_queued(channel):
+            return None  # FIFO: this request must not overtake what waits
         return consumer
 
     async def declare_durable(self, channel: str, settings: Durability) -> None:

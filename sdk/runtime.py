@@ -362,6 +362,7 @@ class Runtime:
             return
         if self.bus.tracer is not None or not self.in_process:
             return
+        offered: list[tuple[_Bound, LocalConsumer]] = []
         for bound in self._bound:
             consumer = bound.consumer
             if not consumer.is_async or bound.durable is not None:
@@ -372,20 +373,19 @@ class Runtime:
                 consumer.channel, consumer.message_type, bound.concurrency, self.bus.layer.options
             )
             if self.bus.layer.serve_locally(consumer.channel, local):
+                offered.append((bound, local))
                 self._local.append(local)
-        if not self._local:
+        if not offered:
             return
         # What a consumer's context shows as the request's reply channel (its reply
         # goes straight to the requester); nothing reads it, so a message sent there
         # expires like any unread one. Requests handed over meanwhile wait for the
         # workers, which start once it exists.
         self._local_reply_channel = await self.bus.layer.new_channel("local")
-        by_channel = {bound.consumer.channel: bound for bound in self._bound}
-        for local in self._local:
-            bound = by_channel[local.channel]
+        for bound, local in offered:
             # Each worker task runs in its own copy of the runtime's context, as a
             # layer worker does, not in the requester's.
-            for _ in range(bound.concurrency):
+            for _ in range(local.limit):
                 workers.start_soon(self._work_local, bound, local)
 
     def _unserve_locally(self) -> None:

@@ -65,25 +65,33 @@ async def test_closing_drops_the_layers_process_channels_and_memberships():
         await layer.send("mtest.x", b"1")
 
 
+class Gate:
+    """A layer listener that takes what it is offered while ``accept`` is True."""
+
+    def __init__(self) -> None:
+        self.accept = True
+        self.taken: list[object] = []
+
+    def __call__(self, message: object) -> bool:
+        if self.accept:
+            self.taken.append(message)
+        return self.accept
+
+
 async def test_a_listener_takes_messages_while_nothing_is_queued():
     layer = MemoryLayer()
     hub = layer.hub
     other = MemoryLayer(hub=hub)
     mine = await layer.new_channel("edge")
-    taken: list[bytes] = []
-    accept = True
-
-    def listener(message: bytes) -> bool:
-        if accept:
-            taken.append(message)
-        return accept
+    listener = Gate()
+    taken = listener.taken
 
     layer.listen(mine, listener)
     await other.send(mine, b"1")  # another "process" on the hub sends: taken at once
     assert taken == [b"1"]
-    accept = False
+    listener.accept = False
     await other.send(mine, b"2")  # refused: queued for the receivers
-    accept = True
+    listener.accept = True
     await other.send(mine, b"3")  # something is queued: 3 queues behind 2, in order
     assert taken == [b"1"]
     assert await layer.receive_many(mine, 10) == [b"2", b"3"]
@@ -106,21 +114,16 @@ async def test_a_message_listener_takes_objects_only_while_nothing_is_queued():
     layer = MemoryLayer()
     other = MemoryLayer(hub=layer.hub)
     mine = await layer.new_channel("edge")
-    objects: list[object] = []
-    accept = True
-
-    def take(message: object) -> bool:
-        if accept:
-            objects.append(message)
-        return accept
+    take = Gate()
+    objects = take.taken
 
     assert not other.deliver_locally(mine, "early")  # nobody listens yet
     layer.listen(mine, lambda data: False, take)
     assert other.deliver_locally(mine, "one")  # another layer on the hub sends
-    accept = False
+    take.accept = False
     assert not other.deliver_locally(mine, "two")  # declined: the sender encodes it
     await other.send(mine, b"queued")  # the bytes listener declines: queued
-    accept = True
+    take.accept = True
     assert not other.deliver_locally(mine, "three")  # would overtake what is queued
     assert await layer.receive_many(mine, 10) == [b"queued"]
     assert other.deliver_locally(mine, "four")

@@ -246,6 +246,14 @@ class Connection:
             self.edge.stats.closed_bus += 1
             await _close_quietly(self.send, INTERNAL_ERROR)
 
+    def _writes_directly(self) -> bool:
+        """Whether a reply may be written now, in the sender's task, without overtaking any.
+
+        Not before the socket is accepted, nor after it closed, nor while the
+        pump or a writer still has earlier items for it.
+        """
+        return not (self.pumping or self.backlog is not None or self.closed or not self.accepted)
+
     def take(self, data: bytes) -> bool:
         """``memory://``'s listener on the reply channel: a Send written in the sender's task.
 
@@ -258,7 +266,7 @@ class Connection:
         yet, or one whose earlier writes are still going) returns False and is
         queued for the pump, which keeps the order (see :meth:`MemoryLayer.listen`).
         """
-        if self.pumping or self.backlog is not None or self.closed or not self.accepted:
+        if not self._writes_directly():
             return False
         item = self.edge.decode_reply(data)
         if item is None:
@@ -280,7 +288,7 @@ class Connection:
         """
         if type(message) is not Send:
             return False  # Accept, Close, Join, Leave: the encoded way, to the pump
-        if self.pumping or self.backlog is not None or self.closed or not self.accepted:
+        if not self._writes_directly():
             return False
         text = message.text
         size = len(text) if text is not None else len(message.binary or b"")

@@ -8,6 +8,7 @@ cost of group_send, and two ``svc run`` worker processes sharing one channel.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -616,6 +617,105 @@ async def test_live_false_sends_everything_through_the_stream(nats_url: str) -> 
         await receiver.close()
     with pytest.raises(ConfigurationError, match="live=true or live=false"):
         open_layer(isolated(nats_url, live="maybe"))
+
+
+async def _hold_channels(url: str, count: int) -> None:
+    """Make ``count`` channel-like streams (each with its consumer) on the server at ``url``."""
+    from nats.js import api
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+
+        async def one(i: int) -> None:
+            await js.add_stream(
+                api.StreamConfig(
+                    name=f"held{i}", subjects=[f"held.{i}"], storage=api.StorageType.MEMORY
+                )
+            )
+            await js.add_consumer(
+                f"held{i}", api.ConsumerConfig(durable_name="c", ack_policy=api.AckPolicy.NONE)
+            )
+
+        for start in range(0, count, 50):
+            await asyncio.gather(*(one(i) for i in range(start, min(start + 50, count))))
+    finally:
+        await nc.close()
+
+
+async def test_processes_making_a_channel_at_once_store_each_message_once(nats_server) -> None:
+    """Three receiving and three sending processes (each with its own capacity) make
+    one channel's stream at the same moment; then every publish is stored once.
+
+    Concurrent stream updates that add a subject can leave nats-server taking each
+    publish in twice, so a message reaches two receivers. Only the process that
+    created the stream gives it its subject; senders wait for that before applying
+    their settings. The server holds a thousand other channels, as a busy one does:
+    that makes updates slow enough for the race to show (without the rule, about one
+    channel in five here came out doubled).
+    """
+    await _hold_channels(nats_server.url, 1000)
+    url = isolated(nats_server.url, live="false")
+    receivers = [await connected(url) for _ in range(3)]
+    senders = [await connected(url, capacity=500 + i) for i in range(3)]
+    try:
+        doubled = []
+        for n in range(24):
+            channel = f"made.{n}"
+            await asyncio.gather(
+                *(layer.streams.ensure(channel, for_send=False) for layer in receivers),
+                *(layer.streams.ensure(channel, for_send=True) for layer in senders),
+            )
+            for i in range(3):
+                await senders[i].send(channel, b"%d" % i)  # stored: acknowledged
+            state = await _stream_state(senders[0], channel)
+            if state.messages != 3:
+                doubled.append((channel, state.messages))
+        assert not doubled, f"stored more than sent (3 each): {doubled}"
+        # The messages reach the receivers once each, and the settings are a sender's.
+        got = await _receive(receivers[0], "made.0", 3)
+        assert sorted(got) == [b"0", b"1", b"2"]
+        with anyio.move_on_after(0.3):
+            extra = await receivers[1].receive_many("made.0", 10)
+            pytest.fail(f"received again: {extra}")
+        js = senders[0].connection.jetstream()
+        config = (await js.stream_info(senders[0].subjects.stream("made.0"))).config
+        assert config.max_msgs in (500, 501, 502) and not config.description
+    finally:
+        for layer in receivers + senders:
+            await layer.close()
+
+
+async def test_a_stream_whose_maker_died_half_way_is_finished_by_a_sender(
+    nats_url: str, monkeypatch
+) -> None:
+    """A process created a channel's stream and died before giving it its subject:
+    the next sender waits for it (MAKER_WAIT), then sets the subject itself."""
+    from svcbus.layers.nats import streams
+
+    monkeypatch.setattr(streams, "MAKER_WAIT", 0.3)
+    url = isolated(nats_url)
+    sender, receiver = await connected(url), await connected(url)
+    try:
+        js = sender.connection.jetstream()
+        config = sender.streams.config("orphan")
+        await js.add_stream(
+            dataclasses.replace(
+                config,
+                subjects=[f"{sender.subjects.prefix}.newch.orphan"],
+                description="svcbus: being made by a process that died",
+            )
+        )
+        started = time.monotonic()
+        await sender.send("orphan", b"kept")
+        waited = time.monotonic() - started
+        assert waited >= 0.3, "the sender should have given the maker its time"
+        assert await _receive(receiver, "orphan", 1) == [b"kept"]
+        info = await js.stream_info(sender.subjects.stream("orphan"))
+        assert info.config.subjects == [sender.subjects.channel_root + "orphan"]
+    finally:
+        await sender.close()
+        await receiver.close()
 
 
 async def test_giving_back_to_a_full_channel_counts_and_logs_the_loss(

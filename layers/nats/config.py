@@ -38,6 +38,10 @@ CONNECT_TIMEOUT = 5.0
 RECONNECT_WAIT = 0.5
 """Seconds between reconnection attempts to one server."""
 
+MAKER_WAIT = 5.0
+"""Seconds a sender waits for the process that created a channel's stream to give it
+its subject, before taking the step over (that process may have died meanwhile)."""
+
 LINGER = 2.0
 """Seconds a process stays subscribed to a named channel's live subject after its
 last receiver left; then it unsubscribes and returns what it buffered to the stream."""

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
+import uuid
 
 import nats.errors
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import APIError
 
 from svcbus.errors import LayerError
 from svcbus.layer import LayerOptions
 
-from .config import CONSUMER, Subjects
+from .config import CONSUMER, MAKER_WAIT, Subjects
 from .connection import Connection
 from .wire import CONSUMER_EXISTS, STREAM_CONFIG_DIFFERS
 
@@ -24,6 +26,9 @@ class Streams:
         self._conn = conn
         self._options = options
         self._subjects = subjects
+        # Names this process in the streams it creates, so that of several processes
+        # creating one stream at once exactly one succeeds (see _make).
+        self._maker = f"svcbus: being made by {uuid.uuid4().hex}"
 
     def config(self, channel: str) -> api.StreamConfig:
         """The stream of ``channel``: capacity and expiry are the channel's own."""
@@ -75,8 +80,16 @@ class Streams:
         config = self.config(channel)
         # Born without its subject: an interest-retention stream drops what is
         # published while it has no consumer, so the subject is set only once the
-        # consumer exists (by whoever sets it).
-        newborn = dataclasses.replace(config, subjects=[f"{self._subjects.prefix}.newch.{channel}"])
+        # consumer exists. The newborn names its maker: identical configurations
+        # would let several processes "create" it at once and all set the subject,
+        # and concurrent updates that add a subject can leave the server taking
+        # every publish in twice (nats-server #7801). With the maker's name in it,
+        # one create succeeds and the others see 10058.
+        newborn = dataclasses.replace(
+            config,
+            subjects=[f"{self._subjects.prefix}.newch.{channel}"],
+            description=self._maker,
+        )
         try:
             await js.add_stream(newborn)
             created = True
@@ -94,5 +107,20 @@ class Streams:
         except APIError as exc:
             if exc.err_code not in CONSUMER_EXISTS:  # made with other settings: fine
                 raise
-        if created or for_send:
+        if created:
+            await js.update_stream(config)  # the subject: publishes land from now on
+        elif for_send:
+            await self._wait_for_subject(js, config)
+            # The subject is in place, so this update changes settings only, which
+            # is safe however many senders do it at once.
             await js.update_stream(config)
+
+    async def _wait_for_subject(self, js: JetStreamContext, config: api.StreamConfig) -> None:
+        """Wait until the stream's maker has given it its subject (at most MAKER_WAIT)."""
+        assert config.name is not None and config.subjects is not None
+        deadline = time.monotonic() + MAKER_WAIT
+        while time.monotonic() < deadline:
+            info = await js.stream_info(config.name)
+            if info.config.subjects == config.subjects:
+                return
+            await asyncio.sleep(0.02)

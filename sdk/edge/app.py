@@ -197,9 +197,9 @@ class EdgeApp:
         stats.http_requests += 1
         stats.in_flight += 1
         try:
-            await handle_request(
-                self, match.route, Request(self, scope, match.params), receive, send
-            )
+            # A fresh dict for the message: the match's may be shared (see match_http).
+            params = match.params or {}
+            await handle_request(self, match.route, Request(self, scope, params), receive, send)
         finally:
             stats.in_flight -= 1
 

@@ -193,11 +193,17 @@ class Routes:
         self.websocket: list[WebSocketRoute] = []
         self.http: list[HttpRoute] = []
         self.static: list[StaticRoute] = []
+        # (method, path) -> the match, for paths that matched a route without
+        # parameters: such a pattern matches one path only, so this holds at most
+        # a few entries per route, and a match found here costs a dict lookup
+        # instead of a regex per route and a new HttpMatch per request.
+        self._fixed: dict[tuple[str, str], HttpMatch] = {}
         for route in routes:
             self.add(route)
 
     def add(self, route: Route) -> None:
         """Append ``route`` to the table."""
+        self._fixed.clear()  # a new route may change what a path matches
         if isinstance(route, WebSocketRoute):
             self.websocket.append(route)
         elif isinstance(route, HttpRoute):
@@ -222,14 +228,23 @@ class Routes:
         return None
 
     def match_http(self, method: str, path: str) -> HttpMatch:
-        """Find what answers ``method path``: HTTP routes first, then static files."""
+        """Find what answers ``method path``: HTTP routes first, then static files.
+
+        The match's ``params`` may be shared between requests: copy it to change it.
+        """
+        found = self._fixed.get((method, path))
+        if found is not None:
+            return found
         allowed: list[str] = []
         for route in self.http:
             params = route.pattern.match(path)
             if params is None:
                 continue
             if method in route.methods or (method == "HEAD" and "GET" in route.methods):
-                return HttpMatch(route=route, params=params)
+                match = HttpMatch(route=route, params=params)
+                if not params and not route.pattern.converters:
+                    self._fixed[(method, path)] = match
+                return match
             allowed.extend(m for m in route.methods if m not in allowed)
         if allowed:
             return HttpMatch(allowed=tuple(allowed))

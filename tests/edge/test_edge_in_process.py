@@ -133,8 +133,9 @@ async def replies(msg: WebSocketReceive, ctx: Context) -> None:
 
 @service.consumes("local.whoami")
 async def whoami(request: HttpRequest) -> dict[str, Any]:
-    seen = {"identity": json.loads(json.dumps(request.identity))}
+    seen = {"identity": json.loads(json.dumps(request.identity)), "params": dict(request.params)}
     request.identity["roles"].append("admin")
+    request.params["mutated"] = True  # the route has no parameters: the edge's match does not
     return seen
 
 
@@ -238,7 +239,7 @@ async def test_frames_and_requests_share_nothing_with_each_other(served) -> None
     assert all(s["identity"] == {"sub": "ada", "roles": ["reader"]} for s in seen)
     for _ in range(3):
         response = await client.get("/whoami")
-        assert response.json() == {"identity": {"sub": "ada", "roles": ["reader"]}}
+        assert response.json() == {"identity": {"sub": "ada", "roles": ["reader"]}, "params": {}}
     assert CLAIMS == {"sub": "ada", "roles": ["reader"]}
     frames, requests = runtime.stats["local.ws.receive"], runtime.stats["local.whoami"]
     assert (frames.received, frames.processed, frames.failed) == (5, 5, 0)

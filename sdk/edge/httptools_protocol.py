@@ -17,6 +17,10 @@ from .protocol import ConnectionLimits
 class EdgeHttpToolsProtocol(ConnectionLimits, HttpToolsProtocol):
     """uvicorn's httptools protocol with the edge's connection limit and header timeout."""
 
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self.hold_heads()
+
     def waiting_for_headers(self) -> bool:
         # The parser makes a request's cycle when its headers are complete.
         return self.cycle is None or self.cycle.response_complete

@@ -13,7 +13,8 @@ so ``--workers`` can pass them to worker processes):
   ``max_requests``. A client has
   ``Limits.header_timeout`` seconds to send a request's headers (the first,
   and each next one on a kept-alive connection); slow-header clients are
-  cut off.
+  cut off. A response's head and body leave in one write
+  (:class:`HeadWithBody`).
 * :class:`EdgeWebSocketProtocol` (websockets, sans-I/O): pings draw on the
   connection's frame budget like data frames (over it: close 1008); a text
   frame that is not UTF-8 closes with 1007 and one rate-limited log line.
@@ -73,9 +74,59 @@ def limits_of(config: Config) -> Limits:
     return limits
 
 
+class HeadWithBody:
+    """A response cycle's transport that sends a response's head together with its body.
+
+    uvicorn writes a response's status line and headers, then its body: two
+    writes, so two ``send`` system calls and two TCP segments for every
+    response, which costs the server (and the client) more than some of the
+    edge's own work. This transport holds the head until the first body write
+    (or until the response completes or the connection closes, for a HEAD
+    response or one that never sends its body) and writes both at once. An
+    informational ``1xx`` (``100 Continue``) goes out at once: the client waits
+    for it to send its body. A streaming response's head goes out with its
+    first chunk.
+    """
+
+    __slots__ = ("head", "holding", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.head: bytes | None = None
+        self.holding = True
+        """Whether the next write is a response's head (until it has gone out)."""
+
+    def write(self, data: bytes) -> None:
+        head = self.head
+        if head is not None:
+            self.head = None
+            self.transport.write(head + data)
+        elif self.holding and not data.startswith(b"HTTP/1.1 1"):
+            self.holding = False
+            self.head = data
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        """Write a held head now; the next response's head is held again."""
+        head = self.head
+        if head is not None:
+            self.head = None
+            self.transport.write(head)
+        self.holding = True
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+
 class ConnectionLimits:
     """The edge's limits on an HTTP protocol class: a connection cap and a header timeout.
 
+    It also gives each request's cycle a :class:`HeadWithBody` to write through.
     Mixed into uvicorn's h11 protocol here and into its httptools protocol
     (:mod:`.httptools_protocol`); each names, in :meth:`waiting_for_headers`,
     how its parser tells that a connection has no complete request headers.
@@ -91,6 +142,7 @@ class ConnectionLimits:
         super().__init__(config, *args, **kwargs)  # type: ignore[call-arg]  # uvicorn's protocol
         self.limits = limits_of(config)
         self.header_timer: asyncio.TimerHandle | None = None
+        self.writer: HeadWithBody | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]  # uvicorn's protocol
@@ -108,13 +160,22 @@ class ConnectionLimits:
             self.transport.write(_BUSY)
             self.transport.close()
             return
+        self.writer = HeadWithBody(self.transport)
         self._arm_header_timer()
+
+    def hold_heads(self) -> None:
+        """Give the newest request's cycle the transport that joins head and body."""
+        cycle: Any = getattr(self, "cycle", None)
+        if cycle is not None and cycle.transport is self.transport and self.writer is not None:
+            cycle.transport = self.writer
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
         super().connection_lost(exc)  # type: ignore[misc]  # uvicorn's protocol
 
     def on_response_complete(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
         super().on_response_complete()  # type: ignore[misc]  # uvicorn's protocol
         if not self.transport.is_closing():
             self._arm_header_timer()  # the next request's headers get the same time
@@ -154,6 +215,10 @@ class ConnectionLimits:
 
 class EdgeHttpProtocol(ConnectionLimits, H11Protocol):
     """uvicorn's h11 protocol (pure Python) with the edge's connection limit and header timeout."""
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        self.hold_heads()
 
     def waiting_for_headers(self) -> bool:
         return self.conn.their_state in (h11.IDLE, h11.DONE) and (

@@ -1,0 +1,109 @@
+"""How the edge's HTTP protocols write responses: a head leaves with its body, on both parsers.
+
+uvicorn writes a response's head and body separately; the edge's protocols
+join them (:class:`svcbus.edge.protocol.HeadWithBody`). What must still hold
+through a real server: a HEAD response (no body) is sent whole and the
+connection goes on, and ``100 Continue`` is not held back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from svcbus.edge.protocol import HeadWithBody
+
+pytestmark = pytest.mark.anyio
+
+BOTH_PARSERS = True  # on the edge's httptools protocol and on its h11 one
+
+
+async def _head(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+
+
+def _length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    raise AssertionError(f"no content-length in {head!r}")
+
+
+async def test_a_head_response_is_sent_and_the_connection_goes_on(edge) -> None:
+    address, _ = edge
+    host, port = address.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"HEAD /api/whoami/1 HTTP/1.1\r\nHost: edge\r\n\r\n")
+        head = await _head(reader)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert _length(head) > 0  # the GET's length, without its body
+        assert b"x-content-type-options: nosniff" in head
+        writer.write(b"GET /api/whoami/2 HTTP/1.1\r\nHost: edge\r\n\r\n")
+        head = await _head(reader)  # no body of the HEAD came before it
+        assert head.startswith(b"HTTP/1.1 200"), head
+        body = await asyncio.wait_for(reader.readexactly(_length(head)), 3)
+        assert json.loads(body)["params"] == {"id": 2}
+    finally:
+        writer.close()
+
+
+async def test_100_continue_is_not_held_back(edge) -> None:
+    address, _ = edge
+    host, port = address.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /api/echo HTTP/1.1\r\nHost: edge\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        # The client sends its body only after this: holding it would hang both sides.
+        assert (await _head(reader)).startswith(b"HTTP/1.1 100 ")
+        writer.write(b"hello")
+        head = await _head(reader)
+        assert head.startswith(b"HTTP/1.1 201"), head
+        assert await asyncio.wait_for(reader.readexactly(_length(head)), 3) == b"hello"
+    finally:
+        writer.close()
+
+
+class _Recorded:
+    """The writes a transport was given, and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_head_and_body_leave_in_one_write() -> None:
+    transport = _Recorded()
+    writer = HeadWithBody(transport)  # type: ignore[arg-type]
+    writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert transport.writes == []
+    writer.write(b"body")
+    writer.write(b" more")  # a streamed response's later chunks go straight out
+    writer.flush()  # the response completed
+    writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # the next response: held again
+    writer.flush()  # completed without a body (HEAD, 204)
+    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # informational: at once
+    writer.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    writer.close()  # closing sends what is held first
+    assert transport.writes == [
+        b"HTTP/1.1 200 OK\r\n\r\nbody",
+        b" more",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 500 Internal Server Error\r\n\r\n",
+    ]
+    assert transport.closed

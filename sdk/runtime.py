@@ -438,11 +438,13 @@ class Runtime:
         consumer = bound.consumer
         stats = bound.stats
         stats.received += 1
-        message_id = new_message_id()
+        # An id only where it is seen: the context's envelope, observers, a log line.
+        message_id = ""
         envelope = None
         ctx = None
         try:
             if consumer.takes_context or self.observers:
+                message_id = new_message_id()
                 envelope = envelope_type(consumer.message_type).model_construct(
                     v=1, id=message_id, rc=self._local_reply_channel, at=now_ms(), b=message
                 )
@@ -460,7 +462,9 @@ class Runtime:
                 result = await consumer.func(message)
         except Exception as exc:
             stats.failed += 1
-            log.exception("consumer %s failed on message %s", consumer.name, message_id)
+            log.exception(
+                "consumer %s failed on message %s", consumer.name, message_id or new_message_id()
+            )
             if not reply.done():
                 reply.set_exception(_remote_error(consumer.channel, exc))
             return
@@ -485,6 +489,7 @@ class Runtime:
             if len(body) > self._max_size:
                 self.bus.layer.options.check_size(consumer.channel, len(body))
         except Exception as exc:
+            message_id = message_id or new_message_id()
             log.error("reply of %s to message %s failed: %s", consumer.name, message_id, exc)
             reply.set_exception(_remote_error(consumer.channel, exc))
             return

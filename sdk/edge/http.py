@@ -35,7 +35,7 @@ from ..errors import (
 from ..local import LocalReply
 from .contracts import HttpRequest, HttpResponse, Identity, PathParams, owned_identity
 from .routing import HttpRoute
-from .security import AuthenticationFailed
+from .security import AuthenticationFailed, Limits
 
 if TYPE_CHECKING:
     from .app import EdgeApp
@@ -125,8 +125,11 @@ async def send_error(send: Send, status: int, message: str, **detail: Any) -> No
     await send_response(send, status, body, _JSON)
 
 
-async def read_body(receive: Receive, scope: dict[str, Any], limit: int) -> bytes:
-    """The whole request body; raises :class:`BodyTooLarge` as soon as it exceeds ``limit``."""
+def has_body(scope: dict[str, Any], limit: int) -> bool:
+    """Whether the request may have a body to read; raises :class:`BodyTooLarge` early.
+
+    A ``Content-Length`` over ``limit`` is refused before anything is read.
+    """
     has_body = False
     for name, value in scope["headers"]:
         if name == b"content-length":
@@ -140,10 +143,13 @@ async def read_body(receive: Receive, scope: dict[str, Any], limit: int) -> byte
             has_body = has_body or length > 0
         elif name == b"transfer-encoding":
             has_body = True
-    if not has_body and scope.get("http_version") in _BODILESS_WITHOUT_FRAMING:
-        # HTTP/1.x: a request with neither header has no body (RFC 9112, 6.3), so
-        # there is nothing to wait for (HTTP/2 may send a body without either).
-        return b""
+    # HTTP/1.x: a request with neither header has no body (RFC 9112, 6.3), so
+    # there is nothing to wait for (HTTP/2 may send a body without either).
+    return has_body or scope.get("http_version") not in _BODILESS_WITHOUT_FRAMING
+
+
+async def read_chunks(receive: Receive, limit: int) -> bytes:
+    """The body's chunks from ``receive``, joined; :class:`BodyTooLarge` past ``limit``."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -165,18 +171,20 @@ async def handle_request(
 ) -> None:
     """Turn one HTTP request into a bus request and its reply into the response."""
     scope = request.scope
+    limit = edge.limits.max_body_size
     try:
-        body = await read_body(receive, scope, edge.limits.max_body_size)
+        # Calls made only when there is something to do: a coroutine each costs.
+        body = await read_chunks(receive, limit) if has_body(scope, limit) else b""
     except BodyTooLarge:
-        await send_error(
-            send, 413, f"request body is larger than {edge.limits.max_body_size} bytes"
-        )
+        await send_error(send, 413, f"request body is larger than {limit} bytes")
         return
-    try:
-        identity = await edge.identify(request)
-    except AuthenticationFailed as exc:
-        await send_error(send, 401, str(exc) or "authentication failed")
-        return
+    identity = None
+    if edge.authenticate is not None or edge.require_identity:
+        try:
+            identity = await edge.identify(request)
+        except AuthenticationFailed as exc:
+            await send_error(send, 401, str(exc) or "authentication failed")
+            return
     contract = edge.bus.contracts.get(route.channel)
     try:
         message = build_message(contract, request, body, identity)
@@ -225,20 +233,25 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
     from ``flush``).
     """
     limits = edge.limits
-    deadline = time.monotonic() + min(limits.accept_timeout, limits.request_timeout)
+    deadline = 0.0  # set on the first pass through the layer
     delay = 0.002
     while True:
         try:
-            local = edge.bus.layer.local_consumer(route.channel)
-            if local is not None:
-                # The consumer runs in this process (memory://): hand it the message,
-                # which the edge built for this request alone (svcbus.local).
-                identity = getattr(message, "identity", None)
-                if isinstance(identity, dict):
-                    _set(message, "identity", owned_identity(identity))
-                reply = local.call(message)
-                if reply is not None:
-                    return await _local_reply(edge, route, reply)
+            reply = _hand_over(edge, route.channel, message)
+            if reply is not None:
+                # Its reply within the request timeout, as bus.request's.
+                watch = edge.deadlines.watch(limits.request_timeout)
+                try:
+                    return await reply
+                except asyncio.CancelledError:
+                    if watch.expired():
+                        raise RequestTimeout(
+                            f"no reply on {route.channel!r} within {limits.request_timeout:g}s"
+                        ) from None
+                    raise
+                finally:
+                    edge.deadlines.release(watch)
+            deadline = deadline or _accept_deadline(limits)
             # bus.request bounds the wait for the reply, not the send, which can hang on
             # an unreachable bus (NATS opens a channel's stream on first use). The
             # patience is watched by the edge's shared deadline timer, not by a cancel
@@ -264,6 +277,7 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
             retry = isinstance(exc, ChannelFull) or method in SAFE_METHODS
             if isinstance(exc, LayerError):
                 edge.quiet.warning("http-bus", "request to %s failed: %s", route.channel, exc)
+            deadline = deadline or _accept_deadline(limits)
             left = deadline - time.monotonic()
             if not retry or left <= 0:
                 raise Unavailable from None
@@ -272,20 +286,26 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
             delay = min(delay * 2, 0.05)
 
 
-async def _local_reply(
-    edge: EdgeApp, route: HttpRoute, reply: asyncio.Future[LocalReply]
-) -> LocalReply:
-    """An in-process consumer's reply, within the request timeout (as ``bus.request``'s)."""
-    timeout = edge.limits.request_timeout
-    watch = edge.deadlines.watch(timeout)
-    try:
-        return await reply
-    except asyncio.CancelledError:
-        if watch.expired():
-            raise RequestTimeout(f"no reply on {route.channel!r} within {timeout:g}s") from None
-        raise
-    finally:
-        edge.deadlines.release(watch)
+def _hand_over(edge: EdgeApp, channel: str, message: Contract) -> asyncio.Future[LocalReply] | None:
+    """Hand ``message`` to a consumer in this process; its reply's future, or None.
+
+    None when no consumer of ``channel`` runs here (or it takes another type):
+    then the request goes through the layer. The message was built by the edge
+    for this request alone (see svcbus.local); an identity dict the auth hook
+    may share between requests is copied first.
+    """
+    local = edge.bus.layer.local_consumer(channel)
+    if local is None:
+        return None
+    identity = getattr(message, "identity", None)
+    if isinstance(identity, dict):
+        _set(message, "identity", owned_identity(identity))
+    return local.call(message)
+
+
+def _accept_deadline(limits: Limits) -> float:
+    """When the bus must have taken a request (``accept_timeout``, within the request's)."""
+    return time.monotonic() + min(limits.accept_timeout, limits.request_timeout)
 
 
 class InvalidInput(Exception):

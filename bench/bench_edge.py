@@ -245,6 +245,10 @@ def serve(kind: str, port: int) -> None:
         print(f"serving the edge of {Path(svcbus.__file__).parent}", file=sys.stderr, flush=True)
         app = svcbus_app(in_process=kind == "svcbus")
         options = uvicorn_options(app, **http)
+        # As svc edge runs it: the collector set up for serving (absent before it existed).
+        tune = getattr(importlib.import_module("svcbus.startup_gc"), "tune_for_serving", None)
+        if tune is not None:
+            tune()
     else:
         app = RawApp()
         options = uvicorn_options(**http)

@@ -349,9 +349,9 @@ async def _serve_runtime(
             await runtime.started.wait()
             # Everything made so far (modules, contracts, connections) lives as long
             # as the process: keep it out of every later full gc scan.
-            from svcbus.startup_gc import freeze_startup_objects
+            from svcbus.startup_gc import tune_for_serving
 
-            freeze_startup_objects()
+            tune_for_serving()
             say("[green]svc run[/]", banner)
         if failed:
             raise failed[0]

@@ -196,8 +196,18 @@ def _server_class() -> type[uvicorn.Server]:
         """uvicorn's server, minus re-raising the stop signal after a graceful shutdown.
 
         uvicorn re-raises SIGTERM once it has shut down, which kills the process
-        with -15; the demo stopped cleanly and exits 0 instead.
+        with -15; the demo stopped cleanly and exits 0 instead. Once started it
+        tunes the process's garbage collector for serving.
         """
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                # The app, its bus and services are up: what exists now lives as long
+                # as the process (svcbus.startup_gc).
+                from svcbus.startup_gc import tune_for_serving
+
+                tune_for_serving()
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

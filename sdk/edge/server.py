@@ -57,7 +57,12 @@ def app_from_env() -> EdgeApp:
         from ..telemetry import setup_tracing
 
         setup_tracing(trace, EDGE_SERVICE_NAME)
-    return load_edge(ref, os.environ.get(LAYER_ENV) or None)
+    app = load_edge(ref, os.environ.get(LAYER_ENV) or None)
+    # A worker process serves this app and nothing else (as svc edge's one process does).
+    from ..startup_gc import tune_for_serving
+
+    tune_for_serving()
+    return app
 
 
 HTTP_PROTOCOLS = {

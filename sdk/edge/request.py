@@ -27,16 +27,16 @@ class Request:
         self.scope = scope
         self.params = params
         query_string = scope.get("query_string")
-        raw = (
-            parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-            if query_string
-            else []
-        )
-        cap = edge.limits.max_header_length
-        self.raw_query = {k: v for k, v in raw[:MAX_QUERY_PARAMS]}
-        # Credentials in the query (?access_token=) are for the auth hook only.
-        secret = edge.secret_query_params
-        self.query = {k[:cap]: v[:cap] for k, v in self.raw_query.items() if k not in secret}
+        if query_string:
+            raw = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+            cap = edge.limits.max_header_length
+            self.raw_query = {k: v for k, v in raw[:MAX_QUERY_PARAMS]}
+            # Credentials in the query (?access_token=) are for the auth hook only.
+            secret = edge.secret_query_params
+            self.query = {k[:cap]: v[:cap] for k, v in self.raw_query.items() if k not in secret}
+        else:
+            self.raw_query = {}
+            self.query = {}  # its own: the message's, which a consumer may change
         self.headers = sanitise_headers(scope["headers"], edge.limits, edge.dropped_headers)
         client = scope.get("client")
         self.client = f"{client[0]}:{client[1]}" if client else None

@@ -411,7 +411,7 @@ class Runtime:
                     try:
                         await self._serve_local(bound, message, reply)
                     finally:
-                        local.pending -= 1
+                        local.finished(reply)
                     # Handlers that never suspend must not starve the requesters'
                     # tasks while requests keep coming: yield every BATCH_SIZE.
                     unyielded += 1

@@ -179,6 +179,37 @@ async def test_in_process_requests_queue_behind_waiting_messages():
     assert other.local_consumer("mtest.local") is None
 
 
+async def test_in_process_requests_time_out_on_one_timer_whoever_holds_them():
+    """A request not answered within its timeout fails with RequestTimeout, waiting or running.
+
+    Answered ones, finished ones and cancelled ones leave the timer's books; one the
+    runtime dropped (a drain that ran out of time) still times out for its requester.
+    """
+    from svcbus.errors import RequestTimeout
+    from svcbus.local import LocalConsumer, LocalReply
+
+    consumer = LocalConsumer("mtest.local", dict, 1, LayerOptions(capacity=10))
+    slow = consumer.call({"n": 0}, timeout=0.2)
+    quick = consumer.call({"n": 1}, timeout=0.2)
+    given_up = consumer.call({"n": 2}, timeout=0.2)
+    dropped = consumer.call({"n": 3}, timeout=0.05)  # a shorter timeout: the timer moves up
+    later = consumer.call({"n": 4}, timeout=5)
+    assert slow and quick and given_up and dropped and later
+    consumer.waiting.clear()  # as a drain cancelled mid-way leaves them
+    quick.set_result(LocalReply({"ok": True}, b'{"ok":true}'))
+    consumer.finished(quick)
+    given_up.cancel()
+    with pytest.raises(RequestTimeout):
+        await asyncio.wait_for(dropped, 1)
+    assert not slow.done()  # its own deadline is later
+    with pytest.raises(RequestTimeout, match=r"mtest\.local"):
+        await asyncio.wait_for(slow, 1)
+    assert quick.result().value == {"ok": True}
+    assert list(consumer.deadlines) == [later]
+    consumer.finished(later)
+    assert consumer.deadlines == {} and not later.done()
+
+
 async def test_in_process_requests_wait_in_order_up_to_the_capacity():
     """One handled at once (concurrency 1) and two waiting (capacity 2); the workers wake in turn."""
     from svcbus.errors import ChannelFull, MessageTooLarge

@@ -237,20 +237,10 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
     delay = 0.002
     while True:
         try:
-            reply = _hand_over(edge, route.channel, message)
+            reply = _hand_over(edge, route.channel, message, limits.request_timeout)
             if reply is not None:
-                # Its reply within the request timeout, as bus.request's.
-                watch = edge.deadlines.watch(limits.request_timeout)
-                try:
-                    return await reply
-                except asyncio.CancelledError:
-                    if watch.expired():
-                        raise RequestTimeout(
-                            f"no reply on {route.channel!r} within {limits.request_timeout:g}s"
-                        ) from None
-                    raise
-                finally:
-                    edge.deadlines.release(watch)
+                # Fails with RequestTimeout past the request timeout, as bus.request.
+                return await reply
             deadline = deadline or _accept_deadline(limits)
             # bus.request bounds the wait for the reply, not the send, which can hang on
             # an unreachable bus (NATS opens a channel's stream on first use). The
@@ -286,7 +276,9 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
             delay = min(delay * 2, 0.05)
 
 
-def _hand_over(edge: EdgeApp, channel: str, message: Contract) -> asyncio.Future[LocalReply] | None:
+def _hand_over(
+    edge: EdgeApp, channel: str, message: Contract, timeout: float
+) -> asyncio.Future[LocalReply] | None:
     """Hand ``message`` to a consumer in this process; its reply's future, or None.
 
     None when no consumer of ``channel`` runs here (or it takes another type):
@@ -300,7 +292,7 @@ def _hand_over(edge: EdgeApp, channel: str, message: Contract) -> asyncio.Future
     identity = getattr(message, "identity", None)
     if isinstance(identity, dict):
         _set(message, "identity", owned_identity(identity))
-    return local.call(message)
+    return local.call(message, timeout)
 
 
 def _accept_deadline(limits: Limits) -> float:

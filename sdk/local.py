@@ -53,6 +53,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .context import Context
+from .deadlines import DeadlineTimer
 from .envelope import body_json
 from .errors import ChannelFull, RequestTimeout
 
@@ -83,8 +84,6 @@ class LocalConsumer:
     """
 
     __slots__ = (
-        "_armed_for",
-        "_timer",
         "channel",
         "deadlines",
         "idle",
@@ -109,11 +108,9 @@ class LocalConsumer:
         """Requests no worker has taken yet, oldest first."""
         self.idle: list[asyncio.Future[None]] = []
         """The wake-ups of workers waiting for a request."""
-        self.deadlines: dict[asyncio.Future[LocalReply], float] = {}
-        """Requests given a timeout and not yet finished (waiting or being handled):
-        their loop-time deadlines. One timer for all (:meth:`_expire`)."""
-        self._timer: asyncio.TimerHandle | None = None
-        self._armed_for = 0.0
+        self.deadlines: DeadlineTimer[asyncio.Future[LocalReply]] = DeadlineTimer(self._timed_out)
+        """Requests given a timeout and not yet finished (waiting or being handled),
+        on one timer for all: past its deadline a request fails (:meth:`_timed_out`)."""
 
     def call(self, message: Any, timeout: float | None = None) -> asyncio.Future[LocalReply] | None:
         """Hand ``message`` over; its reply's future, or None if it must go through the layer.
@@ -144,48 +141,23 @@ class LocalConsumer:
         self.pending += 1
         self.waiting.append((message, future))
         if timeout is not None:
-            # One timer for every request in flight, not a timer or a task watch each
-            # (a watch was 5 % of the instructions of an HTTP request through the edge).
-            deadline = loop.time() + timeout
-            self.deadlines[future] = deadline
-            if self._timer is None or deadline < self._armed_for:
-                self._arm(loop, deadline)
+            # A deadline on the consumer's timer, not a task watch per request (a
+            # watch was 5 % of the instructions of an HTTP request through the edge).
+            self.deadlines.add(loop, future, loop.time() + timeout)
         self.wake(1)
         return future
 
     def finished(self, reply: asyncio.Future[LocalReply]) -> None:
         """A worker is done with the request of ``reply`` (answered or not)."""
         self.pending -= 1
-        if self.deadlines:
-            self.deadlines.pop(reply, None)
+        self.deadlines.discard(reply)
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._armed_for = when
-        self._timer = loop.call_at(when, self._expire, loop)
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The timer: fail the requests past their deadline, then wait for the next one.
-
-        Their handlers go on (or still start): only the requester stops waiting.
-        """
-        self._timer = None
-        now = loop.time()
-        earliest = None
-        deadlines = self.deadlines
-        for future, deadline in list(deadlines.items()):
-            if future.done():
-                del deadlines[future]  # the requester was cancelled
-            elif deadline <= now:
-                del deadlines[future]
-                future.set_exception(
-                    RequestTimeout(f"no reply on {self.channel!r} within the request's timeout")
-                )
-            elif earliest is None or deadline < earliest:
-                earliest = deadline
-        if earliest is not None:
-            self._arm(loop, earliest)
+    def _timed_out(self, reply: asyncio.Future[LocalReply]) -> None:
+        """Past its deadline: the requester stops waiting; the handler goes on (or still starts)."""
+        if not reply.done():  # not answered, nor given up by a cancelled requester
+            reply.set_exception(
+                RequestTimeout(f"no reply on {self.channel!r} within the request's timeout")
+            )
 
     def wake(self, count: int) -> None:
         """Wake up to ``count`` idle workers."""

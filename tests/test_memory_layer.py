@@ -205,9 +205,9 @@ async def test_in_process_requests_time_out_on_one_timer_whoever_holds_them():
     with pytest.raises(RequestTimeout, match=r"mtest\.local"):
         await asyncio.wait_for(slow, 1)
     assert quick.result().value == {"ok": True}
-    assert list(consumer.deadlines) == [later]
+    assert list(consumer.deadlines.pending) == [later]
     consumer.finished(later)
-    assert consumer.deadlines == {} and not later.done()
+    assert consumer.deadlines.pending == {} and not later.done()
 
 
 async def test_in_process_requests_wait_in_order_up_to_the_capacity():

@@ -242,7 +242,7 @@ class Routes:
                 continue
             if method in route.methods or (method == "HEAD" and "GET" in route.methods):
                 match = HttpMatch(route=route, params=params)
-                if not params and not route.pattern.converters:
+                if not route.pattern.converters:  # a pattern without parameters
                     self._fixed[(method, path)] = match
                 return match
             allowed.extend(m for m in route.methods if m not in allowed)

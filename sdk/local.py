@@ -209,7 +209,9 @@ class LocalConsumer:
         """Requests given a timeout and not yet finished (waiting or being handled),
         on one timer for all: past its deadline a request fails (:meth:`_timed_out`)."""
 
-    def call(self, message: Any, timeout: float | None = None) -> asyncio.Future[LocalReply] | None:
+    def call(
+        self, message: Any, timeout: float | None = None, size_bound: int | None = None
+    ) -> asyncio.Future[LocalReply] | None:
         """Hand ``message`` over; its reply's future, or None if it must go through the layer.
 
         The caller must own ``message`` (see the module's docstring). Raises
@@ -221,13 +223,21 @@ class LocalConsumer:
         the handler running, or to run; its reply is then dropped. A handler
         that a free worker starts here and that never suspends has settled
         the future when this returns.
+
+        ``size_bound``: an upper bound of the message's JSON size that the
+        caller knows from its inputs, for a message that always encodes
+        (strings, bytes, numbers). Within the layer's size limit the message
+        is not encoded just to check it: for an HTTP request through the
+        edge, that encoding was a twentieth of its cost.
         """
         if type(message) is not self.message_type:
             return None
         options = self.options
-        size = len(body_json(message))  # encoded once, as for the layer: JSON-able, not too large
-        if size > options.max_message_size:
-            options.check_size(self.channel, size)
+        if size_bound is None or size_bound > options.max_message_size:
+            # Encoded once, as for the layer: JSON-able, not too large.
+            size = len(body_json(message))
+            if size > options.max_message_size:
+                options.check_size(self.channel, size)
         # As many as the workers handle at once, and the channel's capacity waiting.
         capacity = self.capacity
         if self.pending >= self.limit + capacity:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json, to_json
 
 from ..contract import Contract
+from ..envelope import body_json
 from ..errors import (
     ChannelFull,
     LayerError,
@@ -191,8 +192,10 @@ async def handle_request(
     except InvalidInput as exc:
         await send_error(send, 422, "request does not fit the contract", detail=exc.errors)
         return
+    # For the in-process hand-over: spares encoding the request just to check its size.
+    bound = json_size_bound(message, request, edge.limits.max_header_length)
     try:
-        reply = await _request(edge, route, message, scope["method"])
+        reply = await _request(edge, route, message, scope["method"], bound)
     except Unavailable:
         edge.stats.refused_bus += 1
         await send_error(send, 503, "the service is unavailable; retry later")
@@ -224,7 +227,9 @@ class Unavailable(Exception):
     """The bus would not take the request within the patience."""
 
 
-async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: str) -> Any:
+async def _request(
+    edge: EdgeApp, route: HttpRoute, message: Contract, method: str, size_bound: int | None
+) -> Any:
     """``bus.request``, retried while the bus cannot take the request.
 
     A full channel means the request was not queued, so any request may be
@@ -237,7 +242,7 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
     delay = 0.002
     while True:
         try:
-            reply = _hand_over(edge, route.channel, message, limits.request_timeout)
+            reply = _hand_over(edge, route.channel, message, limits.request_timeout, size_bound)
             if reply is not None:
                 # Fails with RequestTimeout past the request timeout, as bus.request.
                 return await reply
@@ -277,14 +282,15 @@ async def _request(edge: EdgeApp, route: HttpRoute, message: Contract, method: s
 
 
 def _hand_over(
-    edge: EdgeApp, channel: str, message: Contract, timeout: float
+    edge: EdgeApp, channel: str, message: Contract, timeout: float, size_bound: int | None
 ) -> asyncio.Future[LocalReply] | None:
     """Hand ``message`` to a consumer in this process; its reply's future, or None.
 
     None when no consumer of ``channel`` runs here (or it takes another type):
     then the request goes through the layer. The message was built by the edge
     for this request alone (see svcbus.local); an identity dict the auth hook
-    may share between requests is copied first.
+    may share between requests is copied first. ``size_bound``: see
+    :func:`json_size_bound`.
     """
     local = edge.bus.layer.local_consumer(channel)
     if local is None:
@@ -292,7 +298,46 @@ def _hand_over(
     identity = getattr(message, "identity", None)
     if isinstance(identity, dict):
         _set(message, "identity", owned_identity(identity))
-    return local.call(message, timeout)
+    return local.call(message, timeout, size_bound)
+
+
+_HTTP_REQUEST_SKELETON = len(body_json(HttpRequest(method="", path="")))
+"""The JSON size of an HttpRequest with empty strings, mappings and body, and client and
+identity null (4 bytes each, where a string takes 2 and more)."""
+
+
+def json_size_bound(message: Contract, request: Request, cap: int) -> int | None:
+    """An upper bound of ``message``'s JSON size: an HttpRequest the edge built for ``request``.
+
+    Worked out from lengths the edge has at hand, in a few operations (summing
+    the message's own strings cost more than the encoding it spares): a
+    character takes at most 6 bytes in JSON (an escape such as ``\\u001f``),
+    a mapping entry 6 more (quotes, colon, comma). A header's name and value
+    are each at most ``cap`` characters (:func:`.security.sanitise_headers`
+    cuts them); the query's names and values, decoded, are no longer than the
+    query string, which has a character per entry at least; path parameters'
+    values are cut from the path. None for other messages, and for an
+    identity that is neither a string nor None (the hook's dict: its size and
+    JSON-ability need the encoding).
+    """
+    if type(message) is not HttpRequest:
+        return None
+    identity = message.identity
+    if identity is not None and type(identity) is not str:
+        return None
+    scope = request.scope
+    chars = (
+        len(scope["method"])
+        + 2 * len(scope["path"])
+        + 2 * len(scope.get("query_string") or b"")
+        + len(request.headers) * (2 * cap + 1)
+        + len(request.client or "")
+        + len(identity or "")
+    )
+    params = request.params
+    if params:
+        chars += sum(map(len, params)) + len(params)  # the route's names (values: the path)
+    return _HTTP_REQUEST_SKELETON + 6 * chars + 4 * ((len(message.body) + 2) // 3)
 
 
 def _accept_deadline(limits: Limits) -> float:

@@ -46,7 +46,7 @@ class Limits:
     request_timeout: float = 10.0
     """Seconds an HTTP request waits for its reply before 504."""
     max_header_length: int = 1024
-    """Header values longer than this are cut before they travel."""
+    """Header names and values longer than this are cut before they travel."""
     max_headers: int = 32
     """At most this many headers travel with a message."""
     header_timeout: float = 10.0
@@ -141,14 +141,14 @@ def sanitise_headers(
     limits: Limits,
     dropped: Collection[str] = DROPPED_HEADERS,
 ) -> dict[str, str]:
-    """ASGI headers as a small dict: credentials dropped, values and count capped.
+    """ASGI headers as a small dict: credentials dropped; names, values and count capped.
 
     Repeated headers are joined with ``", "`` as HTTP allows.
     """
     found: dict[str, str] = {}
     cap = limits.max_header_length
     for raw_name, raw_value in raw:
-        name = raw_name.decode("latin-1").lower()
+        name = raw_name.decode("latin-1").lower()[:cap]
         if name in dropped:
             continue
         value = raw_value.decode("latin-1")[:cap]

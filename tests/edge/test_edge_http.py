@@ -200,3 +200,68 @@ def test_http_request_built_without_model_construct_is_the_same_message() -> Non
     assert fast.model_dump_json() == slow.model_dump_json()
     assert fast.__pydantic_extra__ is slow.__pydantic_extra__ is None
     assert fast.__pydantic_private__ is slow.__pydantic_private__ is None
+
+
+def test_json_size_bound_holds_for_any_request_the_edge_builds() -> None:
+    """The in-process hand-over skips the size check's encoding within this bound: it must hold.
+
+    Random requests from a nasty alphabet (control characters, quotes, backslashes,
+    non-ASCII, astral), percent-escaped queries, capped and repeated headers, binary
+    bodies of every base64 padding, string identities: the bound is never below the
+    encoded size. HttpRequest's fields are the ones the bound knows.
+    """
+    import random
+
+    from svcbus.edge import HttpRequest
+    from svcbus.edge.http import build_message, json_size_bound
+    from svcbus.edge.request import Request
+    from svcbus.envelope import body_json
+
+    assert set(HttpRequest.model_fields) == {
+        "type", "method", "path", "params", "query", "headers", "body", "client", "identity"
+    }  # fmt: skip  # a new field needs its place in json_size_bound
+    cap = 40
+    edge = EdgeApp(
+        Routes(HttpRoute("/x", "bound.x")), layer="memory://", limits=Limits(max_header_length=cap)
+    )
+    alphabet = '\x00\x01\x1f"\\/aZ9 é€😀\u2028'
+    rng = random.Random(7)
+
+    def text(most: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, most)))
+
+    def raw(most: int) -> bytes:
+        return text(most).encode("utf-8", "surrogatepass")
+
+    checked = 0
+    for _ in range(400):
+        query = "&".join(
+            f"{rng.choice(['%00', '%22', '%F0%9F%98%80', 'a', '+', ''])}="
+            f"{rng.choice(['%5C', 'b', '%E2%80%A8', ''])}" * rng.randint(0, 3)
+            for _ in range(rng.randint(0, 6))
+        )
+        headers = [(raw(3 * cap).lower(), raw(3 * cap)) for _ in range(rng.randint(0, 40))]
+        scope = {
+            "type": "http",
+            "method": rng.choice(["GET", "POST", "M\x01"]),
+            "path": "/" + text(60),
+            "query_string": query.encode(),
+            "headers": headers + headers[:3],  # repeats are joined, then capped
+            "client": rng.choice([None, ("127.0.0.1", 5), ("::1", 65535)]),
+        }
+        params: dict[str, int | str] = rng.choice(
+            [{}, {"room": text(10)}, {"n": rng.randint(0, 10**9), "name": text(5)}]
+        )
+        request = Request(edge, scope, params)
+        body = bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 2, 3, 100])))
+        identity = rng.choice([None, text(30)])
+        message = build_message(None, request, body, identity)
+        bound = json_size_bound(message, request, cap)
+        assert bound is not None
+        assert bound >= len(body_json(message)), (scope, params, identity)
+        checked += 1
+    assert checked == 400
+    # What the bound cannot know: another message type, a dict identity.
+    request = Request(edge, {"type": "http", "method": "GET", "path": "/x", "headers": []}, {})
+    with_dict = build_message(None, request, b"", {"sub": "ada"})
+    assert json_size_bound(with_dict, request, cap) is None

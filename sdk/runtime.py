@@ -21,7 +21,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import anyio
@@ -42,7 +41,7 @@ from .errors import (
     SvcbusError,
 )
 from .layer import Layer
-from .local import Handler, LocalConsumer, LocalContext, LocalReply, LocalWorker
+from .local import LocalConsumer, LocalContext, LocalReply
 from .names import is_reply_channel
 from .ratelog import DEFAULT_WINDOW, RateLimitedLog
 from .redact import redact_text
@@ -371,11 +370,7 @@ class Runtime:
             if not isinstance(consumer.message_type, type):
                 continue  # untyped: the message is whatever the bytes decode to
             local = LocalConsumer(
-                consumer.channel,
-                consumer.message_type,
-                bound.concurrency,
-                self.bus.layer.options,
-                partial(self._serve_local, bound),
+                consumer.channel, consumer.message_type, bound.concurrency, self.bus.layer.options
             )
             if self.bus.layer.serve_locally(consumer.channel, local):
                 offered.append((bound, local))
@@ -402,34 +397,19 @@ class Runtime:
     async def _work_local(self, bound: _Bound, local: LocalConsumer) -> None:
         """One worker of in-process requests: handle them as they come, until stopped.
 
-        A request that finds this worker idle starts in the requester's call,
-        in this worker's name (:meth:`LocalConsumer.call`); the worker carries
-        on with it if it suspends. Requests that queued are taken here. After
-        stop() it handles what still waits (the drain), then ends. If the
+        After stop() it handles what still waits (the drain), then ends. If the
         drain runs out of time the workers are cancelled: what still waits is
         never started and its requesters time out, as for messages left in a
         channel.
         """
-        task = asyncio.current_task()
-        assert task is not None
-        worker = LocalWorker(task)
         waiting = local.waiting
         unyielded = 0
         try:
             while True:
-                handler = worker.handler
-                if handler is not None:
-                    worker.handler = None
-                    try:
-                        await handler
-                    finally:
-                        local.finished(handler.reply)
-                elif waiting:
+                if waiting:
                     message, reply = waiting.popleft()
                     try:
-                        await Handler(
-                            self._serve_local(bound, message, reply), worker.context, reply
-                        )
+                        await self._serve_local(bound, message, reply)
                     finally:
                         local.finished(reply)
                     # Handlers that never suspend must not starve the requesters'
@@ -442,7 +422,7 @@ class Runtime:
                     return
                 else:
                     unyielded = 0
-                    await local.wait_for_work(worker)
+                    await local.wait_for_work()
         except BaseException:
             waiting.clear()  # cancelled (the drain ran out of time): see above
             raise

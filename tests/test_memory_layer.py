@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import anyio
 import pytest
@@ -160,31 +159,16 @@ async def test_a_bus_hands_contracts_to_a_message_listener_and_encodes_the_rest(
             await bus.send("bad name!x", Note(text="no listener: the name is checked"))
 
 
-async def _unserved(message: Any, reply: asyncio.Future[Any]) -> None:
-    raise AssertionError("no worker: nothing is started")
-
-
-async def _idle_worker(consumer: Any) -> Any:
-    """A worker of ``consumer`` that waits once for work; it returns itself."""
-    from svcbus.local import LocalWorker
-
-    task = asyncio.current_task()
-    assert task is not None
-    worker = LocalWorker(task)
-    await consumer.wait_for_work(worker)
-    return worker
-
-
 async def test_in_process_requests_queue_behind_waiting_messages():
     """svcbus.local: a channel's in-process consumer is offered only while nothing waits there."""
     from svcbus.local import LocalConsumer
 
     hub = MemoryHub()
     layer, other = MemoryLayer(hub=hub), MemoryLayer(hub=hub)
-    consumer = LocalConsumer("mtest.local", dict, 1, layer.options, _unserved)
+    consumer = LocalConsumer("mtest.local", dict, 1, layer.options)
     assert layer.serve_locally("mtest.local", consumer)
     assert not other.serve_locally(
-        "mtest.local", LocalConsumer("mtest.local", dict, 1, layer.options, _unserved)
+        "mtest.local", LocalConsumer("mtest.local", dict, 1, layer.options)
     )
     assert other.local_consumer("mtest.local") is consumer  # one hub: any layer on it
     await other.send("mtest.local", b"first")  # nobody receives yet: it waits
@@ -204,7 +188,7 @@ async def test_in_process_requests_time_out_on_one_timer_whoever_holds_them():
     from svcbus.errors import RequestTimeout
     from svcbus.local import LocalConsumer, LocalReply
 
-    consumer = LocalConsumer("mtest.local", dict, 1, LayerOptions(capacity=10), _unserved)
+    consumer = LocalConsumer("mtest.local", dict, 1, LayerOptions(capacity=10))
     slow = consumer.call({"n": 0}, timeout=0.2)
     quick = consumer.call({"n": 1}, timeout=0.2)
     given_up = consumer.call({"n": 2}, timeout=0.2)
@@ -227,39 +211,26 @@ async def test_in_process_requests_time_out_on_one_timer_whoever_holds_them():
 
 
 async def test_in_process_requests_wait_in_order_up_to_the_capacity():
-    """One handled at once (concurrency 1) and two waiting (capacity 2); the workers wake in turn.
-
-    The first request finds the worker idle and nothing waiting: its handler starts at once,
-    in the call, as that worker; it suspends, and the worker is woken to carry it on.
-    """
+    """One handled at once (concurrency 1) and two waiting (capacity 2); the workers wake in turn."""
     from svcbus.errors import ChannelFull, MessageTooLarge
     from svcbus.local import LocalConsumer
 
-    started: list[tuple[Any, asyncio.Task[Any] | None]] = []
-    release = asyncio.Event()
-
-    async def serve(message: Any, reply: asyncio.Future[Any]) -> None:
-        started.append((message, asyncio.current_task()))
-        await release.wait()
-
     options = LayerOptions(capacity=2, max_message_size=100)
-    consumer = LocalConsumer("mtest.local", dict, 1, options, serve)
-    worker = asyncio.ensure_future(_idle_worker(consumer))
+    consumer = LocalConsumer("mtest.local", dict, 1, options)
+    worker = asyncio.ensure_future(consumer.wait_for_work())
     await asyncio.sleep(0)  # the worker waits
     futures = [consumer.call({"n": n}) for n in range(3)]
-    assert started == [({"n": 0}, worker)]  # started in the call, as the worker's task
-    assert [m for m, _ in consumer.waiting] == [{"n": 1}, {"n": 2}]  # oldest first
+    assert [m for m, _ in consumer.waiting] == [{"n": 0}, {"n": 1}, {"n": 2}]  # oldest first
     assert consumer.pending == 3
-    carried = await asyncio.wait_for(worker, 1)  # the suspended handler woke it
-    assert carried.handler is not None and carried.handler.reply is futures[0]
+    await asyncio.wait_for(worker, 1)  # the first call woke it
     with pytest.raises(ChannelFull):
-        consumer.call({"n": 3})  # one handled, two waiting: the capacity
+        consumer.call({"n": 3})  # one to handle, two waiting: the capacity
     with pytest.raises(MessageTooLarge):
         consumer.call({"text": "x" * 200})
     assert consumer.call(["not", "a", "dict"]) is None  # another type: through the layer
-    assert consumer.pending == 3 and len(consumer.waiting) == 2
+    assert consumer.pending == 3 and len(consumer.waiting) == 3
     # A worker that was cancelled is not woken (the latest idle, woken first): the next one is.
-    idle, gone = (asyncio.ensure_future(_idle_worker(consumer)) for _ in range(2))
+    idle, gone = (asyncio.ensure_future(consumer.wait_for_work()) for _ in range(2))
     await asyncio.sleep(0)
     gone.cancel()
     await asyncio.sleep(0)

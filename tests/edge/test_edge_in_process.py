@@ -30,7 +30,7 @@ from svcbus.edge import (
     WebSocketReceive,
     WebSocketRoute,
 )
-from svcbus.errors import MessageTooLarge, RequestTimeout
+from svcbus.errors import MessageTooLarge
 
 pytestmark = pytest.mark.anyio
 BOTH_PATHS = True
@@ -109,11 +109,6 @@ async def steps(request: HttpRequest) -> dict[str, Any]:
         with anyio.move_on_after(0):  # a scope already past its deadline: cancelled at once
             await anyio.sleep(5)
     return {"context": REQUESTER.get(), "same_task": asyncio.current_task() is first}
-
-
-@service.consumes("local.cancels")
-async def cancels(request: HttpRequest) -> dict[str, Any]:
-    raise asyncio.CancelledError  # the handler's own doing: it ends this request only
 
 
 CLAIMS = {"sub": "ada", "roles": ["reader"]}
@@ -320,42 +315,3 @@ async def test_handlers_keep_their_task_across_suspensions(served) -> None:
     stats = runtime.stats["local.steps"]
     assert (stats.received, stats.processed, stats.failed) == (20, 20, 0)
     assert len(set(STEPPED)) <= 2  # the consumer's two workers, on either path
-
-
-async def test_an_idle_worker_starts_a_request_in_the_call(hub_url: str) -> None:
-    """In process, a handler that never suspends has answered when ``call`` returns.
-
-    It ran as one of the runtime's workers (their task, their context), not as the
-    requester; one that suspends is carried on by that worker; the workers stay
-    available through both, and through a handler that raised CancelledError.
-    """
-    async with Bus(hub_url) as bus, Runtime(service, bus).running() as runtime:
-        REQUESTER.set("the requester")
-        me = asyncio.current_task()
-        local = bus.layer.local_consumer("local.steps")
-        assert local is not None
-        await asyncio.sleep(0)  # the workers wait
-        STEPPED.clear()
-        quick = local.call(HttpRequest(method="GET", path="/quick"))
-        assert quick is not None and quick.done()
-        assert quick.result().value == {"context": "none", "same_task": True}
-        assert STEPPED[0] is not me and asyncio.current_task() is me
-        suspended = local.call(HttpRequest(method="GET", path="/suspend"), timeout=5)
-        assert suspended is not None and not suspended.done()
-        assert asyncio.current_task() is me
-        assert (await suspended).value == {"context": "none", "same_task": True}
-        assert STEPPED[1] is not me
-        assert len(local.idle) == 2 and local.pending == 0  # both workers wait again
-        cancelling = bus.layer.local_consumer("local.cancels")
-        assert cancelling is not None
-        ended = cancelling.call(HttpRequest(method="GET", path="/cancels"), timeout=0.1)
-        assert ended is not None
-        with pytest.raises(RequestTimeout):  # the requester is not cancelled: it times out
-            await ended
-        again = cancelling.call(HttpRequest(method="GET", path="/cancels"), timeout=0.1)
-        assert again is not None  # the worker took it: it still serves
-        with pytest.raises(RequestTimeout):
-            await again
-        assert cancelling.pending == 0 and len(cancelling.idle) == cancelling.limit
-        stats = runtime.stats["local.steps"]
-        assert (stats.received, stats.processed, stats.failed) == (2, 2, 0)

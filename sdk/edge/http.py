@@ -192,10 +192,8 @@ async def handle_request(
     except InvalidInput as exc:
         await send_error(send, 422, "request does not fit the contract", detail=exc.errors)
         return
-    # For the in-process hand-over: spares encoding the request just to check its size.
-    bound = json_size_bound(message, request, edge.limits.max_header_length)
     try:
-        reply = await _request(edge, route, message, scope["method"], bound)
+        reply = await _request(edge, route, request, message)
     except Unavailable:
         edge.stats.refused_bus += 1
         await send_error(send, 503, "the service is unavailable; retry later")
@@ -227,9 +225,7 @@ class Unavailable(Exception):
     """The bus would not take the request within the patience."""
 
 
-async def _request(
-    edge: EdgeApp, route: HttpRoute, message: Contract, method: str, size_bound: int | None
-) -> Any:
+async def _request(edge: EdgeApp, route: HttpRoute, request: Request, message: Contract) -> Any:
     """``bus.request``, retried while the bus cannot take the request.
 
     A full channel means the request was not queued, so any request may be
@@ -242,7 +238,7 @@ async def _request(
     delay = 0.002
     while True:
         try:
-            reply = _hand_over(edge, route.channel, message, limits.request_timeout, size_bound)
+            reply = _hand_over(edge, route.channel, request, message, limits.request_timeout)
             if reply is not None:
                 # Fails with RequestTimeout past the request timeout, as bus.request.
                 return await reply
@@ -269,7 +265,7 @@ async def _request(
             raise Unavailable from None
         except (ChannelFull, LayerError) as exc:
             # About this request only: layers report earlier losses from flush().
-            retry = isinstance(exc, ChannelFull) or method in SAFE_METHODS
+            retry = isinstance(exc, ChannelFull) or request.scope["method"] in SAFE_METHODS
             if isinstance(exc, LayerError):
                 edge.quiet.warning("http-bus", "request to %s failed: %s", route.channel, exc)
             deadline = deadline or _accept_deadline(limits)
@@ -282,15 +278,15 @@ async def _request(
 
 
 def _hand_over(
-    edge: EdgeApp, channel: str, message: Contract, timeout: float, size_bound: int | None
+    edge: EdgeApp, channel: str, request: Request, message: Contract, timeout: float
 ) -> asyncio.Future[LocalReply] | None:
     """Hand ``message`` to a consumer in this process; its reply's future, or None.
 
     None when no consumer of ``channel`` runs here (or it takes another type):
     then the request goes through the layer. The message was built by the edge
     for this request alone (see svcbus.local); an identity dict the auth hook
-    may share between requests is copied first. ``size_bound``: see
-    :func:`json_size_bound`.
+    may share between requests is copied first. Its size is checked without
+    encoding it where :func:`json_size_bound` can tell.
     """
     local = edge.bus.layer.local_consumer(channel)
     if local is None:
@@ -298,7 +294,8 @@ def _hand_over(
     identity = getattr(message, "identity", None)
     if isinstance(identity, dict):
         _set(message, "identity", owned_identity(identity))
-    return local.call(message, timeout, size_bound)
+    bound = json_size_bound(message, request, edge.limits.max_header_length)
+    return local.call(message, timeout, bound)
 
 
 _HTTP_REQUEST_SKELETON = len(body_json(HttpRequest(method="", path="")))
@@ -316,14 +313,17 @@ def json_size_bound(message: Contract, request: Request, cap: int) -> int | None
     are each at most ``cap`` characters (:func:`.security.sanitise_headers`
     cuts them); the query's names and values, decoded, are no longer than the
     query string, which has a character per entry at least; path parameters'
-    values are cut from the path. None for other messages, and for an
-    identity that is neither a string nor None (the hook's dict: its size and
-    JSON-ability need the encoding).
+    values are cut from the path. Those strings are decoded by the server
+    (UTF-8 with replacement, latin-1), so they always encode; an identity
+    comes from the authentication hook, so only an ASCII string counts (a
+    lone surrogate would not encode). None for other messages and any other
+    identity (the hook's dict, say): their size and JSON-ability need the
+    encoding.
     """
     if type(message) is not HttpRequest:
         return None
     identity = message.identity
-    if identity is not None and type(identity) is not str:
+    if identity is not None and not (type(identity) is str and identity.isascii()):
         return None
     scope = request.scope
     chars = (

@@ -142,6 +142,8 @@ class ConnectionLimits:
         super().__init__(config, *args, **kwargs)  # type: ignore[call-arg]  # uvicorn's protocol
         self.limits = limits_of(config)
         self.header_timer: asyncio.TimerHandle | None = None
+        self.headers_due = 0.0
+        """When the current wait for request headers ends (loop time)."""
         self.writer: HeadWithBody | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -178,7 +180,13 @@ class ConnectionLimits:
             self.writer.flush()
         super().on_response_complete()  # type: ignore[misc]  # uvicorn's protocol
         if not self.transport.is_closing():
-            self._arm_header_timer()  # the next request's headers get the same time
+            # The next request's headers get the same time: only the deadline moves.
+            # A timer armed and cancelled per request cost an edge request about 7 %
+            # of its instructions (the loop's heap of cancelled timers); the one timer
+            # a connection has finds the new deadline when it fires and waits on.
+            self.headers_due = self.loop.time() + self.limits.header_timeout
+            if self.header_timer is None:
+                self.header_timer = self.loop.call_at(self.headers_due, self._header_timeout)
 
     def handle_websocket_upgrade(self, *args: Any) -> None:
         self._disarm_header_timer()
@@ -190,7 +198,8 @@ class ConnectionLimits:
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
-        self.header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timeout)
+        self.headers_due = self.loop.time() + self.limits.header_timeout
+        self.header_timer = self.loop.call_at(self.headers_due, self._header_timeout)
 
     def _disarm_header_timer(self) -> None:
         if self.header_timer is not None:
@@ -202,7 +211,12 @@ class ConnectionLimits:
         serving: object = self.transport.get_protocol()  # a WebSocket's protocol after an upgrade
         if self.transport.is_closing() or serving is not self:
             return
-        if self.waiting_for_headers():
+        if not self.waiting_for_headers():
+            return  # a request is being answered: its response's end sets a new deadline
+        if self.loop.time() < self.headers_due:
+            # A response ended since the timer was set: the time counts from there.
+            self.header_timer = self.loop.call_at(self.headers_due, self._header_timeout)
+        else:
             quiet.log(
                 logging.INFO,
                 "header-timeout",

@@ -122,6 +122,32 @@ async def test_each_kept_alive_request_gets_the_header_timeout(serve, edge_bus) 
         writer.close()
 
 
+async def test_the_header_timeout_waits_out_a_slow_response(serve, edge_bus) -> None:
+    """A response slower than the header timeout is not cut off; the next headers get their time.
+
+    The connection's header timer fires while the consumer is still working
+    (1.5 s, timeout 0.8 s): the connection stays, and its next request's
+    headers have the timeout from the end of that response.
+    """
+    from edge_service import routes
+
+    addr = await serve(EdgeApp(routes, layer=edge_bus, limits=Limits(header_timeout=0.8)))
+    host, port = addr.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"GET /api/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        assert await reader.readexactly(length) == b'{"late":true}'
+        answered = time.monotonic()
+        writer.write(b"GET /api/add/1?b=1 HTTP/1.1\r\nHost: x\r\n")  # never finished
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
+        assert 0.5 < time.monotonic() - answered < 3.0
+    finally:
+        writer.close()
+
+
 async def test_a_ping_flood_is_rate_limited(serve, edge_bus) -> None:
     from edge_service import routes
 

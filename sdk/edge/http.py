@@ -94,6 +94,14 @@ class BodyTooLarge(Exception):
 _JSON_SECURED = with_security_headers(list(_JSON))
 """The headers of a JSON response, security headers included, worked out once."""
 
+RENDERED_HEAD = "svcbus.rendered_head"
+"""A key of the edge's ``http.response.start`` events: ``(bytes, length)``, the headers
+rendered as HTTP/1.1 lines and the body's length. The edge's httptools protocol
+writes them as they are (:class:`.httptools_protocol.EdgeCycle`); any other server
+ignores the key and reads ``headers``."""
+
+_JSON_RENDERED = b"".join(name + b": " + value + b"\r\n" for name, value in _JSON_SECURED)
+
 
 async def send_response(
     send: Send,
@@ -109,14 +117,23 @@ async def send_response(
     security headers are added here, once, rather than by wrapping every
     request's ``send``; only static files (:mod:`.static`) need the wrapper.
     """
+    length = str(len(body)).encode()
     if headers is _JSON:
-        headers = list(_JSON_SECURED)
+        rendered = (_JSON_RENDERED + b"content-length: " + length + b"\r\n", len(body))
+        headers = [*_JSON_SECURED, (b"content-length", length)]
+        start = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": headers,
+            RENDERED_HEAD: rendered,
+        }
     else:
         headers = with_security_headers(
             list(headers) if headers else [(b"content-type", b"text/plain; charset=utf-8")]
         )
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+        headers.append((b"content-length", length))
+        start = {"type": "http.response.start", "status": status, "headers": headers}
+    await send(start)
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 

@@ -3,7 +3,9 @@
 uvicorn writes a response's head and body separately; the edge's protocols
 join them (:class:`svcbus.edge.protocol.HeadWithBody`). What must still hold
 through a real server: a HEAD response (no body) is sent whole and the
-connection goes on, and ``100 Continue`` is not held back.
+connection goes on, and ``100 Continue`` is not held back. The edge's JSON
+responses leave with heads rendered once (:data:`svcbus.edge.http.RENDERED_HEAD`):
+the bytes on the wire are those uvicorn's own protocol writes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 
 import pytest
 
+from svcbus.edge import EdgeApp, Limits
 from svcbus.edge.protocol import HeadWithBody
 
 pytestmark = pytest.mark.anyio
@@ -67,6 +70,68 @@ async def test_100_continue_is_not_held_back(edge) -> None:
         assert await asyncio.wait_for(reader.readexactly(_length(head)), 3) == b"hello"
     finally:
         writer.close()
+
+
+async def _exchange(address: str, requests: list[bytes]) -> list[bytes]:
+    """Each request's response, whole, on one connection; the last one read until it closes."""
+    host, port = address.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    responses = []
+    try:
+        for request in requests[:-1]:
+            writer.write(request)
+            head = await _head(reader)
+            length = 0 if request.startswith(b"HEAD ") else _length(head)
+            responses.append(head + await asyncio.wait_for(reader.readexactly(length), 3))
+        writer.write(requests[-1])
+        responses.append(await asyncio.wait_for(reader.read(), 3))  # the server closes
+    finally:
+        writer.close()
+    return responses
+
+
+def _without_date(response: bytes) -> bytes:
+    lines = response.split(b"\r\n")
+    dates = [line for line in lines if line.lower().startswith(b"date: ")]
+    assert len(dates) == 1, response
+    return b"\r\n".join(line for line in lines if line not in dates)
+
+
+async def test_rendered_heads_are_the_bytes_uvicorn_writes(serve, edge_bus, http_parser) -> None:
+    """The edge's responses byte for byte as through uvicorn's own protocol (the date aside).
+
+    JSON replies and errors (heads rendered by the edge), other responses, a
+    HEAD, a server ``--header``, and the ends of a connection: a client's
+    ``Connection: close`` on HTTP/1.1 and an HTTP/1.0 request.
+    """
+    from edge_service import routes
+
+    limits = Limits(max_body_size=64)
+    options = {"headers": [("x-served-by", "edge-test")]}
+    edge_address = await serve(EdgeApp(routes, layer=edge_bus, limits=limits), **options)
+    plain_address = await serve(  # uvicorn's protocol, which ignores the rendered heads
+        EdgeApp(routes, layer=edge_bus, limits=limits), http=http_parser, **options
+    )
+    kept = [
+        b"GET /api/add/1?b=2 HTTP/1.1\r\nHost: edge\r\n\r\n",  # 200 JSON
+        b"HEAD /api/add/1?b=2 HTTP/1.1\r\nHost: edge\r\n\r\n",
+        b"GET /api/add/1?b=x HTTP/1.1\r\nHost: edge\r\n\r\n",  # 422 JSON
+        b"POST /api/add/1 HTTP/1.1\r\nHost: edge\r\nContent-Length: 65\r\n\r\n" + b"{" * 65,
+        b"GET /api/nowhere HTTP/1.1\r\nHost: edge\r\n\r\n",  # 404, text
+        b"PUT /api/add/1 HTTP/1.1\r\nHost: edge\r\nContent-Length: 0\r\n\r\n",  # 405, text
+        b"GET /api/add/1?b=3 HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n",
+    ]
+    once = [b"GET /api/add/2?b=2 HTTP/1.0\r\nHost: edge\r\n\r\n"]
+    statuses = []
+    for requests in (kept, once):
+        through_edge = await _exchange(edge_address, requests)
+        through_uvicorn = await _exchange(plain_address, requests)
+        assert [_without_date(r) for r in through_edge] == [
+            _without_date(r) for r in through_uvicorn
+        ]
+        assert all(b"\r\nx-served-by: edge-test\r\n" in r for r in through_edge)
+        statuses += [r.split(b" ", 2)[1] for r in through_edge]
+    assert statuses == [b"200", b"200", b"422", b"413", b"404", b"405", b"200", b"200"]
 
 
 class _Recorded:

@@ -375,11 +375,12 @@ class MemoryLayer(Layer):
             del self.hub.local[channel]
 
     def local_consumer(self, channel: str) -> LocalConsumer | None:
-        local = self.hub.local
-        if not local or self._closed:
+        hub = self.hub
+        consumer = hub.local.get(channel)
+        if consumer is None or self._closed:
             return None
-        consumer = local.get(channel)
-        if consumer is not None and self.hub.has_queued(channel):
+        queue = hub.queues.get(channel)  # hub.has_queued, inlined: once per edge request
+        if queue is not None and queue.items:
             return None  # FIFO: this request must not overtake what waits
         return consumer
 

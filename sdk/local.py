@@ -89,6 +89,7 @@ class LocalConsumer:
         "idle",
         "limit",
         "message_type",
+        "most",
         "options",
         "pending",
         "waiting",
@@ -102,6 +103,9 @@ class LocalConsumer:
         """Most in-process requests handled at once (the consumer's concurrency)."""
         self.options = options
         """The layer's options: its size limit and the channel's capacity apply here too."""
+        self.most = limit + options.capacity_for(channel)
+        """Most requests taken at once: as many as the workers handle, and the channel's
+        capacity waiting."""
         self.pending = 0
         """Requests taken and not yet finished: waiting or being handled."""
         self.waiting: deque[tuple[Any, asyncio.Future[LocalReply]]] = deque()
@@ -139,12 +143,10 @@ class LocalConsumer:
             size = len(body_json(message))
             if size > options.max_message_size:
                 options.check_size(self.channel, size)
-        # As many as the workers handle at once, and the channel's capacity waiting.
-        capacity = options.capacity_for(self.channel)
-        if self.pending >= self.limit + capacity:
+        if self.pending >= self.most:
             raise ChannelFull(
-                f"channel {self.channel!r} holds {capacity} requests (its capacity); "
-                "its consumers are behind: retry later or raise channel_capacity"
+                f"channel {self.channel!r} holds {self.most - self.limit} requests (its "
+                "capacity); its consumers are behind: retry later or raise channel_capacity"
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[LocalReply] = loop.create_future()
@@ -154,7 +156,8 @@ class LocalConsumer:
             # A deadline on the consumer's timer, not a task watch per request (a
             # watch was 5 % of the instructions of an HTTP request through the edge).
             self.deadlines.add(loop, future, loop.time() + timeout)
-        self.wake(1)
+        if self.idle:
+            self.wake(1)
         return future
 
     def finished(self, reply: asyncio.Future[LocalReply]) -> None:

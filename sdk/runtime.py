@@ -438,18 +438,25 @@ class Runtime:
         consumer = bound.consumer
         stats = bound.stats
         stats.received += 1
-        # An id only where it is seen: the context's envelope, observers, a log line.
-        message_id = ""
-        envelope = None
+        if not (consumer.takes_context or self.observers):
+            # Nothing sees an envelope or an id: the handler, its answer, the counts.
+            try:
+                result = await consumer.func(message)
+            except Exception as exc:
+                self._local_failed(bound, "", reply, exc)
+                return
+            self._answer_local(bound, "", reply, result)
+            stats.processed += 1
+            return
+        # An id only where it is seen (the context's envelope, observers, a log line):
+        # from here on, a context or observers see it.
+        message_id = new_message_id()
+        envelope = envelope_type(consumer.message_type).model_construct(
+            v=1, id=message_id, rc=self._local_reply_channel, at=now_ms(), b=message
+        )
         ctx = None
         try:
-            if consumer.takes_context or self.observers:
-                message_id = new_message_id()
-                envelope = envelope_type(consumer.message_type).model_construct(
-                    v=1, id=message_id, rc=self._local_reply_channel, at=now_ms(), b=message
-                )
             if consumer.takes_context:
-                assert envelope is not None
                 ctx = LocalContext(
                     self.bus,
                     consumer.channel,
@@ -461,19 +468,25 @@ class Runtime:
             else:
                 result = await consumer.func(message)
         except Exception as exc:
-            stats.failed += 1
-            log.exception(
-                "consumer %s failed on message %s", consumer.name, message_id or new_message_id()
-            )
-            if not reply.done():
-                reply.set_exception(_remote_error(consumer.channel, exc))
+            self._local_failed(bound, message_id, reply, exc)
             return
         if ctx is None or not ctx._replied:
             self._answer_local(bound, message_id, reply, result)
         stats.processed += 1
-        if envelope is not None:
-            for observer in self.observers:
-                observer(consumer.channel, envelope, result)
+        for observer in self.observers:
+            observer(consumer.channel, envelope, result)
+
+    def _local_failed(
+        self, bound: _Bound, message_id: str, reply: asyncio.Future[LocalReply], exc: Exception
+    ) -> None:
+        """An in-process request's handler failed: counted, logged, the requester told."""
+        consumer = bound.consumer
+        bound.stats.failed += 1
+        log.exception(
+            "consumer %s failed on message %s", consumer.name, message_id or new_message_id()
+        )
+        if not reply.done():
+            reply.set_exception(_remote_error(consumer.channel, exc))
 
     def _answer_local(
         self, bound: _Bound, message_id: str, reply: asyncio.Future[LocalReply], value: Any

@@ -117,23 +117,29 @@ async def send_response(
     security headers are added here, once, rather than by wrapping every
     request's ``send``; only static files (:mod:`.static`) need the wrapper.
     """
-    length = str(len(body)).encode()
     if headers is _JSON:
-        rendered = (_JSON_RENDERED + b"content-length: " + length + b"\r\n", len(body))
-        headers = [*_JSON_SECURED, (b"content-length", length)]
-        start = {
+        await _send_json(send, status, body, head)
+        return
+    headers = with_security_headers(
+        list(headers) if headers else [(b"content-type", b"text/plain; charset=utf-8")]
+    )
+    headers.append((b"content-length", b"%d" % len(body)))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def _send_json(send: Send, status: int, body: bytes, head: bool) -> None:
+    """:func:`send_response` of a JSON body: its headers also rendered (:data:`RENDERED_HEAD`)."""
+    length = len(body)
+    text = b"%d" % length
+    await send(
+        {
             "type": "http.response.start",
             "status": status,
-            "headers": headers,
-            RENDERED_HEAD: rendered,
+            "headers": [*_JSON_SECURED, (b"content-length", text)],
+            RENDERED_HEAD: (_JSON_RENDERED + b"content-length: " + text + b"\r\n", length),
         }
-    else:
-        headers = with_security_headers(
-            list(headers) if headers else [(b"content-type", b"text/plain; charset=utf-8")]
-        )
-        headers.append((b"content-length", length))
-        start = {"type": "http.response.start", "status": status, "headers": headers}
-    await send(start)
+    )
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
@@ -242,8 +248,25 @@ class Unavailable(Exception):
     """The bus would not take the request within the patience."""
 
 
-async def _request(edge: EdgeApp, route: HttpRoute, request: Request, message: Contract) -> Any:
-    """``bus.request``, retried while the bus cannot take the request.
+def _request(
+    edge: EdgeApp, route: HttpRoute, request: Request, message: Contract
+) -> Awaitable[Any]:
+    """The reply to ``message``: a consumer in this process's future, else the bus's request.
+
+    Not a coroutine: the request awaits the in-process consumer's future
+    itself, without a frame between (:func:`_request_with_retries` otherwise).
+    """
+    try:
+        reply = _hand_over(edge, route.channel, request, message)
+    except ChannelFull:
+        reply = None  # waited for and retried there
+    return _request_with_retries(edge, route, request, message) if reply is None else reply
+
+
+async def _request_with_retries(
+    edge: EdgeApp, route: HttpRoute, request: Request, message: Contract
+) -> Any:
+    """``bus.request`` (or the hand-over), retried while the bus cannot take the request.
 
     A full channel means the request was not queued, so any request may be
     sent again; a broken connection may have carried it, so only safe methods
@@ -255,7 +278,7 @@ async def _request(edge: EdgeApp, route: HttpRoute, request: Request, message: C
     delay = 0.002
     while True:
         try:
-            reply = _hand_over(edge, route.channel, request, message, limits.request_timeout)
+            reply = _hand_over(edge, route.channel, request, message)
             if reply is not None:
                 # Fails with RequestTimeout past the request timeout, as bus.request.
                 return await reply
@@ -295,7 +318,7 @@ async def _request(edge: EdgeApp, route: HttpRoute, request: Request, message: C
 
 
 def _hand_over(
-    edge: EdgeApp, channel: str, request: Request, message: Contract, timeout: float
+    edge: EdgeApp, channel: str, request: Request, message: Contract
 ) -> asyncio.Future[LocalReply] | None:
     """Hand ``message`` to a consumer in this process; its reply's future, or None.
 
@@ -311,8 +334,9 @@ def _hand_over(
     identity = getattr(message, "identity", None)
     if isinstance(identity, dict):
         _set(message, "identity", owned_identity(identity))
-    bound = json_size_bound(message, request, edge.limits.max_header_length)
-    return local.call(message, timeout, bound)
+    limits = edge.limits
+    bound = json_size_bound(message, request, limits.max_header_length)
+    return local.call(message, limits.request_timeout, bound)
 
 
 _HTTP_REQUEST_SKELETON = len(body_json(HttpRequest(method="", path="")))
@@ -340,16 +364,18 @@ def json_size_bound(message: Contract, request: Request, cap: int) -> int | None
     if type(message) is not HttpRequest:
         return None
     identity = message.identity
-    if identity is not None and not (type(identity) is str and identity.isascii()):
+    if identity is None:
+        chars = 0
+    elif type(identity) is str and identity.isascii():
+        chars = len(identity)
+    else:
         return None
     scope = request.scope
-    chars = (
+    chars += (
         len(scope["method"])
-        + 2 * len(scope["path"])
-        + 2 * len(scope.get("query_string") or b"")
+        + 2 * (len(scope["path"]) + len(scope.get("query_string") or b""))
         + len(request.headers) * (2 * cap + 1)
         + len(request.client or "")
-        + len(identity or "")
     )
     params = request.params
     if params:
@@ -485,7 +511,7 @@ async def send_reply(send: Send, reply: Any, *, head: bool = False) -> None:
             )
             return
     else:
-        await send_response(send, 200, to_json(reply) if body is None else body, _JSON, head=head)
+        await _send_json(send, 200, to_json(reply) if body is None else body, head)
         return
     headers = [
         (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()

@@ -62,13 +62,12 @@ class EdgeCycle(RequestResponseCycle):
     def send(self, message: Any) -> Awaitable[None]:  # type: ignore[override]
         # Not a coroutine itself: uvicorn's send is the awaitable, without a frame around it.
         rendered = message.get(RENDERED_HEAD)
-        if (
-            rendered is None
-            or self.response_started
-            or self.disconnected
-            or self.flow.write_paused
-            or (defaults := _rendered_defaults(self.default_headers)) is None
-        ):
+        if rendered is None or self.response_started or self.disconnected:
+            return _uvicorn_send(self, message)
+        known, defaults = _defaults
+        if self.default_headers is not known:
+            defaults = _render_defaults(self.default_headers)
+        if defaults is None or self.flow.write_paused:
             return _uvicorn_send(self, message)
         block, length = rendered
         status = message["status"]
@@ -105,29 +104,24 @@ _uvicorn_send = RequestResponseCycle.send
 
 
 _defaults: tuple[object, bytes | None] = (None, None)
+"""The default headers list last rendered, and its rendering (see :func:`_render_defaults`)."""
 
 
-def _rendered_defaults(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+def _render_defaults(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """uvicorn's default headers (date, server, ``--header``) rendered; None to leave it to uvicorn.
 
-    uvicorn's server makes a new list when the date changes, so one list is
-    checked and rendered once. None for headers uvicorn would reject or that
-    change the response's framing.
+    uvicorn's server makes a new list when the date changes: the rendering is
+    kept in :data:`_defaults` for as long as the list is the same. None for
+    headers uvicorn would reject or that change the response's framing.
     """
     global _defaults
-    known, rendered = _defaults
-    if headers is known:
-        return rendered
-    rendered = _render(headers)
-    _defaults = (headers, rendered)
-    return rendered
-
-
-def _render(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    parts: list[bytes] = []
+    parts = []
     for name, value in headers:
         lower = name.lower()
         if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value) or lower in _FRAMING:
+            _defaults = (headers, None)
             return None
-        parts.extend((lower, b": ", value, b"\r\n"))
-    return b"".join(parts)
+        parts.append(lower + b": " + value + b"\r\n")
+    rendered = b"".join(parts)
+    _defaults = (headers, rendered)
+    return rendered

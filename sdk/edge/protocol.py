@@ -35,6 +35,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .logs import Quiet
+from .request import HEADER_MEMO, HeaderMemo
 from .security import BUDGET_EXTENSION, FrameBudget, Limits
 
 log = logging.getLogger("svcbus.edge")
@@ -141,6 +142,7 @@ class ConnectionLimits:
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)  # type: ignore[call-arg]  # uvicorn's protocol
         self.limits = limits_of(config)
+        self.memo = HeaderMemo()
         self.header_timer: asyncio.TimerHandle | None = None
         self.headers_due = 0.0
         """When the current wait for request headers ends (loop time)."""
@@ -166,10 +168,14 @@ class ConnectionLimits:
         self._arm_header_timer()
 
     def hold_heads(self) -> None:
-        """Give the newest request's cycle the transport that joins head and body."""
+        """Give the newest request's cycle the transport that joins head and body.
+
+        Its scope also gets the connection's :class:`HeaderMemo`.
+        """
         cycle: Any = getattr(self, "cycle", None)
         if cycle is not None and cycle.transport is self.transport and self.writer is not None:
             cycle.transport = self.writer
+            cycle.scope[HEADER_MEMO] = self.memo
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()

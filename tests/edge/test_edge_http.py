@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from svcbus import Bus
-from svcbus.edge import EdgeApp, HttpRoute, Limits, Routes
+from svcbus import Bus, Runtime, Service
+from svcbus.edge import EdgeApp, HttpRequest, HttpRoute, Limits, Routes
 
 pytestmark = pytest.mark.anyio
 BOTH_PATHS = True  # each test with the service in process (svcbus.local) and through the layer
@@ -109,6 +109,40 @@ async def test_credentials_do_not_travel(client) -> None:
     assert "authorization" not in body["headers"]
     assert "cookie" not in body["headers"]
     assert "secret" not in response.text
+
+
+async def test_each_request_gets_its_own_headers_on_a_kept_alive_connection(
+    serve, hub_url, in_process
+) -> None:
+    """The edge's protocols remember a connection's last headers (svcbus.edge.request.HeaderMemo).
+
+    Requests alike, changed and alike again on one connection each reach the
+    consumer with their own headers, credentials dropped, although the
+    consumer changes the dict it was given (in process it is the message's
+    own, not a copy).
+    """
+    service = Service("memo-test")
+
+    @service.consumes("memo.headers")
+    async def headers(request: HttpRequest) -> dict:
+        seen = dict(request.headers)
+        request.headers.pop("x-a", None)
+        request.headers["x-injected"] = "by the consumer"
+        return seen
+
+    async with Bus(hub_url) as bus, Runtime(service, bus, in_process=in_process).running():
+        addr = await serve(EdgeApp(Routes(HttpRoute("/h", "memo.headers")), layer=bus))
+        # One connection (httpx keeps it alive), headers alike but for X-A.
+        async with httpx.AsyncClient(base_url=f"http://{addr}") as client:
+            seen = []
+            for value in ("1", "1", "1", "2", "1", "1"):
+                response = await client.get(
+                    "/h", headers={"x-a": value, "authorization": "Bearer secret"}
+                )
+                seen.append(response.json())
+    assert [s["x-a"] for s in seen] == ["1", "1", "1", "2", "1", "1"]
+    assert not any("x-injected" in s or "authorization" in s for s in seen)
+    assert all(s["host"] == addr for s in seen)
 
 
 async def test_no_route_is_404(client) -> None:

@@ -53,10 +53,12 @@ class EdgeCycle(RequestResponseCycle):
     headers each time (content type, security headers) but their length, so
     :func:`.http.send_response` renders them from its constants and the length
     and hands the bytes over in the start event (:data:`.http.RENDERED_HEAD`);
-    those two headers' checks cost about 4 % of an edge request. What uvicorn
-    does with a response head otherwise happens here too: its default headers
-    (checked once per list: the date changes every second), the access log,
-    ``connection: close`` when the connection is not kept alive.
+    those two headers' checks cost about 4 % of an edge request. Headers that
+    changed on their way here (an ASGI middleware around the edge) go through
+    uvicorn as they are now. What uvicorn does with a response head otherwise
+    happens here too: its default headers (checked once per list: the date
+    changes every second), the access log, ``connection: close`` when the
+    connection is not kept alive.
     """
 
     def send(self, message: Any) -> Awaitable[None]:  # type: ignore[override]
@@ -69,7 +71,9 @@ class EdgeCycle(RequestResponseCycle):
             defaults = _render_defaults(self.default_headers)
         if defaults is None or self.flow.write_paused:
             return _uvicorn_send(self, message)
-        block, length = rendered
+        block, length, headers = rendered
+        if tuple(message["headers"]) != headers:  # changed on the way (a middleware)
+            return _uvicorn_send(self, message)
         status = message["status"]
         self.response_started = True
         self.waiting_for_100_continue = False

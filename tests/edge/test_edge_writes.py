@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -132,6 +133,47 @@ async def test_rendered_heads_are_the_bytes_uvicorn_writes(serve, edge_bus, http
         assert all(b"\r\nx-served-by: edge-test\r\n" in r for r in through_edge)
         statuses += [r.split(b" ", 2)[1] for r in through_edge]
     assert statuses == [b"200", b"200", b"422", b"413", b"404", b"405", b"200", b"200"]
+
+
+class _Restyle:
+    """An ASGI middleware around the edge that changes response headers on their way out."""
+
+    def __init__(self, app: EdgeApp) -> None:
+        self.app = app
+        self.limits = app.limits  # what svcbus.edge.config reads from the app it serves
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        async def restyled(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = message["headers"]
+                for i, (name, _) in enumerate(headers):
+                    if name == b"content-type":  # in place: the list and its length stay
+                        headers[i] = (name, b"application/json; charset=utf-8")
+                if b"more" in scope["query_string"]:
+                    headers.append((b"x-restyled", b"yes"))
+            await send(message)
+
+        await self.app(scope, receive, restyled)
+
+
+async def test_headers_a_middleware_changed_are_written_as_changed(serve, edge_bus) -> None:
+    """The edge's rendered heads give way to headers an ASGI middleware changed."""
+    from edge_service import routes
+
+    address = await serve(_Restyle(EdgeApp(routes, layer=edge_bus)))
+    replaced, added = await _exchange(
+        address,
+        [
+            b"GET /api/add/1?b=2 HTTP/1.1\r\nHost: edge\r\n\r\n",
+            b"GET /api/add/1?b=2&more=1 HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n",
+        ],
+    )
+    for response in (replaced, added):
+        assert b"\r\ncontent-type: application/json; charset=utf-8\r\n" in response
+        assert b"\r\nx-content-type-options: nosniff\r\n" in response
+        assert response.endswith(b'{"total":3}')
+    assert b"x-restyled" not in replaced
+    assert b"\r\nx-restyled: yes\r\n" in added
 
 
 class _Recorded:

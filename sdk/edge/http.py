@@ -97,9 +97,9 @@ _JSON_SECURED = with_security_headers(list(_JSON))
 RENDERED_HEAD = "svcbus.rendered_head"
 """A key of the edge's ``http.response.start`` events: ``(bytes, length, headers)``, the
 headers rendered as HTTP/1.1 lines, the body's length, and the headers rendered (a
-tuple). The edge's httptools protocol writes the bytes as they are while the event's
-``headers`` are still those (:class:`.httptools_protocol.EdgeCycle`: an ASGI
-middleware may have changed them); any other server ignores the key."""
+list of its own). The edge's httptools protocol writes the bytes as they are while
+the event's ``headers`` are still those (:class:`.httptools_protocol.EdgeCycle`: an
+ASGI middleware may have changed them); any other server ignores the key."""
 
 _JSON_RENDERED = b"".join(name + b": " + value + b"\r\n" for name, value in _JSON_SECURED)
 
@@ -133,12 +133,12 @@ async def _send_json(send: Send, status: int, body: bytes, head: bool) -> None:
     """:func:`send_response` of a JSON body: its headers also rendered (:data:`RENDERED_HEAD`)."""
     length = len(body)
     text = b"%d" % length
-    headers = (*_JSON_SECURED, (b"content-length", text))
+    headers = [*_JSON_SECURED, (b"content-length", text)]
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": list(headers),
+            "headers": headers.copy(),
             RENDERED_HEAD: (_JSON_RENDERED + b"content-length: " + text + b"\r\n", length, headers),
         }
     )

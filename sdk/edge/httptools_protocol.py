@@ -72,7 +72,7 @@ class EdgeCycle(RequestResponseCycle):
         if defaults is None or self.flow.write_paused:
             return _uvicorn_send(self, message)
         block, length, headers = rendered
-        if tuple(message["headers"]) != headers:  # changed on the way (a middleware)
+        if message["headers"] != headers:  # changed on the way (a middleware)
             return _uvicorn_send(self, message)
         status = message["status"]
         self.response_started = True

@@ -403,13 +403,27 @@ class Runtime:
         channel.
         """
         waiting = local.waiting
+        consumer = bound.consumer
+        stats = bound.stats
         unyielded = 0
         try:
             while True:
                 if waiting:
                     message, reply = waiting.popleft()
                     try:
-                        await self._serve_local(bound, message, reply)
+                        if consumer.takes_context or self.observers:
+                            await self._serve_local(bound, message, reply)
+                        else:
+                            # Nothing sees an envelope or an id: the handler, its answer,
+                            # the counts, without a coroutine around them.
+                            stats.received += 1
+                            try:
+                                result = await consumer.func(message)
+                            except Exception as exc:
+                                self._local_failed(bound, "", reply, exc)
+                            else:
+                                self._answer_local(bound, "", reply, result)
+                                stats.processed += 1
                     finally:
                         local.finished(reply)
                     # Handlers that never suspend must not starve the requesters'
@@ -430,26 +444,16 @@ class Runtime:
     async def _serve_local(
         self, bound: _Bound, message: Any, reply: asyncio.Future[LocalReply]
     ) -> None:
-        """Handle one in-process request; settle ``reply``.
+        """Handle one in-process request for a consumer with a context or observers.
 
         :meth:`_invoke` for a message that came without an envelope: the same
         counts, log lines and errors, the reply handed over instead of sent.
+        (:meth:`_work_local` handles the others itself: no envelope, no id.)
         """
         consumer = bound.consumer
         stats = bound.stats
         stats.received += 1
-        if not (consumer.takes_context or self.observers):
-            # Nothing sees an envelope or an id: the handler, its answer, the counts.
-            try:
-                result = await consumer.func(message)
-            except Exception as exc:
-                self._local_failed(bound, "", reply, exc)
-                return
-            self._answer_local(bound, "", reply, result)
-            stats.processed += 1
-            return
-        # An id only where it is seen (the context's envelope, observers, a log line):
-        # from here on, a context or observers see it.
+        # An id only where it is seen: the context's envelope, observers, a log line.
         message_id = new_message_id()
         envelope = envelope_type(consumer.message_type).model_construct(
             v=1, id=message_id, rc=self._local_reply_channel, at=now_ms(), b=message

@@ -157,14 +157,14 @@ class EdgeApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: AsgiSend) -> None:
         kind = scope["type"]
-        if kind == "websocket":
-            await handle_websocket(self, scope, receive, send)
-        elif kind == "http":
+        if kind == "http":
             bus = self._bus
             if bus is not None and bus.tracer is not None:
                 await tracing.serve_http(self, bus.tracer, scope, receive, send)
             else:
                 await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await handle_websocket(self, scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 

@@ -108,16 +108,9 @@ async def test_each_kept_alive_request_gets_the_header_timeout(serve, edge_bus) 
     try:
         for _ in range(4):  # 2 s in all, each request within its time: all answered
             await asyncio.sleep(0.5)  # idle before each, under the timeout
-            writer.write(b"GET /api/add/1?b=1 HTTP/1.1\r\nHost: x\r\n\r\n")
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            assert head.startswith(b"HTTP/1.1 200 "), head
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            assert await reader.readexactly(length) == b'{"total":2}'
-        answered = time.monotonic()
-        writer.write(b"GET /api/add/1?b=1 HTTP/1.1\r\nHost: x\r\n")  # never finished
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
+            assert await _get(reader, writer, "/api/add/1?b=1") == b'{"total":2}'
         # About 1.5 s after the response was sent (read a little later under load).
-        assert 1.0 < time.monotonic() - answered < 3.5
+        assert 1.0 < await _seconds_until_cut_off(reader, writer) < 3.5
     finally:
         writer.close()
 
@@ -135,17 +128,29 @@ async def test_the_header_timeout_waits_out_a_slow_response(serve, edge_bus) -> 
     host, port = addr.split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        writer.write(b"GET /api/slow HTTP/1.1\r\nHost: x\r\n\r\n")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        assert head.startswith(b"HTTP/1.1 200 "), head
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        assert await reader.readexactly(length) == b'{"late":true}'
-        answered = time.monotonic()
-        writer.write(b"GET /api/add/1?b=1 HTTP/1.1\r\nHost: x\r\n")  # never finished
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
-        assert 0.5 < time.monotonic() - answered < 3.0
+        assert await _get(reader, writer, "/api/slow") == b'{"late":true}'
+        assert 0.5 < await _seconds_until_cut_off(reader, writer) < 3.0
     finally:
         writer.close()
+
+
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> bytes:
+    """The body of a 200 response to ``GET path`` on a kept-alive connection."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return await reader.readexactly(length)
+
+
+async def _seconds_until_cut_off(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> float:
+    """Send headers that never end; seconds until the edge closes the connection, sending nothing."""
+    started = time.monotonic()
+    writer.write(b"GET /api/add/1?b=1 HTTP/1.1\r\nHost: x\r\n")  # never finished
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
+    return time.monotonic() - started
 
 
 async def test_a_ping_flood_is_rate_limited(serve, edge_bus) -> None:

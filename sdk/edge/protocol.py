@@ -165,7 +165,7 @@ class ConnectionLimits:
             self.transport.close()
             return
         self.writer = HeadWithBody(self.transport)
-        self._arm_header_timer()
+        self._headers_due_from_now()
 
     def hold_heads(self) -> None:
         """Give the newest request's cycle the transport that joins head and body.
@@ -186,13 +186,7 @@ class ConnectionLimits:
             self.writer.flush()
         super().on_response_complete()  # type: ignore[misc]  # uvicorn's protocol
         if not self.transport.is_closing():
-            # The next request's headers get the same time: only the deadline moves.
-            # A timer armed and cancelled per request cost an edge request about 7 %
-            # of its instructions (the loop's heap of cancelled timers); the one timer
-            # a connection has finds the new deadline when it fires and waits on.
-            self.headers_due = self.loop.time() + self.limits.header_timeout
-            if self.header_timer is None:
-                self.header_timer = self.loop.call_at(self.headers_due, self._header_timeout)
+            self._headers_due_from_now()  # the next request's headers get the same time
 
     def handle_websocket_upgrade(self, *args: Any) -> None:
         self._disarm_header_timer()
@@ -202,9 +196,19 @@ class ConnectionLimits:
         """Whether the connection has no complete request headers (the current request's)."""
         raise NotImplementedError
 
-    def _arm_header_timer(self) -> None:
-        self._disarm_header_timer()
+    def _headers_due_from_now(self) -> None:
+        """Give the connection's next request headers ``Limits.header_timeout`` from now.
+
+        Only the deadline moves: a timer armed and cancelled per request cost an
+        edge request about 7 % of its instructions (the loop's heap of cancelled
+        timers). The connection's one timer, when it fires, finds the new
+        deadline and waits on (:meth:`_header_timeout`).
+        """
         self.headers_due = self.loop.time() + self.limits.header_timeout
+        if self.header_timer is None:
+            self._wait_for_headers()
+
+    def _wait_for_headers(self) -> None:
         self.header_timer = self.loop.call_at(self.headers_due, self._header_timeout)
 
     def _disarm_header_timer(self) -> None:
@@ -220,8 +224,7 @@ class ConnectionLimits:
         if not self.waiting_for_headers():
             return  # a request is being answered: its response's end sets a new deadline
         if self.loop.time() < self.headers_due:
-            # A response ended since the timer was set: the time counts from there.
-            self.header_timer = self.loop.call_at(self.headers_due, self._header_timeout)
+            self._wait_for_headers()  # a response ended since: the time counts from there
         else:
             quiet.log(
                 logging.INFO,

@@ -379,8 +379,7 @@ class MemoryLayer(Layer):
         consumer = hub.local.get(channel)
         if consumer is None or self._closed:
             return None
-        queue = hub.queues.get(channel)  # hub.has_queued, inlined: once per edge request
-        if queue is not None and queue.items:
+        if hub.has_queued(channel):
             return None  # FIFO: this request must not overtake what waits
         return consumer
 

@@ -83,6 +83,8 @@ class Supervisor:
         ]
         self._stop = threading.Event()
         self._changed = threading.Event()
+        self._signalled = False
+        """Set by the signal handler, which must not take a lock (see :meth:`_on_signal`)."""
 
     def run(self) -> int:
         """Supervise until SIGTERM/SIGINT; returns the exit status (0 on a clean stop)."""
@@ -93,7 +95,7 @@ class Supervisor:
         try:
             for worker in self.workers:
                 worker.start()
-            while not self._stop.wait(POLL):
+            while not self._stop.wait(POLL) and not self._signalled:
                 if self._changed.is_set():
                     self._changed.clear()
                     log.warning("files changed: restarting the workers")
@@ -117,8 +119,13 @@ class Supervisor:
         self._stop.set()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only a flag: the handler runs in the main thread between two bytecodes,
+        # possibly while that thread holds the lock of _stop (inside Event.wait),
+        # and Event.set would then wait for that lock forever. The loop sees the
+        # flag within POLL seconds; the watcher thread learns of the stop from
+        # _stop, set by the main thread on its way out.
+        self._signalled = True
         log.info("%s: stopping the workers", signal.Signals(signum).name)
-        self._stop.set()
 
     def _tend(self) -> None:
         """Restart dead workers, each after its backoff."""

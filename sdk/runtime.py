@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -41,7 +42,7 @@ from .errors import (
     SvcbusError,
 )
 from .layer import Layer
-from .local import LocalConsumer, LocalContext, LocalReply
+from .local import CAN_START_NOW, Carried, LocalConsumer, LocalContext, LocalReply, LocalWorker
 from .names import is_reply_channel
 from .ratelog import DEFAULT_WINDOW, RateLimitedLog
 from .redact import redact_text
@@ -383,6 +384,8 @@ class Runtime:
         # workers, which start once it exists.
         self._local_reply_channel = await self.bus.layer.new_channel("local")
         for bound, local in offered:
+            if CAN_START_NOW:
+                local.start_now = partial(self._start_local, bound)
             # Each worker task runs in its own copy of the runtime's context, as a
             # layer worker does, not in the requester's.
             for _ in range(local.limit):
@@ -392,7 +395,7 @@ class Runtime:
         """New requests go through the layer; those handed over already are still handled."""
         for local in self._local:
             self.bus.layer.unserve_locally(local.channel, local)
-            local.wake(len(local.idle))  # idle workers see that the runtime stops
+            local.stop()  # idle workers see that the runtime stops
 
     async def _work_local(self, bound: _Bound, local: LocalConsumer) -> None:
         """One worker of in-process requests: handle them as they come, until stopped.
@@ -405,6 +408,7 @@ class Runtime:
         waiting = local.waiting
         consumer = bound.consumer
         stats = bound.stats
+        worker = LocalWorker()
         unyielded = 0
         try:
             while True:
@@ -436,10 +440,58 @@ class Runtime:
                     return
                 else:
                     unyielded = 0
-                    await local.wait_for_work()
+                    carried = await local.wait_for_work(worker)
+                    if carried is not None:
+                        await self._carry_on(bound, local, worker, carried)
         except BaseException:
             waiting.clear()  # cancelled (the drain ran out of time): see above
             raise
+
+    def _start_local(
+        self, bound: _Bound, message: Any, worker: LocalWorker, reply: asyncio.Future[LocalReply]
+    ) -> bool:
+        """Start an in-process request at once, as ``worker`` (idle until now): see svcbus.local.
+
+        The handler's first step runs here, within the requester's call. True
+        if it suspended: ``worker`` carries it on (:meth:`_carry_on`). The same
+        counts and answers as :meth:`_work_local`'s.
+        """
+        consumer = bound.consumer
+        answers = not (consumer.takes_context or self.observers)
+        if answers:
+            bound.stats.received += 1
+            coro = consumer.func(message)
+        else:
+            coro = self._serve_local(bound, message, reply)  # answers itself
+        try:
+            yielded = worker.first_step(coro)
+        except StopIteration as stop:
+            if answers:
+                self._answer_local(bound, "", reply, stop.value)
+                bound.stats.processed += 1
+            return False
+        except Exception as exc:
+            self._local_failed(bound, "", reply, exc)
+            return False
+        worker.wake((coro, yielded, reply, answers))
+        return True
+
+    async def _carry_on(
+        self, bound: _Bound, local: LocalConsumer, worker: LocalWorker, carried: Carried
+    ) -> None:
+        """Carry on, as ``worker``, a request started at once whose handler suspended."""
+        coro, yielded, reply, answers = carried
+        try:
+            try:
+                result = await worker.resume(coro, yielded)
+            except Exception as exc:
+                self._local_failed(bound, "", reply, exc)
+            else:
+                if answers:
+                    self._answer_local(bound, "", reply, result)
+                    bound.stats.processed += 1
+        finally:
+            local.finished(reply)
 
     async def _serve_local(
         self, bound: _Bound, message: Any, reply: asyncio.Future[LocalReply]

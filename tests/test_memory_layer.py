@@ -213,11 +213,15 @@ async def test_in_process_requests_time_out_on_one_timer_whoever_holds_them():
 async def test_in_process_requests_wait_in_order_up_to_the_capacity():
     """One handled at once (concurrency 1) and two waiting (capacity 2); the workers wake in turn."""
     from svcbus.errors import ChannelFull, MessageTooLarge
-    from svcbus.local import LocalConsumer
+    from svcbus.local import LocalConsumer, LocalWorker
 
     options = LayerOptions(capacity=2, max_message_size=100)
     consumer = LocalConsumer("mtest.local", dict, 1, options)
-    worker = asyncio.ensure_future(consumer.wait_for_work())
+
+    async def wait_for_work() -> object:
+        return await consumer.wait_for_work(LocalWorker())
+
+    worker = asyncio.ensure_future(wait_for_work())
     await asyncio.sleep(0)  # the worker waits
     futures = [consumer.call({"n": n}) for n in range(3)]
     assert [m for m, _ in consumer.waiting] == [{"n": 0}, {"n": 1}, {"n": 2}]  # oldest first
@@ -230,7 +234,7 @@ async def test_in_process_requests_wait_in_order_up_to_the_capacity():
     assert consumer.call(["not", "a", "dict"]) is None  # another type: through the layer
     assert consumer.pending == 3 and len(consumer.waiting) == 3
     # A worker that was cancelled is not woken (the latest idle, woken first): the next one is.
-    idle, gone = (asyncio.ensure_future(consumer.wait_for_work()) for _ in range(2))
+    idle, gone = (asyncio.ensure_future(wait_for_work()) for _ in range(2))
     await asyncio.sleep(0)
     gone.cancel()
     await asyncio.sleep(0)

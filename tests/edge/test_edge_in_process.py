@@ -97,18 +97,32 @@ STEPPED: list[asyncio.Task[Any] | None] = []
 """The task each ``local.steps`` handling ran in."""
 
 
+STEP = contextvars.ContextVar[int]("step")
+"""Set by each ``local.steps`` handling before it suspends, read after."""
+
+
 @service.consumes("local.steps", concurrency=2)
 async def steps(request: HttpRequest) -> dict[str, Any]:
-    """Suspends (``/suspend``) under anyio and asyncio deadlines, or returns at once."""
+    """Suspends (``/suspend``) under anyio and asyncio deadlines, or returns at once; may fail."""
     first = asyncio.current_task()
     STEPPED.append(first)
-    if request.path == "/suspend":
+    mine = len(STEPPED)
+    STEP.set(mine)
+    if request.path.startswith("/fail-now"):
+        raise RuntimeError("failed in its first step")
+    if request.path.startswith(("/suspend", "/fail-later")):
         with anyio.fail_after(5):
             await anyio.sleep(0.01)
         await asyncio.wait_for(asyncio.sleep(0.01), 5)
         with anyio.move_on_after(0):  # a scope already past its deadline: cancelled at once
             await anyio.sleep(5)
-    return {"context": REQUESTER.get(), "same_task": asyncio.current_task() is first}
+        if request.path.startswith("/fail-later"):
+            raise RuntimeError("failed after suspending")
+    return {
+        "context": REQUESTER.get(),
+        "same_task": asyncio.current_task() is first,
+        "kept": STEP.get() == mine,  # its own value, though others ran meanwhile
+    }
 
 
 CLAIMS = {"sub": "ada", "roles": ["reader"]}
@@ -168,6 +182,8 @@ routes = Routes(
     HttpRoute("/queue", "local.queue"),
     HttpRoute("/quick", "local.steps"),
     HttpRoute("/suspend", "local.steps"),
+    HttpRoute("/fail-now", "local.steps"),
+    HttpRoute("/fail-later", "local.steps"),
 )
 
 
@@ -305,13 +321,29 @@ async def test_the_handler_runs_in_the_runtimes_context_not_the_requesters(hub_u
 
 
 async def test_handlers_keep_their_task_across_suspensions(served) -> None:
-    """Deadlines and cancel scopes of either library hold, whether the handler suspends or not."""
+    """Deadlines, cancel scopes and context variables hold, whether the handler suspends or not.
+
+    In process, a request finds an idle worker and starts at once: its first
+    step runs within the edge's request task, as the worker's task and in the
+    worker's context; one that suspends is carried on by that worker.
+    Failures in either step reach the client as 500 and are counted.
+    """
     client, runtime, _ = served
     STEPPED.clear()
-    paths = ["/quick", "/suspend"] * 10
+    paths = ["/quick", "/suspend", "/fail-now", "/fail-later"] * 10
     responses = await asyncio.gather(*(client.get(path) for path in paths))
-    assert [r.status_code for r in responses] == [200] * 20
-    assert all(r.json() == {"context": "none", "same_task": True} for r in responses)
+    by_path = {
+        path: [r for p, r in zip(paths, responses, strict=True) if p == path] for path in set(paths)
+    }
+    for path in ("/quick", "/suspend"):
+        assert [r.status_code for r in by_path[path]] == [200] * 10
+        assert all(
+            r.json() == {"context": "none", "same_task": True, "kept": True} for r in by_path[path]
+        )
+    for path in ("/fail-now", "/fail-later"):
+        assert [r.status_code for r in by_path[path]] == [500] * 10
+        assert all(r.json()["type"] == "RuntimeError" for r in by_path[path])
     stats = runtime.stats["local.steps"]
-    assert (stats.received, stats.processed, stats.failed) == (20, 20, 0)
+    assert (stats.received, stats.processed, stats.failed) == (40, 20, 20)
     assert len(set(STEPPED)) <= 2  # the consumer's two workers, on either path
+    assert asyncio.current_task() not in STEPPED

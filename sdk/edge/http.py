@@ -493,18 +493,29 @@ def _http_request(
     return message
 
 
-async def send_reply(send: Send, reply: Any, *, head: bool = False) -> None:
+def send_reply(send: Send, reply: Any, *, head: bool = False) -> Awaitable[None]:
     """Send a consumer's reply: an HttpResponse as is, anything else as 200 JSON.
 
     ``reply`` is the decoded body of a reply envelope, or an in-process
     consumer's :class:`~svcbus.local.LocalReply` (its value, already encoded).
+    Not a coroutine itself: a JSON reply is :func:`_send_json`'s, without a
+    frame around it.
     """
     body = None
     if type(reply) is LocalReply:
         reply, body = reply.value, reply.body
+    if isinstance(reply, HttpResponse) or (
+        isinstance(reply, dict) and reply.get("type") == "http.response"
+    ):
+        return _send_http_response(send, reply, head)
+    return _send_json(send, 200, to_json(reply) if body is None else body, head)
+
+
+async def _send_http_response(send: Send, reply: HttpResponse | dict[str, Any], head: bool) -> None:
+    """:func:`send_reply` of an HttpResponse, or of a dict that says it is one."""
     if isinstance(reply, HttpResponse):
         response = reply
-    elif isinstance(reply, dict) and reply.get("type") == "http.response":
+    else:
         try:
             response = HttpResponse.model_validate(reply)
         except ValidationError as exc:
@@ -512,9 +523,6 @@ async def send_reply(send: Send, reply: Any, *, head: bool = False) -> None:
                 send, 502, "the service sent a malformed HttpResponse", detail=str(exc)
             )
             return
-    else:
-        await _send_json(send, 200, to_json(reply) if body is None else body, head)
-        return
     headers = [
         (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
     ]

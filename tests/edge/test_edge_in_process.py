@@ -103,13 +103,23 @@ STEP = contextvars.ContextVar[int]("step")
 
 @service.consumes("local.steps", concurrency=2)
 async def steps(request: HttpRequest) -> dict[str, Any]:
-    """Suspends (``/suspend``) under anyio and asyncio deadlines, or returns at once; may fail."""
+    """Suspends (``/suspend``) under deadlines of either library, is cancelled by scopes past
+    theirs (``/cancelled``), or returns at once; may fail in either step."""
     first = asyncio.current_task()
     STEPPED.append(first)
     mine = len(STEPPED)
     STEP.set(mine)
     if request.path.startswith("/fail-now"):
         raise RuntimeError("failed in its first step")
+    if request.path.startswith("/cancelled"):
+        # Scopes past their deadline, entered in the first step: they cancel the worker.
+        with anyio.move_on_after(0):
+            await anyio.sleep(5)
+        try:
+            async with asyncio.timeout(0):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            pass
     if request.path.startswith(("/suspend", "/fail-later")):
         with anyio.fail_after(5):
             await anyio.sleep(0.01)
@@ -183,6 +193,7 @@ routes = Routes(
     HttpRoute("/quick", "local.steps"),
     HttpRoute("/suspend", "local.steps"),
     HttpRoute("/fail-now", "local.steps"),
+    HttpRoute("/cancelled", "local.steps"),
     HttpRoute("/fail-later", "local.steps"),
 )
 
@@ -330,12 +341,12 @@ async def test_handlers_keep_their_task_across_suspensions(served) -> None:
     """
     client, runtime, _ = served
     STEPPED.clear()
-    paths = ["/quick", "/suspend", "/fail-now", "/fail-later"] * 10
+    paths = ["/quick", "/suspend", "/cancelled", "/fail-now", "/fail-later"] * 10
     responses = await asyncio.gather(*(client.get(path) for path in paths))
     by_path = {
         path: [r for p, r in zip(paths, responses, strict=True) if p == path] for path in set(paths)
     }
-    for path in ("/quick", "/suspend"):
+    for path in ("/quick", "/suspend", "/cancelled"):
         assert [r.status_code for r in by_path[path]] == [200] * 10
         assert all(
             r.json() == {"context": "none", "same_task": True, "kept": True} for r in by_path[path]
@@ -344,6 +355,6 @@ async def test_handlers_keep_their_task_across_suspensions(served) -> None:
         assert [r.status_code for r in by_path[path]] == [500] * 10
         assert all(r.json()["type"] == "RuntimeError" for r in by_path[path])
     stats = runtime.stats["local.steps"]
-    assert (stats.received, stats.processed, stats.failed) == (40, 20, 20)
+    assert (stats.received, stats.processed, stats.failed) == (50, 30, 20)
     assert len(set(STEPPED)) <= 2  # the consumer's two workers, on either path
     assert asyncio.current_task() not in STEPPED

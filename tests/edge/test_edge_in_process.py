@@ -135,6 +135,17 @@ async def steps(request: HttpRequest) -> dict[str, Any]:
     }
 
 
+class Abort(BaseException):
+    """Raised past the runtime's handling of failures, as KeyboardInterrupt would be."""
+
+
+@service.consumes("local.abort", concurrency=1)
+async def abort(request: HttpRequest) -> dict[str, Any]:
+    if request.path == "/abort":
+        raise Abort
+    return {"ok": True}
+
+
 CLAIMS = {"sub": "ada", "roles": ["reader"]}
 """What the authentication hook returns, the same dict every time (as a cache would)."""
 
@@ -358,3 +369,17 @@ async def test_handlers_keep_their_task_across_suspensions(served) -> None:
     assert (stats.received, stats.processed, stats.failed) == (50, 30, 20)
     assert len(set(STEPPED)) <= 2  # the consumer's two workers, on either path
     assert asyncio.current_task() not in STEPPED
+
+
+async def test_a_first_step_raising_past_the_runtime_leaves_its_worker_idle(hub_url: str) -> None:
+    """The exception reaches the requester; the consumer's one worker still takes the next request."""
+    async with Bus(hub_url) as bus, Runtime(service, bus).running():
+        local = bus.layer.local_consumer("local.abort")
+        assert local is not None and local.start_now is not None
+        for _ in range(3):
+            with pytest.raises(Abort):
+                local.call(HttpRequest(method="GET", path="/abort"))
+            assert (len(local.idle), local.pending) == (1, 0)
+        reply = local.call(HttpRequest(method="GET", path="/fine"))
+        assert reply is not None
+        assert (await asyncio.wait_for(reply, 5)).value == {"ok": True}

@@ -426,8 +426,7 @@ class Runtime:
                             except Exception as exc:
                                 self._local_failed(bound, "", reply, exc)
                             else:
-                                self._answer_local(bound, "", reply, result)
-                                stats.processed += 1
+                                self._local_answered(bound, reply, result)
                     finally:
                         local.finished(reply)
                     # Handlers that never suspend must not starve the requesters'
@@ -467,8 +466,7 @@ class Runtime:
             yielded = worker.first_step(coro)
         except StopIteration as stop:
             if answers:
-                self._answer_local(bound, "", reply, stop.value)
-                bound.stats.processed += 1
+                self._local_answered(bound, reply, stop.value)
             return False
         except Exception as exc:
             self._local_failed(bound, "", reply, exc)
@@ -488,8 +486,7 @@ class Runtime:
                 self._local_failed(bound, "", reply, exc)
             else:
                 if answers:
-                    self._answer_local(bound, "", reply, result)
-                    bound.stats.processed += 1
+                    self._local_answered(bound, reply, result)
         finally:
             local.finished(reply)
 
@@ -531,6 +528,13 @@ class Runtime:
         stats.processed += 1
         for observer in self.observers:
             observer(consumer.channel, envelope, result)
+
+    def _local_answered(
+        self, bound: _Bound, reply: asyncio.Future[LocalReply], result: Any
+    ) -> None:
+        """A handler without a context or observers returned ``result``: answered, counted."""
+        self._answer_local(bound, "", reply, result)
+        bound.stats.processed += 1
 
     def _local_failed(
         self, bound: _Bound, message_id: str, reply: asyncio.Future[LocalReply], exc: Exception
